@@ -21,3 +21,4 @@ class nnUNetTrainerBaselineCE(ComparisonTrainer, nnUNetTrainerCELoss):
 
 class nnUNetTrainerBaselineDice(ComparisonTrainer, nnUNetTrainerDiceLoss):
     """nnU-Net's soft Dice only."""
+TRAINERS = [nnUNetTrainerBaseline, nnUNetTrainerBaselineCE, nnUNetTrainerBaselineDice]

@@ -38,3 +38,4 @@ class nnUNetTrainerMCC_CE(nnUNetTrainerMCC):
             loss = DC_and_CE_loss({"include_background": False, **self._mcc_kwargs()}, {}, weight_ce=1,
                                   weight_dice=1, ignore_label=lm.ignore_label, dice_class=MCCLoss)
         return self._wrap_deep_supervision(loss)
+TRAINERS = [nnUNetTrainerMCC, nnUNetTrainerMCC_CE]
