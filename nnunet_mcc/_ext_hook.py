@@ -6,7 +6,7 @@ imported as a top-level module, so we point it at a dedicated folder (``nnunet_e
 uniquely named module that re-exports our trainer classes.
 
 The wheel installs ``nnunet_mcc_trainers.pth`` into site-packages; Python runs it at start-up and
-it imports this module, which appends the folder to ``nnUNet_extTrainer`` while keeping whatever
+it calls ``register()``, which appends the folder to ``nnUNet_extTrainer`` while keeping whatever
 the user already set. Set ``NNUNET_MCC_NO_AUTOREGISTER=1`` to switch this off.
 """
 
@@ -29,5 +29,3 @@ def register(environ=os.environ) -> None:
     if not is_registered(environ):
         environ[ENV_VAR] = os.pathsep.join(registered_paths(environ) + [TRAINER_FOLDER])
 
-
-register()

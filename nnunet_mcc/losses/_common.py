@@ -156,7 +156,8 @@ class ConfusionLoss(nn.Module):
                     check_label_values(y, num_classes, None)
                 onehot = torch.zeros_like(probs).scatter_(1, y.long(), 1.0)
             mask = None if loss_mask is None else loss_mask.to(torch.float32).flatten(2)
-        start = 0 if (self.include_background or self.nonlin_kind == "sigmoid") else 1
+        # channel 0 is background only for mutually exclusive classes (a single channel is binary foreground)
+        start = 1 if (not self.include_background and self.nonlin_kind != "sigmoid" and num_classes > 1) else 0
         probs = probs[:, start:].flatten(2)
         onehot = onehot[:, start:].flatten(2)
         return probs, onehot, mask

@@ -4,7 +4,9 @@
 
 * budget knobs for smoke runs and CPU demos, read from the environment (documented in the README):
   ``NNUNET_MCC_EPOCHS``, ``NNUNET_MCC_ITERATIONS`` (training iterations per epoch),
-  ``NNUNET_MCC_VAL_ITERATIONS`` and ``NNUNET_MCC_SAVE_EVERY`` (epochs between checkpoint_latest);
+  ``NNUNET_MCC_VAL_ITERATIONS``, ``NNUNET_MCC_SAVE_EVERY`` (epochs between checkpoint_latest) and
+  ``NNUNET_MCC_PLOT_EVERY`` (epochs between progress.png redraws, which cost seconds each; the last
+  epoch is always drawn);
   short variants (``..._5epochs``) set the epochs through the class attribute ``budget_epochs``;
 * the hard MCC of every class or region over each epoch's validation batches, logged beside
   nnU-Net's pseudo Dice (``mean_fg_mcc``, ``mcc_per_class_or_region``) and drawn as a fourth
@@ -29,6 +31,7 @@ BUDGET_VARIABLES = {
     "num_iterations_per_epoch": "NNUNET_MCC_ITERATIONS",
     "num_val_iterations_per_epoch": "NNUNET_MCC_VAL_ITERATIONS",
     "save_every": "NNUNET_MCC_SAVE_EVERY",
+    "plot_every": "NNUNET_MCC_PLOT_EVERY",
 }
 SNAPSHOT_VARIABLE = "NNUNET_MCC_SNAPSHOT_EPOCHS"
 
@@ -76,6 +79,7 @@ class MCCLocalLogger(LocalLogger):
         super().__init__(verbose)
         for key in self.EXTRA_KEYS:
             self.my_fantastic_logging[key] = []
+        self.skip_next_plot = False
 
     def load_checkpoint(self, checkpoint: dict):
         super().load_checkpoint(checkpoint)
@@ -85,6 +89,8 @@ class MCCLocalLogger(LocalLogger):
 
     def plot_progress_png(self, output_folder):
         """nnU-Net's three panels, then an MCC panel of the same width appended below them."""
+        if self.skip_next_plot:
+            return
         super().plot_progress_png(output_folder)
         import matplotlib.image as mpimg
         import matplotlib.pyplot as plt
@@ -118,6 +124,7 @@ class ComparisonTrainer(nnUNetTrainer):
     """Base of this package's trainers (see the module docstring). Loss unchanged: Dice + CE."""
 
     budget_epochs: Optional[int] = None
+    plot_every: int = 1
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -179,6 +186,8 @@ class ComparisonTrainer(nnUNetTrainer):
         self.print_to_log_file("Pseudo MCC", [np.round(v, decimals=4) for v in
                                               self.logger.get_value("mcc_per_class_or_region", step=-1)])
         finished_epoch = self.current_epoch + 1
+        self.logger.local_logger.skip_next_plot = \
+            finished_epoch % self.plot_every != 0 and finished_epoch != self.num_epochs
         super().on_epoch_end()
         if finished_epoch in self.snapshot_epochs and finished_epoch != self.num_epochs:
             self.save_checkpoint(join(self.output_folder, f"checkpoint_epoch_{finished_epoch}.pth"))

@@ -1,0 +1,1 @@
+"""Cross-validation runs, their comparison (tables, statistics, plots) and the demo main job."""

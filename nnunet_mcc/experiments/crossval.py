@@ -1,0 +1,392 @@
+"""``nnunet-mcc crossval``: train every (trainer, fold) with nnU-Net's own ``nnUNetv2_train``.
+
+Each run's state decides what happens to it:
+
+* finished (``checkpoint_final.pth`` and ``validation/summary.json``): skipped;
+* trained but not validated (``checkpoint_final.pth`` only): ``nnUNetv2_train ... --val``;
+* interrupted (``checkpoint_latest.pth``): resumed with ``nnUNetv2_train ... --c``;
+* anything else: trained from the start.
+
+A failed run does not stop the others; failures are listed at the end and the exit status is 1.
+Instead of training here, ``--write-script`` writes the same logic as a shell script and ``--slurm`` as a
+SLURM job array with one task per run (the same state checks run inside each task).
+
+The train command is ``nnUNetv2_train`` next to this Python (or ``--train-command`` /
+``$NNUNET_MCC_TRAIN_COMMAND``, e.g. a wrapper): it receives nnUNetv2_train's arguments.
+"""
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+from nnunet_mcc.errors import UserError
+from nnunet_mcc.experiments import results
+
+TRAIN_COMMAND_VARIABLE = "NNUNET_MCC_TRAIN_COMMAND"
+BUDGET_OPTIONS = {"epochs": "NNUNET_MCC_EPOCHS", "iterations": "NNUNET_MCC_ITERATIONS",
+                  "val_iterations": "NNUNET_MCC_VAL_ITERATIONS"}
+SNAPSHOT_VARIABLE = "NNUNET_MCC_SNAPSHOT_EPOCHS"
+TRAIN, RESUME, VALIDATE, SKIP = "train", "resume", "validate", "skip"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-d", "--dataset", required=True, help="dataset id or name (DatasetXXX_Name)")
+    parser.add_argument("-c", "--configuration", required=True, help="nnU-Net configuration, e.g. 3d_fullres")
+    parser.add_argument("-tr", "--trainers", nargs="+", required=True, help="trainer class names")
+    parser.add_argument("-f", "--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="folds (default 0-4)")
+    parser.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
+    parser.add_argument("-device", "--device", default="cuda", choices=("cuda", "cpu", "mps"),
+                        help="nnUNetv2_train's -device (default: cuda)")
+    parser.add_argument("--npz", action="store_true", help="also save validation probabilities (nnU-Net's --npz)")
+    parser.add_argument("-j", "--jobs", type=int, default=1,
+                        help="runs at the same time on this machine (default 1; e.g. 2 on a 2-core CPU with "
+                             "OMP_NUM_THREADS=1)")
+    parser.add_argument("--epochs", type=int, help="NNUNET_MCC_EPOCHS for this package's trainers")
+    parser.add_argument("--iterations", type=int, help="NNUNET_MCC_ITERATIONS (training iterations per epoch)")
+    parser.add_argument("--val-iterations", type=int, help="NNUNET_MCC_VAL_ITERATIONS")
+    parser.add_argument("--snapshot-epochs", nargs="+", type=int,
+                        help="keep checkpoint_epoch_<N>.pth at these epochs (for compare's 'score after N epochs')")
+    parser.add_argument("--train-command", help=f"train executable and leading arguments (default: "
+                                                f"${TRAIN_COMMAND_VARIABLE} or nnUNetv2_train)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run the trainings with nnU-Net's run_training in --jobs long-lived Python processes "
+                             "instead of one nnUNetv2_train process each (saves ~10 s start-up per run on small "
+                             "CPU budgets; the default command is used)")
+    parser.add_argument("--dry-run", action="store_true", help="print what would run and exit")
+    parser.add_argument("--write-script", metavar="FILE", help="write a bash script running every run in turn")
+    parser.add_argument("--slurm", metavar="FILE", help="write a SLURM job-array script, one task per run")
+    parser.add_argument("--slurm-option", action="append", default=[], metavar="OPTION",
+                        help="extra '#SBATCH OPTION' line for --slurm (repeatable), e.g. --slurm-option=--time=48:00:00")
+
+
+def run(args) -> int:
+    budget = {name: getattr(args, name) for name in BUDGET_OPTIONS}
+    return crossval(args.dataset, args.configuration, args.trainers, folds=args.folds, plans=args.plans,
+                    device=args.device, npz=args.npz, jobs=args.jobs, budget=budget,
+                    snapshot_epochs=args.snapshot_epochs, train_command=args.train_command,
+                    in_process=args.in_process, dry_run=args.dry_run,
+                    script=args.write_script, slurm=args.slurm, slurm_options=args.slurm_option)
+
+
+def train_executable(train_command: Optional[str] = None) -> List[str]:
+    command = train_command or os.environ.get(TRAIN_COMMAND_VARIABLE)
+    if command:
+        return shlex.split(command)
+    beside_python = os.path.join(os.path.dirname(sys.executable), "nnUNetv2_train")
+    if os.path.isfile(beside_python):
+        return [beside_python]
+    found = shutil.which("nnUNetv2_train")
+    if not found:
+        raise UserError("nnUNetv2_train not found next to this Python or on PATH (is nnunetv2 installed?)")
+    return [found]
+
+
+@dataclass
+class Run:
+    trainer: str
+    fold: int
+    folder: str
+    action: str
+    command: List[str]
+
+
+def budget_environment(budget: Optional[Dict[str, Optional[int]]], snapshot_epochs: Optional[Sequence[int]]) -> Dict:
+    env = {}
+    for name, value in (budget or {}).items():
+        if value is None:
+            continue
+        if value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+        env[BUDGET_OPTIONS[name]] = str(value)
+    if snapshot_epochs:
+        if min(snapshot_epochs) < 1:
+            raise UserError(f"--snapshot-epochs must be epoch numbers >= 1, got {snapshot_epochs}")
+        env[SNAPSHOT_VARIABLE] = ",".join(str(e) for e in sorted(set(snapshot_epochs)))
+    return env
+
+
+def action_for(folder: str) -> str:
+    if results.fold_status(folder) == results.FINISHED:
+        return SKIP
+    if os.path.isfile(os.path.join(folder, "checkpoint_final.pth")):
+        return VALIDATE
+    if os.path.isfile(os.path.join(folder, "checkpoint_latest.pth")):
+        return RESUME
+    return TRAIN
+
+
+def plan_runs(dataset_name: str, configuration: str, trainers: Sequence[str], folds: Sequence[int], plans: str,
+              device: str, npz: bool, executable: List[str]) -> List[Run]:
+    results_root = results.nnunet_folder("results")
+    runs = []
+    for trainer in trainers:
+        for fold in folds:
+            folder = results.fold_folder(results_root, dataset_name, trainer, plans, configuration, fold)
+            action = action_for(folder)
+            extra = {RESUME: ["--c"], VALIDATE: ["--val"]}.get(action, [])
+            command = executable + [dataset_name, configuration, str(fold), "-tr", trainer, "-p", plans,
+                                    "-device", device] + (["--npz"] if npz else []) + extra
+            runs.append(Run(trainer, fold, folder, action, command))
+    return runs
+
+
+def check_inputs(dataset: str, configuration: str, trainers: Sequence[str], folds: Sequence[int], plans: str,
+                 check_trainers: bool) -> str:
+    if not trainers:
+        raise UserError("-tr needs at least one trainer")
+    if len(set(trainers)) != len(trainers):
+        raise UserError(f"-tr lists a trainer twice: {' '.join(trainers)}")
+    if not folds or any(f < 0 for f in folds) or len(set(folds)) != len(folds):
+        raise UserError(f"-f needs distinct fold numbers >= 0, got {folds}")
+    dataset_name = results.resolve_dataset(dataset)
+    results.load_plans_checked(dataset_name, plans, configuration)
+    if check_trainers:
+        check_trainer_names(trainers)
+    return dataset_name
+
+
+def check_trainer_names(trainers: Sequence[str]) -> None:
+    """Every name must be found by nnU-Net's own lookup (its package, then ``nnUNet_extTrainer``)."""
+    import contextlib
+    import io
+
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    unknown = []
+    for name in trainers:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                recursive_find_trainer_class_by_name(name)
+        except RuntimeError:
+            unknown.append(name)
+    if unknown:
+        raise UserError(f"trainer(s) not found by nnU-Net: {', '.join(unknown)} (check the spelling; "
+                        f"`nnunet-mcc doctor` lists this package's trainers)")
+
+
+def ensure_splits(dataset_name: str, configuration: str, plans: str, folds: Sequence[int]) -> None:
+    """Write nnU-Net's default five-fold split before parallel runs, so they never race to create it.
+    The same split the first training would write (nnU-Net's generate_crossval_split, seed 12345)."""
+    preprocessed = os.path.join(results.nnunet_folder("preprocessed"), dataset_name)
+    splits = os.path.join(preprocessed, "splits_final.json")
+    if os.path.isfile(splits) or max(folds) > 4:
+        return
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+
+    plans_dict = results.load_plans_checked(dataset_name, plans, configuration)
+    data_folder = os.path.join(preprocessed, plans_dict["configurations"][configuration].get(
+        "data_identifier", f"{plans}_{configuration}"))
+    if not os.path.isdir(data_folder):
+        return  # let nnU-Net report the missing preprocessed data in the first run's log
+    identifiers = sorted(infer_dataset_class(data_folder).get_identifiers(data_folder))
+    import json
+
+    tmp = splits + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(generate_crossval_split(identifiers, seed=12345, n_splits=5), f, indent=4)
+    os.replace(tmp, splits)
+
+
+def crossval(dataset: str, configuration: str, trainers: Sequence[str], folds: Sequence[int] = (0, 1, 2, 3, 4),
+             plans: str = "nnUNetPlans", device: str = "cuda", npz: bool = False, jobs: int = 1,
+             budget: Optional[Dict[str, Optional[int]]] = None, snapshot_epochs: Optional[Sequence[int]] = None,
+             train_command: Optional[str] = None, in_process: bool = False, dry_run: bool = False, script: Optional[str] = None,
+             slurm: Optional[str] = None, slurm_options: Sequence[str] = (), check_trainers: Optional[bool] = None,
+             log=print) -> int:
+    """Returns 0 when every run is finished, 1 when some failed (listed at the end)."""
+    if jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {jobs}")
+    extra_env = budget_environment(budget, snapshot_epochs)
+    custom = bool(train_command or os.environ.get(TRAIN_COMMAND_VARIABLE))
+    if in_process and custom:
+        raise UserError("--in-process runs nnU-Net's own training function: it cannot use --train-command")
+    dataset_name = check_inputs(dataset, configuration, trainers, folds, plans,
+                                (not custom) if check_trainers is None else check_trainers)
+    executable = train_executable(train_command)
+    runs = plan_runs(dataset_name, configuration, trainers, folds, plans, device, npz, executable)
+    if script or slurm:
+        # scripts run elsewhere (a cluster node): name nnU-Net's command, not this machine's path to it
+        runs = plan_runs(dataset_name, configuration, trainers, folds, plans, device, npz,
+                         executable if custom else ["nnUNetv2_train"])
+        for path, text in ((script, shell_script(runs, extra_env, None)),
+                           (slurm, shell_script(runs, extra_env, slurm_options or ()) if slurm else None)):
+            if path:
+                _write_executable(path, text)
+                log(f"wrote {path} ({len(runs)} runs)")
+        return 0
+    pending = [r for r in runs if r.action != SKIP]
+    for r in runs:
+        if dry_run or r.action == SKIP:
+            log(f"{r.trainer} fold {r.fold}: {r.action}" + ("" if r.action == SKIP else f"  $ {shlex.join(r.command)}"))
+    if dry_run:
+        if extra_env:
+            log("environment: " + " ".join(f"{k}={v}" for k, v in extra_env.items()))
+        return 0
+    if not pending:
+        log(f"all {len(runs)} runs finished already")
+        return 0
+    env = dict(os.environ, **extra_env)
+    if jobs > 1:
+        ensure_splits(dataset_name, configuration, plans, folds)
+    log_folder = os.path.join(results.nnunet_folder("results"), dataset_name, "nnunet_mcc_crossval_logs")
+    os.makedirs(log_folder, exist_ok=True)
+    started = time.time()
+    failures = []
+
+    def execute(index_run):
+        index, r = index_run
+        log_file = os.path.join(log_folder, f"{r.trainer}__{plans}__{configuration}_fold_{r.fold}.log")
+        log(f"[{index}/{len(pending)}] {r.trainer} fold {r.fold}: {r.action} ...")
+        t0 = time.time()
+        with open(log_file, "a") as handle:
+            if workers is None:
+                handle.write(f"$ {shlex.join(r.command)}\n")
+                handle.flush()
+                try:
+                    code = subprocess.run(r.command, env=env, stdout=handle, stderr=subprocess.STDOUT).returncode
+                except OSError as e:
+                    handle.write(f"cannot start: {e}\n")
+                    code = 127
+        if workers is not None:
+            code = workers.train(r, log_file, dataset_name, configuration, plans, device, npz)
+        finished = results.fold_status(r.folder) == results.FINISHED
+        if code == 0 and finished:
+            log(f"[{index}/{len(pending)}] {r.trainer} fold {r.fold}: done in {time.time() - t0:.0f} s")
+        else:
+            reason = f"exit status {code}" if code != 0 else "no validation/summary.json afterwards"
+            failures.append((r, reason, log_file))
+            log(f"[{index}/{len(pending)}] {r.trainer} fold {r.fold}: FAILED ({reason}), log: {log_file}")
+
+    workers = WorkerPool(env, torch_threads=1 if (jobs > 1 and device == "cpu") else 0) if in_process else None
+    try:
+        if jobs == 1:
+            for item in enumerate(pending, start=1):
+                execute(item)
+        else:
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                list(pool.map(execute, enumerate(pending, start=1)))
+    finally:
+        if workers is not None:
+            workers.close()
+    log(f"{len(pending) - len(failures)} of {len(pending)} runs finished in {time.time() - started:.0f} s "
+        f"({len(runs) - len(pending)} were finished before)")
+    if failures:
+        log(f"{len(failures)} run(s) failed:")
+        for r, reason, log_file in failures:
+            log(f"  {r.trainer} fold {r.fold}: {reason} (log: {log_file})")
+        return 1
+    return 0
+
+
+class WorkerPool:
+    """One ``train_worker`` process per calling thread, started on first use and restarted if it dies."""
+
+    def __init__(self, env: Dict[str, str], torch_threads: int = 0):
+        self.env = dict(env, NNUNET_MCC_TORCH_THREADS=str(torch_threads))
+        self.local = threading.local()
+        self.all: List[subprocess.Popen] = []
+        self.lock = threading.Lock()
+
+    def _worker(self) -> subprocess.Popen:
+        worker = getattr(self.local, "worker", None)
+        if worker is None or worker.poll() is not None:
+            worker = subprocess.Popen([sys.executable, "-m", "nnunet_mcc.experiments.train_worker"], env=self.env,
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                      text=True, bufsize=1)
+            if not worker.stdout.readline():  # the "ready" line: nnU-Net imported
+                worker.wait()
+                raise OSError("the training worker process did not start")
+            self.local.worker = worker
+            with self.lock:
+                self.all.append(worker)
+        return worker
+
+    def train(self, r: Run, log_file: str, dataset_name: str, configuration: str, plans: str, device: str,
+              npz: bool) -> int:
+        job = {"index": 0, "argv": r.command[1:], "log": log_file, "dataset": dataset_name,
+               "configuration": configuration, "fold": str(r.fold), "trainer": r.trainer, "plans": plans,
+               "device": device, "npz": npz, "continue": r.action == RESUME, "validate_only": r.action == VALIDATE}
+        try:
+            worker = self._worker()
+            worker.stdin.write(json.dumps(job) + "\n")
+            worker.stdin.flush()
+            line = worker.stdout.readline()
+        except OSError as e:
+            with open(log_file, "a") as handle:
+                handle.write(f"training worker failed: {e}\n")
+            return 127
+        if not line:  # the worker died (killed, out of memory): this run failed, the next one gets a new worker
+            return worker.wait() or 1
+        return int(json.loads(line)["code"])
+
+    def close(self) -> None:
+        for worker in self.all:
+            try:
+                worker.stdin.close()
+                worker.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                worker.kill()
+
+
+# ---- scripts ----------------------------------------------------------------------------------
+_RUN_FUNCTION = r'''
+# run_fold FOLDER TRAIN-COMMAND...: skip a finished run, validate a trained one, resume an interrupted one
+run_fold() {
+    local folder="$1"; shift
+    if [ -f "$folder/checkpoint_final.pth" ] && [ -f "$folder/validation/summary.json" ]; then
+        echo "finished already: $folder"; return 0
+    elif [ -f "$folder/checkpoint_final.pth" ]; then
+        "$@" --val
+    elif [ -f "$folder/checkpoint_latest.pth" ]; then
+        "$@" --c
+    else
+        "$@"
+    fi
+}
+'''
+
+
+def shell_script(runs: Sequence[Run], extra_env: Dict[str, str], slurm_options: Optional[Sequence[str]]) -> str:
+    """A bash script running every run (state checks at run time); with ``slurm_options`` a job array."""
+    lines = ["#!/bin/bash"]
+    if slurm_options is not None:
+        lines += [f"#SBATCH --job-name=nnunet-mcc-crossval", f"#SBATCH --array=0-{len(runs) - 1}",
+                  "#SBATCH --output=nnunet-mcc-crossval_%A_%a.log"]
+        lines += [f"#SBATCH {option}" for option in slurm_options]
+    lines += ["# written by `nnunet-mcc crossval`: nnU-Net's folders must be set in the environment",
+              "set -u", ': "${nnUNet_raw:?}" "${nnUNet_preprocessed:?}" "${nnUNet_results:?}"']
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in extra_env.items()]
+    lines.append(_RUN_FUNCTION)
+    # the state is checked when the script runs, so the commands are written without --c/--val
+    commands = [[c for c in r.command if c not in ("--c", "--val")] for r in runs]
+    folders = [r.folder.replace(os.environ.get("nnUNet_results", "\0"), "${nnUNet_results}", 1) for r in runs]
+    entries = [f'"{f}" {shlex.join(c)}' for f, c in zip(folders, commands)]
+    if slurm_options is not None:
+        lines.append("RUNS=(")
+        lines += [f"    {shlex.quote(e)}" for e in entries]
+        lines += [")", 'eval "run_fold ${RUNS[$SLURM_ARRAY_TASK_ID]}"', ""]
+    else:
+        lines += ["failed=0"] + [f"run_fold {e} || {{ echo \"FAILED: {e}\"; failed=1; }}" for e in entries]
+        lines += ["exit $failed", ""]
+    return "\n".join(lines)
+
+
+def _write_executable(path: str, text: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UserError(f"cannot write {path}: folder {folder} does not exist")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, path)

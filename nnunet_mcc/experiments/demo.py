@@ -1,0 +1,214 @@
+"""``nnunet-mcc demo``: the main job on an embedded default, from nothing to a loss comparison.
+
+1. a synthetic class-imbalanced dataset (``nnunet_mcc.synthetic``, spec below): three nested classes
+   covering 5 % of the image together, the innermost about 0.5 %; label mode with BraTS-like
+   ``evaluation_regions`` named after BraTS (whole tumour = 1+2+3, tumour core = 2+3);
+2. ``nnUNetv2_plan_and_preprocess`` and a narrow 3-stage configuration (``nnunet_mcc.plans``);
+3. five-fold cross-validation of the baseline and every loss trainer of this package
+   (``nnunet-mcc crossval``) with a CPU budget;
+4. ``nnunet-mcc compare``: prints the table, leaves the report in ``<work dir>/report``.
+
+The default budget finishes within 15 minutes on a 2-core CPU; the flags scale it up on a GPU
+(``--device cuda --epochs 100 --iterations 250 --shape 128 128 128 --full-network``). It uses its own nnU-Net
+folders inside the work folder and reuses what is there when the settings are the same.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from typing import List
+
+from nnunet_mcc.errors import UserError
+
+DEFAULT_WORK_DIR = os.path.join("nnunet_mcc_work", "demo")
+DATASET_NAME = "ImbalancedDemo"
+# the embedded default: small 2D images keep a CPU cross-validation of every loss within minutes
+DEFAULT_SPEC = dict(num_cases=25, shape=(64, 64), num_foreground_classes=3, nested=True, foreground_fraction=0.05,
+                    class_weights=(0.6, 0.3, 0.1), noise=0.25, bias=0.3, seed=2026,
+                    class_names=("edema", "non_enhancing_tumor", "enhancing_tumor"))
+# BraTS' names for a nested subset of its classes, so trainers that map BraTS settings by name apply
+EVALUATION_REGIONS = {"whole_tumor": [1, 2, 3], "tumor_core": [2, 3]}
+# measured on a 2-core CPU: a run costs ~10 s of start-up (paid once per worker with crossval --in-process),
+# ~4 s per epoch for progress.png and ~12 s for nnU-Net's final validation (its worker processes start),
+# while a 2D iteration costs ~0.05 s: with ~15 trainers x 5 folds, one epoch of many iterations is what fits
+DEFAULT_BUDGET = dict(epochs=1, iterations=50, val_iterations=2)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--work-dir", default=DEFAULT_WORK_DIR,
+                        help=f"folder for the dataset, nnU-Net's folders and the report (default: ./{DEFAULT_WORK_DIR})")
+    parser.add_argument("-tr", "--trainers", nargs="+",
+                        help="trainers to compare (default: every main trainer of this package, baseline first)")
+    parser.add_argument("-f", "--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="folds (default 0-4)")
+    parser.add_argument("--epochs", type=int, default=DEFAULT_BUDGET["epochs"])
+    parser.add_argument("--iterations", type=int, default=DEFAULT_BUDGET["iterations"],
+                        help="training iterations per epoch")
+    parser.add_argument("--val-iterations", type=int, default=DEFAULT_BUDGET["val_iterations"],
+                        help="validation iterations per epoch (pseudo Dice / MCC in the learning curves)")
+    parser.add_argument("--snapshot-epochs", nargs="+", type=int,
+                        help="also validate the networks after these epochs ('score after N epochs' table)")
+    parser.add_argument("-device", "--device", default="cpu", choices=("cpu", "cuda", "mps"))
+    parser.add_argument("-j", "--jobs", type=int,
+                        help="trainings at the same time (default: cores + 1 on cpu, one thread each; 1 otherwise)")
+    parser.add_argument("--shape", nargs="+", type=int, default=list(DEFAULT_SPEC["shape"]),
+                        help="image shape, 2 (2D) or 3 (3D) sizes (default 64 64)")
+    parser.add_argument("--cases", type=int, default=DEFAULT_SPEC["num_cases"], help="training cases (>= 5)")
+    parser.add_argument("--full-network", action="store_true",
+                        help="train nnU-Net's planned network instead of the narrow CPU configuration")
+    parser.add_argument("--dataset-id", type=int, default=990, help="nnU-Net dataset id (default 990)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap samples for rank stability")
+
+
+def default_trainers() -> List[str]:
+    from nnunet_mcc.trainers import MAIN_TRAINERS
+
+    names = [t.__name__ for t in MAIN_TRAINERS]
+    baseline = "nnUNetTrainerBaseline"
+    return ([baseline] if baseline in names else []) + [n for n in names if n != baseline]
+
+
+def _check_args(args) -> None:
+    if len(args.shape) not in (2, 3) or min(args.shape) < 16:
+        raise UserError(f"--shape needs 2 or 3 sizes of at least 16, got {args.shape}")
+    if args.cases < 5:
+        raise UserError(f"--cases must be at least 5 for five-fold cross-validation, got {args.cases}")
+    for name in ("epochs", "iterations", "val_iterations", "bootstrap"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if any(f < 0 or f > 4 for f in args.folds):
+        raise UserError(f"-f: folds are 0-4, got {args.folds}")
+    if args.jobs is not None and args.jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
+    if not 1 <= args.dataset_id <= 999:
+        raise UserError(f"--dataset-id must be in 1..999, got {args.dataset_id}")
+
+
+def _set_environment(work: str, device: str, jobs: int) -> None:
+    """nnU-Net's folders inside the work folder, and CPU settings; before nnunetv2 is imported (it reads
+    its paths at import time)."""
+    for kind in ("raw", "preprocessed", "results"):
+        os.environ[f"nnUNet_{kind}"] = os.path.join(work, f"nnUNet_{kind}")
+        os.makedirs(os.environ[f"nnUNet_{kind}"], exist_ok=True)
+    os.environ.setdefault("MPLBACKEND", "agg")
+    if device == "cpu":
+        os.environ["nnUNet_compile"] = "0"
+        os.environ.setdefault("nnUNet_n_proc_DA", "1")
+        os.environ.setdefault("nnUNet_def_n_proc", "1")
+        if jobs > 1:  # one thread per training: two trainings on two cores beat one training on two
+            os.environ["OMP_NUM_THREADS"] = "1"
+            os.environ["MKL_NUM_THREADS"] = "1"
+
+
+def run(args) -> int:
+    _check_args(args)
+    started = time.time()
+    work = os.path.abspath(args.work_dir)
+    # on cpu one more job than cores: part of each run waits for nnU-Net's export worker to start
+    jobs = args.jobs or ((os.cpu_count() or 1) + 1 if args.device == "cpu" else 1)
+    os.makedirs(work, exist_ok=True)
+    _set_environment(work, args.device, jobs)
+    print(f"nnunet-mcc demo: work folder {work}")
+    from nnunet_mcc.trainers import ALL_TRAINERS
+
+    known = {t.__name__ for t in ALL_TRAINERS}
+    trainers = args.trainers or default_trainers()
+    unknown = [t for t in trainers if t not in known]
+    if unknown:
+        raise UserError(f"-tr: {', '.join(unknown)} not among this package's trainers (the demo's budget only "
+                        f"applies to them); known: {', '.join(default_trainers())}")
+    if len(set(trainers)) != len(trainers):
+        raise UserError(f"-tr lists a trainer twice: {' '.join(trainers)}")
+
+    from nnunet_mcc.synthetic import SyntheticSpec
+
+    spec = SyntheticSpec(**{**DEFAULT_SPEC, "shape": tuple(args.shape), "num_cases": args.cases})
+    base_configuration = "2d" if len(args.shape) == 2 else "3d_fullres"
+    configuration = base_configuration if args.full_network else f"{base_configuration}_small"
+    settings = {"spec": asdict(spec), "budget": {"epochs": args.epochs, "iterations": args.iterations,
+                                                 "val_iterations": args.val_iterations},
+                "snapshot_epochs": sorted(set(args.snapshot_epochs or [])), "configuration": configuration}
+    dataset_name = f"Dataset{args.dataset_id:03d}_{DATASET_NAME}"
+    _prepare(work, dataset_name, args.dataset_id, spec, base_configuration, settings)
+    print(f"[{time.time() - started:.0f} s] cross-validation: {len(trainers)} trainers x {len(args.folds)} folds, "
+          f"{args.epochs} epochs x {args.iterations} iterations, {jobs} at a time on {args.device}")
+    from nnunet_mcc.experiments.crossval import crossval
+
+    status = crossval(dataset_name, configuration, trainers, folds=args.folds, device=args.device, jobs=jobs,
+                      budget=settings["budget"], snapshot_epochs=args.snapshot_epochs, check_trainers=False,
+                      in_process=True)
+    print(f"[{time.time() - started:.0f} s] comparison")
+    from nnunet_mcc.experiments import results
+    from nnunet_mcc.experiments.compare import compare
+
+    states = results.survey(os.environ["nnUNet_results"], dataset_name, trainers, "nnUNetPlans", configuration,
+                            args.folds)
+    usable = [t for t in trainers if any(s.trainer == t and s.status == results.FINISHED for s in states)]
+    if not usable:
+        raise UserError("no training finished: see the logs listed above")
+    comparison = compare(dataset_name, configuration, usable, folds=args.folds, output=os.path.join(work, "report"),
+                         bootstrap=args.bootstrap, device=args.device)
+    print()
+    print(comparison["markdown"])
+    print(f"\nReport folder: {comparison['output']}")
+    print(f"nnunet-mcc demo: {time.time() - started:.0f} s in all")
+    return status
+
+
+def _prepare(work: str, dataset_name: str, dataset_id: int, spec, base_configuration: str, settings: dict) -> None:
+    """Dataset, plans and the small configuration; everything is rebuilt when the settings changed."""
+    from nnunet_mcc.plans import add_small_configuration, configuration_names, plans_path
+    from nnunet_mcc.synthetic import make_synthetic_dataset
+
+    settings_file = os.path.join(work, "demo_settings.json")
+    previous = None
+    if os.path.isfile(settings_file):
+        try:
+            with open(settings_file) as f:
+                previous = json.load(f)
+        except ValueError:
+            previous = None
+    folders = {kind: os.path.join(os.environ[f"nnUNet_{kind}"], dataset_name)
+               for kind in ("raw", "preprocessed", "results")}
+    current = json.loads(json.dumps(settings))
+    if previous != current:
+        # a new dataset or network needs everything again; a new budget only new trainings
+        same_data = previous is not None and all(previous.get(k) == current[k] for k in ("spec", "configuration"))
+        stale = ["results"] if same_data else ["raw", "preprocessed", "results"]
+        if any(os.path.exists(folders[k]) for k in stale):
+            print(f"settings changed: starting over ({', '.join(stale)})")
+        for kind in stale:
+            shutil.rmtree(folders[kind], ignore_errors=True)
+        if os.path.exists(settings_file):
+            os.remove(settings_file)
+    if not os.path.isfile(os.path.join(folders["raw"], "dataset.json")):
+        print("making the synthetic dataset")
+        make_synthetic_dataset(os.environ["nnUNet_raw"], dataset_id, DATASET_NAME, spec, overwrite=True)
+        dataset_json_file = os.path.join(folders["raw"], "dataset.json")
+        with open(dataset_json_file) as f:
+            dataset_json = json.load(f)
+        dataset_json["evaluation_regions"] = EVALUATION_REGIONS
+        with open(dataset_json_file, "w") as f:
+            json.dump(dataset_json, f, indent=4)
+    plans = plans_path(os.environ["nnUNet_preprocessed"], dataset_name)
+    if not os.path.isfile(plans) or base_configuration not in configuration_names(plans) or not os.path.isdir(
+            os.path.join(folders["preprocessed"], f"nnUNetPlans_{base_configuration}")):
+        print("nnUNetv2_plan_and_preprocess (about a minute)")
+        log = os.path.join(work, "plan_and_preprocess.log")
+        command = [os.path.join(os.path.dirname(sys.executable), "nnUNetv2_plan_and_preprocess"), "-d",
+                   str(dataset_id), "-c", base_configuration, "-np", "1", "--verify_dataset_integrity"]
+        with open(log, "w") as handle:
+            code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT).returncode
+        if code != 0:
+            raise UserError(f"nnUNetv2_plan_and_preprocess failed (exit {code}); log: {log}")
+    if f"{base_configuration}_small" not in configuration_names(plans):
+        add_small_configuration(plans, base_configuration, f"{base_configuration}_small", n_stages=3, base_features=8)
+    from nnunet_mcc.experiments.crossval import ensure_splits
+
+    ensure_splits(dataset_name, base_configuration, "nnUNetPlans", [0, 1, 2, 3, 4])
+    with open(settings_file, "w") as f:
+        json.dump(settings, f, indent=2)

@@ -1,0 +1,104 @@
+"""Statistics for loss comparisons: paired Wilcoxon signed-rank tests, Holm correction, bootstrap ranks.
+
+* Paired test: scipy's two-sided Wilcoxon signed-rank test on per-case scores of two trainers over the
+  same cases (cases where either score is undefined are dropped from that pair).
+* Holm (1979) step-down correction: sort the m p-values ascending, p_(i) -> max_{j<=i} min(1, (m-j+1) p_(j)).
+* Rank stability as in nnU-Net's paper and challengeR (Wiesenfarth et al. 2021): draw the cases with
+  replacement, rank the trainers by their mean score on each bootstrap sample, report how often each
+  trainer takes each rank.
+"""
+
+import warnings
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+
+def wilcoxon_paired(x: Sequence[float], y: Sequence[float]) -> Dict[str, float]:
+    """Two-sided Wilcoxon signed-rank test of ``x - y``; NaN pairs dropped.
+
+    Returns n (pairs used), the median difference and p (NaN with fewer than 2 pairs; 1.0 when every
+    difference is 0: no evidence of a difference).
+    """
+    from scipy.stats import wilcoxon
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"paired samples need the same length, got {x.shape} and {y.shape}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    n = int(keep.sum())
+    result = {"n": n, "median_difference": float(np.median(x - y)) if n else float("nan"), "p": float("nan")}
+    if n < 2:
+        return result
+    if np.all(x == y):
+        result["p"] = 1.0
+        return result
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy warns about small samples and ties; the p-value stays valid
+        result["p"] = float(wilcoxon(x, y, alternative="two-sided").pvalue)
+    return result
+
+
+def holm(p_values: Sequence[float]) -> List[float]:
+    """Holm-adjusted p-values in the input order; NaN entries stay NaN and do not count in m."""
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full(p.shape, np.nan)
+    valid = np.flatnonzero(np.isfinite(p))
+    m = len(valid)
+    running = 0.0
+    for rank, index in enumerate(valid[np.argsort(p[valid], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * p[index]))
+        adjusted[index] = running
+    return adjusted.tolist()
+
+
+def ranks_by_mean(scores: np.ndarray) -> np.ndarray:
+    """Rank (1 = best, highest mean) of each column of ``scores`` (cases x trainers); ties share the best rank."""
+    from scipy.stats import rankdata
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a trainer without any defined score ranks last
+        means = np.nanmean(scores, axis=0)
+    means = np.where(np.isfinite(means), means, -np.inf)
+    return rankdata(-means, method="min").astype(int)
+
+
+def bootstrap_ranks(scores: np.ndarray, n_samples: int = 1000, seed: int = 0) -> Dict[str, np.ndarray]:
+    """Bootstrap rank distribution of trainers (columns) over cases (rows).
+
+    Returns ``full_rank`` (rank on all cases), ``frequency`` (trainers x ranks: share of bootstrap samples in
+    which the trainer took rank r+1), ``mean_rank`` and ``kendall_tau`` (median Kendall's tau between the
+    bootstrap ranking and the full ranking: 1 = perfectly stable).
+    """
+    from scipy.stats import kendalltau
+
+    scores = np.asarray(scores, dtype=float)
+    n_cases, n_trainers = scores.shape
+    if n_cases == 0 or n_trainers == 0:
+        raise ValueError("bootstrap ranks need at least one case and one trainer")
+    rng = np.random.default_rng(seed)
+    full = ranks_by_mean(scores)
+    frequency = np.zeros((n_trainers, n_trainers))
+    taus = []
+    rank_sum = np.zeros(n_trainers)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # all-NaN columns in a sample, constant rankings in kendalltau
+        for _ in range(n_samples):
+            sample = scores[rng.integers(0, n_cases, n_cases)]
+            ranks = ranks_by_mean(sample)
+            frequency[np.arange(n_trainers), ranks - 1] += 1
+            rank_sum += ranks
+            if n_trainers > 1:
+                tau = kendalltau(full, ranks).statistic
+                taus.append(1.0 if not np.isfinite(tau) and np.array_equal(full, ranks) else tau)
+    return {"full_rank": full, "frequency": frequency / n_samples, "mean_rank": rank_sum / n_samples,
+            "kendall_tau": float(np.nanmedian(taus)) if taus else 1.0}
+
+
+def mean_std(values: Sequence[float]) -> Dict[str, Optional[float]]:
+    """nanmean and sample standard deviation (ddof=1; NaN for fewer than 2 values), count of finite values."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return {"n": int(v.size), "mean": float(v.mean()) if v.size else float("nan"),
+            "std": float(v.std(ddof=1)) if v.size > 1 else float("nan")}

@@ -1,0 +1,190 @@
+"""Generalized Wasserstein Dice loss (Fidon et al. 2017) with a class distance matrix."""
+
+from typing import Optional
+
+import torch
+
+from nnunet_mcc.losses._common import (ConfusionLoss, Nonlin, check_binary_values, check_label_values,
+                                       check_logits_and_target, check_mask, ddp_active, global_batch_size,
+                                       sum_over_ranks)
+from nnunet_mcc.losses.distance_matrix import validate_distance_matrix
+
+WEIGHTINGS = ("default", "GDL")
+
+
+def _wasserstein_map(probs: torch.Tensor, labels: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """``W[b, n] = sum_c M[g, c] p[b, c, n]``: ``Q = M p`` for every voxel (one BLAS call), then the row of
+    the true label ``g = labels[b, n]``. Never a voxels x K x K tensor."""
+    return torch.matmul(matrix, probs).gather(1, labels.unsqueeze(1)).squeeze(1)
+
+
+class _SoftmaxWassersteinMap(torch.autograd.Function):
+    """``W = sum_c M[g, c] softmax(x)_c`` per voxel, without keeping the probabilities for backward.
+
+    The gradient has a closed form, ``dW/dx_j = p_j (M[g, j] - W)``, so backward recomputes the softmax
+    instead of storing it: the loss holds no (B, K, N) tensor between forward and backward, and at
+    most two of them at any time.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+        w = _wasserstein_map(torch.softmax(logits, 1), labels, matrix)
+        ctx.save_for_backward(logits, labels, matrix, w)
+        return w
+
+    @staticmethod
+    def backward(ctx, grad_w: torch.Tensor):
+        logits, labels, matrix, w = ctx.saved_tensors
+        # (M^T S)[c] with S = grad_w at the true label's channel, 0 elsewhere: M[g, c] * grad_w
+        spread = torch.zeros_like(logits).scatter_(1, labels.unsqueeze(1), grad_w.unsqueeze(1))
+        factor = torch.matmul(matrix.t(), spread)
+        del spread
+        factor.sub_((w * grad_w).unsqueeze(1))
+        return torch.softmax(logits, 1).mul_(factor), None, None
+
+
+class GeneralizedWassersteinDiceLoss(ConfusionLoss):
+    r"""Generalized Wasserstein Dice loss: a Dice loss where errors cost the distance between classes.
+
+    With softmax probabilities :math:`p_{i,c}`, true labels :math:`g_i`, valid voxels :math:`m_i`
+    (the ignore label removed) and a class distance matrix :math:`M` (zero diagonal, symmetric,
+    :math:`M_{l,0} = 1`, entries in [0, 1]), each voxel's Wasserstein distance between the one-hot
+    truth and the prediction is
+
+    .. math::
+        W_i = \sum_c M_{g_i, c}\, p_{i,c}
+
+    and with class weights :math:`\alpha_l` the generalized true positives and the loss are
+
+    .. math::
+        TP = \sum_i m_i\,\alpha_{g_i}\,(1 - W_i),\qquad
+        \mathcal{L} = 1 - \frac{2\,TP + s}{2\,TP + \sum_i m_i\,\beta_{g_i} W_i + s}
+
+    ``weighting="default"`` (Fidon): :math:`\alpha_0 = 0`, :math:`\alpha_l = 1` otherwise, :math:`\beta = 1`.
+    ``weighting="GDL"`` (Tilborghs et al. 2020, appendix): :math:`\alpha_l = \beta_l = 1 / (V_l + 1)`
+    with :math:`V_l` the number of valid voxels of label l (background included).
+    With two labels and :math:`M = [[0, 1], [1, 0]]` the default loss is the foreground soft Dice loss.
+
+    The sums run over each sample's voxels (``batch=False``, the paper's definition; the loss averages
+    the samples) or over the whole batch and all DDP ranks (``batch=True``). Memory stays in the
+    class of a Dice loss: ``Q = M p`` per voxel, then the true label's entry, never a
+    voxels x K x K tensor; with softmax the gradient's closed form ``dW/dx_j = p_j (M[g, j] - W)``
+    lets backward recompute the probabilities instead of storing them. Everything runs in float32,
+    also under autocast.
+
+    References: L. Fidon et al., "Generalised Wasserstein Dice Score for Imbalanced Multi-class
+    Segmentation using Holistic Convolutional Networks", BrainLes 2017 (eq. 6-9); S. Tilborghs et al.,
+    arXiv:2007.15546 (GDL weighting).
+
+    Args:
+        distance_matrix: K x K class distances in label-value order (see
+            ``nnunet_mcc.losses.distance_matrix`` to build one from label names); checked by
+            ``validate_distance_matrix``.
+        apply_nonlin: ``"softmax"`` (default), ``None`` (inputs are probabilities) or a softmax callable
+            (nnU-Net passes ``softmax_helper_dim1``). Sigmoid is refused: the labels must be exclusive.
+        weighting: ``"default"`` or ``"GDL"``.
+        batch: pool the statistics over the batch (and DDP ranks) instead of per sample.
+        ignore_index: label value whose voxels are left out (label-map targets).
+        smooth: added to numerator and denominator (a sample with no error and no foreground gives 0).
+        ddp: under torch.distributed, pool over ranks (with gradient; ``batch=True``) or average the
+            per-sample losses over the global batch, so N ranks give one process's loss and gradients.
+        check_target: validate target values (costs a device sync per call).
+
+    ``forward(x, y, loss_mask=None)``: ``x`` logits ``(B, K, *S)``; ``y`` label map ``(B, 1, *S)`` /
+    ``(B, *S)`` or one-hot ``(B, K, *S)``; ``loss_mask`` ``(B, 1, *S)``, nonzero where valid (the form
+    nnU-Net's ``DC_and_CE_loss`` passes, so the class fits its ``dice_class`` slot).
+    """
+
+    def __init__(self, distance_matrix, apply_nonlin: Nonlin = "softmax", weighting: str = "default",
+                 batch: bool = False, ignore_index: Optional[int] = None, smooth: float = 1e-5, ddp: bool = False,
+                 check_target: bool = True):
+        super().__init__(apply_nonlin, True, ignore_index, False, check_target)
+        if self.nonlin_kind == "sigmoid":
+            raise ValueError("apply_nonlin: the Generalized Wasserstein Dice loss needs softmax probabilities of "
+                             "mutually exclusive labels, not sigmoid regions")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        if not smooth >= 0:
+            raise ValueError(f"smooth must be >= 0, got {smooth}")
+        if isinstance(distance_matrix, torch.Tensor):
+            distance_matrix = distance_matrix.detach().cpu().double().numpy()
+        matrix = validate_distance_matrix(distance_matrix, source="distance_matrix")
+        self.distance_matrix = torch.as_tensor(matrix, dtype=torch.float32)
+        self.num_classes = matrix.shape[0]
+        self.weighting = weighting
+        self.batch = bool(batch)
+        self.smooth = float(smooth)
+        self.ddp = bool(ddp)
+
+    def _labels_and_weights(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor]):
+        """Label map (B, N) int64 and voxel weights (B, N) float32 (None when every voxel counts)."""
+        y = check_logits_and_target(x, y)
+        mask = check_mask(loss_mask, x)
+        k = self.num_classes
+        with torch.no_grad():
+            if y.shape[1] == k:  # one-hot target
+                if self.check_target:
+                    check_binary_values(y)
+                labels = y.argmax(1, keepdim=True)
+            else:
+                labels = y
+                if self.ignore_index is not None:
+                    ignored = labels == self.ignore_index
+                    mask = ~ignored if mask is None else (mask.bool() & ~ignored)
+                    labels = torch.where(ignored, torch.zeros_like(labels), labels)
+                if self.check_target:
+                    check_label_values(labels, k, None)
+            labels = labels.long().flatten(1)
+            weights = None if mask is None else mask.to(torch.float32).flatten(1)
+        return labels, weights
+
+    def statistics(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor] = None):
+        """Per-label voxel counts V and sums of W over each label's voxels S, each (B, K), or (1, K) pooled."""
+        if x.shape[1] != self.num_classes:
+            raise ValueError(f"prediction has {x.shape[1]} channels but the distance matrix is "
+                             f"{self.num_classes} x {self.num_classes}")
+        labels, weights = self._labels_and_weights(x, y, loss_mask)
+        # float32 and no autocast: the matmul below would otherwise run in fp16/bf16
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float().flatten(2)  # (B, K, N)
+            matrix = self.distance_matrix.to(x.device)
+            if self.nonlin_kind == "softmax":
+                w = _SoftmaxWassersteinMap.apply(x, labels, matrix)  # (B, N)
+            else:
+                w = _wasserstein_map(self.nonlin(x) if self.nonlin is not None else x, labels, matrix)
+            counts = torch.ones_like(w) if weights is None else weights
+            if weights is not None:
+                w = w * weights
+            zeros = torch.zeros(w.shape[0], self.num_classes, device=w.device, dtype=torch.float32)
+            per_label_w = zeros.scatter_add(1, labels, w)
+            per_label_n = zeros.scatter_add(1, labels, counts)
+            stats = torch.stack((per_label_n, per_label_w), 1)  # (B, 2, K)
+            if self.batch:
+                stats = stats.sum(0, keepdim=True)
+                if ddp_active(self.ddp):
+                    stats = sum_over_ranks(stats)
+        return stats[:, 0], stats[:, 1]
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        volumes, errors = self.statistics(x, y, loss_mask)
+        if self.weighting == "default":
+            alpha = torch.ones_like(volumes)
+            alpha[:, 0] = 0
+            error_sum = errors.sum(-1)
+        else:
+            alpha = 1.0 / (volumes + 1.0)
+            error_sum = (alpha * errors).sum(-1)
+        true_positives = (alpha * (volumes - errors)).sum(-1)
+        score = (2 * true_positives + self.smooth) / (2 * true_positives + error_sum + self.smooth)
+        if self.batch or not ddp_active(self.ddp):
+            return (1 - score).mean()
+        # per-sample mean over the GLOBAL batch: DDP averages gradients over ranks, so each rank's share is
+        # scaled by world_size / global batch (exact also for unequal per-rank batches)
+        world = torch.distributed.get_world_size()
+        return (1 - score).sum() * world / global_batch_size(score.shape[0], score.device)
+
+
+def generalized_wasserstein_dice_loss(logits: torch.Tensor, target: torch.Tensor, distance_matrix,
+                                      **kwargs) -> torch.Tensor:
+    """Functional form of :class:`GeneralizedWassersteinDiceLoss`."""
+    return GeneralizedWassersteinDiceLoss(distance_matrix, **kwargs)(logits, target)

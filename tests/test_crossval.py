@@ -1,0 +1,167 @@
+"""``nnunet-mcc crossval``: skip / resume / validate / failure logic and scripts, with a fake train command.
+
+The fake command takes nnUNetv2_train's arguments, records them, and behaves as told per (trainer, fold):
+finish (checkpoint_final.pth + validation/summary.json), fail (exit 3) or be interrupted
+(checkpoint_latest.pth, exit 1).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from nnunet_mcc.cli import main as cli_main
+from nnunet_mcc.experiments.crossval import crossval
+
+DATASET = "Dataset555_Fake"
+CONFIG = "2d"
+
+FAKE_TRAIN = r'''
+import json, os, sys
+args = sys.argv[1:]
+dataset, config, fold = args[0], args[1], args[2]
+trainer = args[args.index("-tr") + 1]
+plans = args[args.index("-p") + 1]
+with open(os.environ["FAKE_CALLS"], "a") as f:
+    f.write(json.dumps({"trainer": trainer, "fold": fold, "flags": [a for a in args if a in ("--c", "--val")],
+                        "epochs": os.environ.get("NNUNET_MCC_EPOCHS")}) + "\n")
+behaviour = json.loads(os.environ.get("FAKE_BEHAVIOUR", "{}")).get(f"{trainer}:{fold}", "finish")
+folder = os.path.join(os.environ["nnUNet_results"], dataset, f"{trainer}__{plans}__{config}", f"fold_{fold}")
+os.makedirs(folder, exist_ok=True)
+if behaviour == "fail":
+    sys.exit(3)
+if behaviour == "interrupt":
+    open(os.path.join(folder, "checkpoint_latest.pth"), "w").close()
+    sys.exit(1)
+open(os.path.join(folder, "checkpoint_final.pth"), "w").close()
+os.makedirs(os.path.join(folder, "validation"), exist_ok=True)
+with open(os.path.join(folder, "validation", "summary.json"), "w") as f:
+    json.dump({"metric_per_case": []}, f)
+'''
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    roots = {k: str(tmp_path / k) for k in ("raw", "preprocessed", "results")}
+    for k, v in roots.items():
+        monkeypatch.setenv(f"nnUNet_{k}", v)
+    os.makedirs(os.path.join(roots["preprocessed"], DATASET))
+    with open(os.path.join(roots["preprocessed"], DATASET, "nnUNetPlans.json"), "w") as f:
+        json.dump({"configurations": {CONFIG: {}}}, f)
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAIN)
+    calls = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_CALLS", str(calls))
+    monkeypatch.delenv("NNUNET_MCC_TRAIN_COMMAND", raising=False)
+
+    def fold_folder(trainer, fold):
+        return os.path.join(roots["results"], DATASET, f"{trainer}__nnUNetPlans__{CONFIG}", f"fold_{fold}")
+
+    def read_calls():
+        if not calls.exists():
+            return []
+        lines = calls.read_text().splitlines()
+        calls.unlink()
+        return [json.loads(line) for line in lines]
+
+    return {"command": f"{sys.executable} {script}", "folder": fold_folder, "calls": read_calls,
+            "roots": roots, "script": str(script)}
+
+
+def touch(path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    open(path, "w").close()
+
+
+def test_skip_resume_validate_and_failures(fake, monkeypatch, capsys):
+    # A fold 0 finished, A fold 1 interrupted, B fold 0 trained but not validated, B fold 1 fresh (will fail)
+    touch(os.path.join(fake["folder"]("A", 0), "checkpoint_final.pth"))
+    touch(os.path.join(fake["folder"]("A", 0), "validation", "summary.json"))
+    touch(os.path.join(fake["folder"]("A", 1), "checkpoint_latest.pth"))
+    touch(os.path.join(fake["folder"]("B", 0), "checkpoint_final.pth"))
+    monkeypatch.setenv("FAKE_BEHAVIOUR", json.dumps({"B:1": "fail"}))
+    code = crossval("555", CONFIG, ["A", "B"], folds=[0, 1], device="cpu", train_command=fake["command"],
+                    budget={"epochs": 3})
+    assert code == 1
+    calls = sorted((c["trainer"], c["fold"], tuple(c["flags"]), c["epochs"]) for c in fake["calls"]())
+    assert calls == [("A", "1", ("--c",), "3"), ("B", "0", ("--val",), "3"), ("B", "1", (), "3")]
+    out = capsys.readouterr().out
+    assert "A fold 0: skip" in out
+    assert "1 run(s) failed" in out and "B fold 1: exit status 3" in out
+    assert os.path.isfile(os.path.join(fake["roots"]["results"], DATASET, "nnunet_mcc_crossval_logs",
+                                       f"B__nnUNetPlans__{CONFIG}_fold_1.log"))
+
+    # the rerun trains only what failed; an interrupted run is resumed the next time
+    monkeypatch.setenv("FAKE_BEHAVIOUR", json.dumps({"B:1": "interrupt"}))
+    assert crossval("555", CONFIG, ["A", "B"], folds=[0, 1], device="cpu", train_command=fake["command"]) == 1
+    assert [(c["trainer"], c["fold"], c["flags"]) for c in fake["calls"]()] == [("B", "1", [])]
+    monkeypatch.setenv("FAKE_BEHAVIOUR", "{}")
+    assert crossval("555", CONFIG, ["A", "B"], folds=[0, 1], device="cpu", train_command=fake["command"],
+                    jobs=2) == 0
+    assert [(c["trainer"], c["fold"], c["flags"]) for c in fake["calls"]()] == [("B", "1", ["--c"])]
+    assert crossval("555", CONFIG, ["A", "B"], folds=[0, 1], device="cpu", train_command=fake["command"]) == 0
+    assert fake["calls"]() == []
+    assert "all 4 runs finished already" in capsys.readouterr().out
+
+
+def test_a_run_that_exits_0_without_summary_is_a_failure(fake, monkeypatch, capsys):
+    command = f"{sys.executable} -c pass"  # exits 0, writes nothing
+    assert crossval("555", CONFIG, ["A"], folds=[0], device="cpu", train_command=command) == 1
+    assert "no validation/summary.json afterwards" in capsys.readouterr().out
+
+
+def test_dry_run_trains_nothing(fake, capsys):
+    touch(os.path.join(fake["folder"]("A", 1), "checkpoint_latest.pth"))
+    assert crossval("555", CONFIG, ["A"], folds=[0, 1], device="cpu", train_command=fake["command"],
+                    dry_run=True, snapshot_epochs=[5, 2]) == 0
+    out = capsys.readouterr().out
+    assert fake["calls"]() == []
+    assert "A fold 0: train" in out and "A fold 1: resume" in out and "--c" in out
+    assert "NNUNET_MCC_SNAPSHOT_EPOCHS=2,5" in out
+
+
+def test_shell_script_applies_the_same_state_logic(fake, monkeypatch, tmp_path):
+    touch(os.path.join(fake["folder"]("A", 0), "checkpoint_final.pth"))
+    touch(os.path.join(fake["folder"]("A", 0), "validation", "summary.json"))
+    touch(os.path.join(fake["folder"]("A", 1), "checkpoint_latest.pth"))
+    script, slurm = str(tmp_path / "runs.sh"), str(tmp_path / "runs.sbatch")
+    assert crossval("555", CONFIG, ["A", "B"], folds=[0, 1], device="cuda", train_command=fake["command"],
+                    script=script, slurm=slurm, slurm_options=["--gres=gpu:1"], budget={"iterations": 9}) == 0
+    assert fake["calls"]() == []
+    text = open(slurm).read()
+    assert "#SBATCH --array=0-3" in text and "#SBATCH --gres=gpu:1" in text and "NNUNET_MCC_ITERATIONS=9" in text
+    assert text.count("fold_") == 4
+    # the plain script: run it with bash (finished skipped, interrupted resumed, failures reported)
+    monkeypatch.setenv("FAKE_BEHAVIOUR", json.dumps({"B:0": "fail"}))
+    proc = subprocess.run(["bash", script], capture_output=True, text=True, env=os.environ.copy())
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    calls = sorted((c["trainer"], c["fold"], tuple(c["flags"])) for c in fake["calls"]())
+    assert calls == [("A", "1", ("--c",)), ("B", "0", ()), ("B", "1", ())]
+    assert "finished already" in proc.stdout and "FAILED" in proc.stdout
+    # one SLURM array task runs one entry, with the same checks
+    env = dict(os.environ, SLURM_ARRAY_TASK_ID="2")
+    assert subprocess.run(["bash", slurm], capture_output=True, text=True, env=env).returncode == 3
+    assert [(c["trainer"], c["fold"]) for c in fake["calls"]()] == [("B", "0")]
+
+
+@pytest.mark.parametrize("case", ["unknown_dataset", "missing_configuration", "bad_fold", "unknown_trainer"])
+def test_bad_input_is_one_line_and_exit_2(fake, case, capsys):
+    args = ["crossval", "-d", "555", "-c", CONFIG, "-tr", "A", "-device", "cpu", "--dry-run"]
+    if case == "unknown_dataset":
+        args[2] = "556"
+    elif case == "missing_configuration":
+        args[4] = "3d_fullres"
+    elif case == "bad_fold":
+        args += ["-f", "0", "0"]
+    if case != "unknown_trainer":
+        args += ["--train-command", fake["command"]]
+    else:
+        args[6] = "nnUNetTrainerDoesNotExist"  # checked by nnU-Net's own lookup with the default command
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert {"unknown_dataset": "556", "missing_configuration": "3d_fullres", "bad_fold": "-f",
+            "unknown_trainer": "nnUNetTrainerDoesNotExist"}[case] in err
+    assert fake["calls"]() == []
