@@ -13,14 +13,21 @@ one forward+backward, from the CPU allocator events of ``torch.profiler`` (``pro
 or ``torch.cuda.max_memory_allocated`` on a GPU.
 """
 
-import statistics
-import time
+import os
+import sys
 from typing import Callable, Dict, List
 
 import torch
 
-from nnunet_mcc.losses import GeneralizedWassersteinDiceLoss
-from nnunet_mcc.losses.distance_matrix import BRATS_MATRIX
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _measure import median_seconds, memory_label, peak_bytes, print_rows, row, step  # noqa: E402
+
+from nnunet_mcc.losses import GeneralizedWassersteinDiceLoss  # noqa: E402
+from nnunet_mcc.losses.distance_matrix import BRATS_MATRIX  # noqa: E402
+
+
+def _row(case, measure, ours, reference_name, reference, target_ratio, enforced=True):
+    return row("gwdl", case, measure, ours, reference_name, reference, target_ratio, enforced)
 
 
 def _losses() -> Dict[str, Callable]:
@@ -44,42 +51,6 @@ def _losses() -> Dict[str, Callable]:
     return losses
 
 
-def _step(loss: Callable, logits: torch.Tensor, labels: torch.Tensor) -> float:
-    x = logits.detach().requires_grad_()
-    value = loss(x, labels)
-    value.backward()
-    return float(value.detach())
-
-
-def _peak_bytes(loss: Callable, logits: torch.Tensor, labels: torch.Tensor) -> float:
-    if logits.is_cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start = torch.cuda.memory_allocated()
-        _step(loss, logits, labels)
-        torch.cuda.synchronize()
-        return float(torch.cuda.max_memory_allocated() - start)
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        _step(loss, logits, labels)
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    current = peak = 0
-    for event in events:
-        current += event.nbytes()  # negative for frees
-        peak = max(peak, current)
-    return float(peak)
-
-
-def _row(case, measure, ours, reference_name, reference, target_ratio, enforced=True):
-    ratio = ours / reference if reference else float("nan")
-    return {"benchmark": "gwdl", "case": case, "measure": measure, "ours": ours, "reference_name": reference_name,
-            "reference": reference, "ratio": ratio,
-            "target": f"<= {target_ratio}x" if enforced else "info",
-            "ok": ratio <= target_ratio or not enforced}
-
-
 def run(quick: bool = False) -> List[dict]:
     side, repeats = (48, 5) if quick else (128, 3)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -89,22 +60,10 @@ def run(quick: bool = False) -> List[dict]:
     case = f"5 classes, batch 2, {side}^3, {device.type}"
     losses = _losses()
 
-    values = {name: _step(loss, logits, labels) for name, loss in losses.items()}  # warm-up
-    times = {name: [] for name in losses}
-    for _ in range(repeats):
-        for name, loss in losses.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            _step(loss, logits, labels)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - start)
-    seconds = {name: statistics.median(t) for name, t in times.items()}
-    peaks = {name: _peak_bytes(loss, logits, labels) for name, loss in losses.items()}
-
-    memory = "peak memory (MB above inputs, " + ("cuda max_memory_allocated)" if device.type == "cuda"
-                                                 else "torch.profiler CPU allocations)")
+    values = {name: step(loss, logits, labels) for name, loss in losses.items()}
+    seconds = median_seconds(losses, logits, labels, device, repeats)
+    peaks = {name: peak_bytes(loss, logits, labels, device) for name, loss in losses.items()}
+    memory = memory_label(device)
     ref = "nnU-Net DC_and_CE"
     rows = [
         _row(case, "time (s, fwd+bwd, median)", seconds["GWDL"], ref, seconds[ref], 1.5),
@@ -126,11 +85,4 @@ def run(quick: bool = False) -> List[dict]:
 
 
 if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="48^3 instead of 128^3")
-    for row in run(parser.parse_args().quick):
-        print(f"{row['case']:<40} {row['measure']:<58} ours {row['ours']:10.4g}  {row['reference_name']:<18} "
-              f"{row['reference']:10.4g}  ratio {row['ratio']:6.3f}  {row['target']:<22} "
-              f"{'ok' if row['ok'] else 'MISS'}")
+    print_rows(run(quick="--quick" in sys.argv))

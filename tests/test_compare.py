@@ -98,7 +98,7 @@ def expected_scores(trainer_index, cases, label, metric):
 
 def test_table_tests_and_ranks_match_independent_computation(hand_results, tmp_path):
     out = str(tmp_path / "report")
-    result = compare(DATASET, CONFIG, TRAINERS, folds=[0, 1], baseline="TrainerA", output=out, bootstrap=200,
+    result = compare(DATASET, CONFIG, TRAINERS, folds=[0, 1], baseline="TrainerA", output=out, bootstrap=100,
                      plots=True, snapshots=False)
     cases = FOLD_CASES[0] + FOLD_CASES[1]
     assert result["cases"] == [f"case_{c:03d}" for c in cases]

@@ -66,6 +66,8 @@ def _assert_same(a, b, what):
 def test_interrupted_segan_training_resumes_critic_and_predicts_with_stock_nnunet(
         prepared, nnunet_env, tmp_path, key, configuration, trainer):
     dataset = prepared(key)
+    for variable in ("NNUNET_MCC_SEGAN_LAMBDA", "NNUNET_MCC_CRITIC_MODE"):  # the class defaults are under test
+        nnunet_env.pop(variable, None)
     output = trainer_output(nnunet_env["nnUNet_results"], dataset, trainer, configuration)
     _train_until_first_checkpoint(nnunet_env, dataset, configuration, trainer, output,
                                   str(tmp_path / "interrupted_run.log"))

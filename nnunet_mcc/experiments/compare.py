@@ -338,11 +338,13 @@ def compare(dataset: str, configuration: str, trainers: Sequence[str], plans: st
     snap = snapshot_table(data["snapshot_rows"], rows, trainers, data["curves"], data["iterations"])
     markdown = _markdown(data, table, tests, ranks, snap, trainers, baseline, classes, cases, notes)
     _write_report(output, data, table, tests, ranks, snap, matrix, trainers, classes, cases, markdown, plots)
-    return {"output": output, "markdown": markdown, "table": table, "tests": tests, "ranks": ranks,
+    printed = _markdown(data, table, tests, ranks, snap, trainers, baseline, classes, cases, notes, full=False)
+    return {"output": output, "markdown": printed, "full_markdown": markdown, "table": table, "tests": tests, "ranks": ranks,
             "snapshots": snap, "cases": cases, "classes": classes, "notes": notes, "rows": rows}
 
 
-def _markdown(data, table, tests, ranks, snap, trainers, baseline, classes, cases, notes) -> str:
+def _markdown(data, table, tests, ranks, snap, trainers, baseline, classes, cases, notes, full=True) -> str:
+    """The report page; ``full=False`` (what is printed) keeps only the headline row of the tests."""
     folds = sorted({s.fold for s in data["states"]})
     parts = [f"# Loss comparison: {data['dataset_name']}, {data['configuration']} ({data['plans']})", "",
              f"{len(cases)} cross-validation cases (folds {' '.join(map(str, folds))}) that every trainer has. "
@@ -352,13 +354,17 @@ def _markdown(data, table, tests, ranks, snap, trainers, baseline, classes, case
     for m in TESTED_METRICS:
         parts += ["", f"## {m}", "", report.summary_markdown(table, m, trainers, classes)]
     if len(trainers) > 1:
-        parts += ["", f"## Paired Wilcoxon signed-rank tests against {baseline} (Holm-corrected per metric)", ""]
+        headline = FOREGROUND_MEAN if FOREGROUND_MEAN in classes else classes[0]
+        parts += ["", f"## Paired Wilcoxon signed-rank tests against {baseline} (Holm-corrected per metric over "
+                      f"trainers x classes; * p < 0.05)", ""]
+        shown = tests if full else [t for t in tests if t["class_or_region"] == headline]
         rows = [[t["metric"], t["class_or_region"], t["trainer"], t["n_pairs"], report.fmt(t["median_difference"]),
                  report.fmt_p(t["p"]), report.fmt_p(t["p_holm"]) + (" *" if t["significant_0.05"] else "")]
-                for t in tests]
+                for t in shown]
         parts.append(report.markdown_table(["metric", "class/region", "trainer", "pairs", "median diff", "p",
                                             "p (Holm)"], rows))
-        headline = FOREGROUND_MEAN if FOREGROUND_MEAN in classes else classes[0]
+        if not full:
+            parts.append(f"\n(only '{headline}' shown; every class and region: report.md, wilcoxon.csv)")
         parts += ["", f"## Rank stability ({headline}, bootstrap over cases)", ""]
         rows = [[r["metric"], r["trainer"], r["rank"], report.fmt(r["mean_bootstrap_rank"], 2),
                  report.fmt(r["p_rank_1"], 2)] for r in ranks if r["class_or_region"] == headline]

@@ -87,11 +87,11 @@ def _pyplot():
 
 def plot_distributions(path: str, per_case: Dict[str, Dict[str, List[float]]], trainers: Sequence[str],
                        classes: Sequence[str], metric: str) -> None:
-    """One panel per class/region, one box (with the cases as dots) per trainer."""
+    """One panel per class/region (stacked), one box (with the cases as dots) per trainer."""
     plt = _pyplot()
     n = len(classes)
-    fig, axes = plt.subplots(1, n, figsize=(max(4.0, 1.2 * len(trainers)) * n, 4.5), squeeze=False)
-    for ax, c in zip(axes[0], classes):
+    fig, axes = plt.subplots(n, 1, figsize=(max(5.0, 0.7 * len(trainers) + 2), 3.2 * n), squeeze=False)
+    for ax, c in zip(axes[:, 0], classes):
         data = [[v for v in per_case.get(c, {}).get(t, []) if math.isfinite(v)] for t in trainers]
         ax.boxplot([d if d else [float("nan")] for d in data], showfliers=False)
         for i, d in enumerate(data, start=1):
