@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from nnunet_e2e import BIN, run, train
+from nnunet_e2e import BIN, run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

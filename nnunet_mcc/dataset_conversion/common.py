@@ -504,3 +504,17 @@ def convert_dataset(target: str, cases: Sequence[Case], convert_case: Callable[.
                            dataset_name=os.path.basename(target), **extra)
     print_summary(target, results, labels, skipped)
     return results
+
+
+def script_main(prog: str, add_arguments: Callable, run: Callable, argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of a converter run as a script (``python -m nnunet_mcc.dataset_conversion.<name>``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except UserError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return e.exit_code

@@ -21,7 +21,6 @@ import argparse
 import os
 import re
 import sys
-from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple
 
 if __package__ in (None, ""):  # run as a file from a clone: make the package importable
@@ -175,14 +174,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="promise12")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except UserError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return e.exit_code
+    return common.script_main("promise12", add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -360,7 +360,7 @@ def shell_script(runs: Sequence[Run], extra_env: Dict[str, str], slurm_options: 
     """A bash script running every run (state checks at run time); with ``slurm_options`` a job array."""
     lines = ["#!/bin/bash"]
     if slurm_options is not None:
-        lines += [f"#SBATCH --job-name=nnunet-mcc-crossval", f"#SBATCH --array=0-{len(runs) - 1}",
+        lines += ["#SBATCH --job-name=nnunet-mcc-crossval", f"#SBATCH --array=0-{len(runs) - 1}",
                   "#SBATCH --output=nnunet-mcc-crossval_%A_%a.log"]
         lines += [f"#SBATCH {option}" for option in slurm_options]
     lines += ["# written by `nnunet-mcc crossval`: nnU-Net's folders must be set in the environment",

@@ -4,7 +4,7 @@
    covering 5 % of the image together, the innermost about 0.5 %; label mode with BraTS-like
    ``evaluation_regions`` named after BraTS (whole tumour = 1+2+3, tumour core = 2+3);
 2. ``nnUNetv2_plan_and_preprocess`` and a narrow 3-stage configuration (``nnunet_mcc.plans``);
-3. five-fold cross-validation of the baseline and every loss trainer of this package
+3. five-fold cross-validation of nnU-Net's losses and one trainer per loss of this package
    (``nnunet-mcc crossval``) with a CPU budget;
 4. ``nnunet-mcc compare``: prints the table, leaves the report in ``<work dir>/report``.
 
@@ -35,7 +35,7 @@ DEFAULT_SPEC = dict(num_cases=25, shape=(64, 64), num_foreground_classes=3, nest
 EVALUATION_REGIONS = {"whole_tumor": [1, 2, 3], "tumor_core": [2, 3]}
 # measured on a 2-core CPU: a run costs ~10 s of start-up (paid once per worker with crossval --in-process),
 # ~4 s per epoch for progress.png and ~12 s for nnU-Net's final validation (its worker processes start),
-# while a 2D iteration costs ~0.05 s: with ~15 trainers x 5 folds, one epoch of many iterations is what fits
+# while a 2D iteration costs ~0.05 s: with 9 trainers x 5 folds, one epoch of many iterations is what fits
 DEFAULT_BUDGET = dict(epochs=1, iterations=50, val_iterations=2)
 
 
@@ -43,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", default=DEFAULT_WORK_DIR,
                         help=f"folder for the dataset, nnU-Net's folders and the report (default: ./{DEFAULT_WORK_DIR})")
     parser.add_argument("-tr", "--trainers", nargs="+",
-                        help="trainers to compare (default: every main trainer of this package, baseline first)")
+                        help="trainers to compare (default: the baseline and one trainer per loss of this package)")
+    parser.add_argument("--all-trainers", action="store_true",
+                        help="compare every main trainer of the package, settings variants included (slower)")
     parser.add_argument("-f", "--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="folds (default 0-4)")
     parser.add_argument("--epochs", type=int, default=DEFAULT_BUDGET["epochs"])
     parser.add_argument("--iterations", type=int, default=DEFAULT_BUDGET["iterations"],
@@ -64,10 +66,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap samples for rank stability")
 
 
-def default_trainers() -> List[str]:
+# one trainer per loss of the package (and nnU-Net's three references); the settings variants
+# (BraTS preset, GDL weighting, per-label critics, ...) train the same losses: --all-trainers adds them
+DEMO_TRAINERS = ("nnUNetTrainerBaseline", "nnUNetTrainerBaselineCE", "nnUNetTrainerBaselineDice",
+                 "nnUNetTrainerMCC", "nnUNetTrainerMCC_CE", "nnUNetTrainerGWDL", "nnUNetTrainerGWDL_CE",
+                 "nnUNetTrainerSegAN", "nnUNetTrainerWeightedCE")
+
+
+def default_trainers(everything: bool = False) -> List[str]:
     from nnunet_mcc.trainers import MAIN_TRAINERS
 
     names = [t.__name__ for t in MAIN_TRAINERS]
+    if not everything:
+        return [n for n in DEMO_TRAINERS if n in names]
     baseline = "nnUNetTrainerBaseline"
     return ([baseline] if baseline in names else []) + [n for n in names if n != baseline]
 
@@ -116,11 +127,11 @@ def run(args) -> int:
     from nnunet_mcc.trainers import ALL_TRAINERS
 
     known = {t.__name__ for t in ALL_TRAINERS}
-    trainers = args.trainers or default_trainers()
+    trainers = args.trainers or default_trainers(args.all_trainers)
     unknown = [t for t in trainers if t not in known]
     if unknown:
         raise UserError(f"-tr: {', '.join(unknown)} not among this package's trainers (the demo's budget only "
-                        f"applies to them); known: {', '.join(default_trainers())}")
+                        f"applies to them); known: {', '.join(default_trainers(True))}")
     if len(set(trainers)) != len(trainers):
         raise UserError(f"-tr lists a trainer twice: {' '.join(trainers)}")
 

@@ -2,7 +2,6 @@
 
 import csv
 import math
-import os
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np

@@ -9,7 +9,7 @@ import importlib
 import pkgutil
 import sys
 
-from nnunet_mcc.trainers.base import ComparisonTrainer
+from nnunet_mcc.trainers.base import ComparisonTrainer  # noqa: F401  (the base for users' own trainers)
 from nnunet_mcc.trainers.variants import epoch_variants
 
 MAIN_TRAINERS = []

@@ -92,24 +92,31 @@ class MCCLocalLogger(LocalLogger):
         if self.skip_next_plot:
             return
         super().plot_progress_png(output_folder)
+
+        def draw(ax, x, series):
+            ax.plot(x, series["mean_fg_mcc"], color="purple", label="pseudo MCC (mean fg)", linewidth=4)
+            per_class = np.array(series["mcc_per_class_or_region"], dtype=float)
+            if per_class.ndim == 2 and per_class.shape[1] > 1:
+                for c in range(per_class.shape[1]):
+                    ax.plot(x, per_class[:, c], ls="--", linewidth=2, label=f"MCC class/region {c + 1}")
+            ax.set_ylabel("pseudo MCC")
+
+        self.append_panel(output_folder, draw)
+
+    def append_panel(self, output_folder: str, draw, height: float = 14) -> None:
+        """Append a panel below the existing progress.png, as wide as nnU-Net's figure.
+        ``draw(ax, epochs, series)`` plots the logged series (each cut to the complete epochs)."""
         import matplotlib.image as mpimg
         import matplotlib.pyplot as plt
 
-        series = self.my_fantastic_logging
-        epochs = min(len(v) for v in series.values())
+        epochs = min(len(v) for v in self.my_fantastic_logging.values())
         if epochs == 0:
             return
         path = join(output_folder, "progress.png")
         top = mpimg.imread(path)
-        fig, ax = plt.subplots(1, 1, figsize=(top.shape[1] / 100, 14), dpi=100)
-        x = list(range(epochs))
-        ax.plot(x, series["mean_fg_mcc"][:epochs], color="purple", ls="-", label="pseudo MCC (mean fg)", linewidth=4)
-        per_class = np.array(series["mcc_per_class_or_region"][:epochs], dtype=float)
-        if per_class.ndim == 2 and per_class.shape[1] > 1:
-            for c in range(per_class.shape[1]):
-                ax.plot(x, per_class[:, c], ls="--", linewidth=2, label=f"MCC class/region {c + 1}")
+        fig, ax = plt.subplots(1, 1, figsize=(top.shape[1] / 100, height), dpi=100)
+        draw(ax, list(range(epochs)), {k: v[:epochs] for k, v in self.my_fantastic_logging.items()})
         ax.set_xlabel("epoch")
-        ax.set_ylabel("pseudo MCC")
         ax.legend(loc=(0, 1), ncol=4)
         fig.tight_layout()
         fig.canvas.draw()

@@ -26,7 +26,6 @@ from typing import List, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
-from batchgenerators.utilities.file_and_folder_operations import join
 from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -48,32 +47,15 @@ class SegANLocalLogger(MCCLocalLogger):
 
     def plot_progress_png(self, output_folder):
         super().plot_progress_png(output_folder)
-        if getattr(self, "skip_next_plot", False):  # the base logger skipped this epoch's redraw
+        if self.skip_next_plot:  # the base logger skipped this epoch's redraw
             return
-        import matplotlib.image as mpimg
-        import matplotlib.pyplot as plt
 
-        series = self.my_fantastic_logging
-        epochs = min(len(v) for v in series.values())
-        if epochs == 0:
-            return
-        path = join(output_folder, "progress.png")
-        top = mpimg.imread(path)
-        fig, ax = plt.subplots(1, 1, figsize=(top.shape[1] / 100, 10), dpi=100)
-        x = list(range(epochs))
-        ax.plot(x, series["adversarial_l1"][:epochs], color="darkorange", label="multi-scale L1 (segmentor)",
-                linewidth=4)
-        ax.plot(x, series["critic_losses"][:epochs], color="black", ls="--", label="critic loss (-L1)", linewidth=3)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("adversarial terms")
-        ax.legend(loc=(0, 1), ncol=2)
-        fig.tight_layout()
-        fig.canvas.draw()
-        bottom = np.asarray(fig.canvas.buffer_rgba(), dtype=np.float32) / 255
-        plt.close(fig)
-        top = top if top.shape[2] == 4 else np.concatenate([top, np.ones_like(top[..., :1])], 2)
-        width = min(top.shape[1], bottom.shape[1])
-        plt.imsave(path, np.concatenate([top[:, :width], bottom[:, :width]], 0))
+        def draw(ax, x, series):
+            ax.plot(x, series["adversarial_l1"], color="darkorange", label="multi-scale L1 (segmentor)", linewidth=4)
+            ax.plot(x, series["critic_losses"], color="black", ls="--", label="critic loss (-L1)", linewidth=3)
+            ax.set_ylabel("adversarial terms")
+
+        self.append_panel(output_folder, draw, height=10)
 
 
 class nnUNetTrainerSegAN(ComparisonTrainer):
