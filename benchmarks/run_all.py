@@ -13,7 +13,7 @@ Exit status: 0 when every row is ok, 1 when a target is missed or a benchmark er
 import argparse
 import csv
 import glob
-import importlib.util
+import importlib
 import os
 import sys
 import time
@@ -39,9 +39,11 @@ def error_row(name: str, message: str) -> Dict:
 def run_module(path: str, quick: bool) -> List[Dict]:
     name = os.path.basename(path)[:-3]
     try:
-        spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        # imported by its plain name from benchmarks/ (on sys.path): worker processes of a benchmark
+        # (e.g. the converter's pool) must be able to import the module their functions live in
+        if os.path.dirname(path) not in sys.path:
+            sys.path.insert(0, os.path.dirname(path))
+        module = importlib.import_module(name)
     except Exception as e:
         return [error_row(name, f"import failed: {type(e).__name__}: {e}")]
     if not callable(getattr(module, "run", None)):
