@@ -10,7 +10,7 @@ import SimpleITK as sitk
 import torch
 
 from nnunet_e2e import predict, run, train, trainer_output
-from nnunet_mcc.trainers.base import mcc_from_counts
+from nnunet_mcc.metrics import mcc_from_counts
 
 pytestmark = pytest.mark.e2e
 

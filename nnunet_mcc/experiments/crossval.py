@@ -30,11 +30,11 @@ from typing import Dict, List, Optional, Sequence
 
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.experiments import results
+from nnunet_mcc.knobs import BUDGET_VARIABLES, SNAPSHOT_VARIABLE
 
 TRAIN_COMMAND_VARIABLE = "NNUNET_MCC_TRAIN_COMMAND"
-BUDGET_OPTIONS = {"epochs": "NNUNET_MCC_EPOCHS", "iterations": "NNUNET_MCC_ITERATIONS",
-                  "val_iterations": "NNUNET_MCC_VAL_ITERATIONS"}
-SNAPSHOT_VARIABLE = "NNUNET_MCC_SNAPSHOT_EPOCHS"
+BUDGET_OPTIONS = {"epochs": BUDGET_VARIABLES["num_epochs"], "iterations": BUDGET_VARIABLES["num_iterations_per_epoch"],
+                  "val_iterations": BUDGET_VARIABLES["num_val_iterations_per_epoch"]}
 TRAIN, RESUME, VALIDATE, SKIP = "train", "resume", "validate", "skip"
 
 

@@ -14,9 +14,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 
 from nnunet_mcc.errors import UserError
+from nnunet_mcc.metrics import mcc_from_counts
 
 FINISHED, UNFINISHED, MISSING = "finished", "unfinished", "missing"
 SNAPSHOT_PATTERN = re.compile(r"^checkpoint_epoch_(\d+)\.pth$")
@@ -146,13 +146,6 @@ def evaluation_regions(dataset_json: dict) -> Dict[str, Tuple[int, ...]]:
 
 
 # ---- per-case metrics -------------------------------------------------------------------------
-def mcc_from_counts(tp, fp, fn, tn) -> np.ndarray:
-    """Matthews correlation from counts, in float64 (the products overflow int64); NaN where undefined."""
-    from nnunet_mcc.trainers.base import mcc_from_counts as mcc
-
-    return mcc(tp, fp, fn, tn)
-
-
 @dataclass
 class CaseMetrics:
     trainer: str

@@ -109,6 +109,19 @@ def global_batch_size(local: int, device: torch.device) -> int:
     return int(n.item())
 
 
+def mean_over_samples(per_sample: torch.Tensor, ddp: bool) -> torch.Tensor:
+    """Mean of per-sample losses; under DDP over the GLOBAL batch.
+
+    DDP averages gradients over ranks, so each rank's sum is scaled by world_size / global batch: the
+    ranks' reported values then average to the global mean, and the gradients are exact even for
+    unequal per-rank batches.
+    """
+    if not ddp_active(ddp):
+        return per_sample.mean()
+    world = dist.get_world_size()
+    return per_sample.sum() * world / global_batch_size(per_sample.shape[0], per_sample.device)
+
+
 class ConfusionLoss(nn.Module):
     """Base for losses built from soft per-class statistics: handles activation and the target forms.
 

@@ -5,7 +5,7 @@ from typing import Optional
 import torch
 
 from nnunet_mcc.losses._common import (ConfusionLoss, Nonlin, check_binary_values, check_label_values,
-                                       check_logits_and_target, check_mask, ddp_active, global_batch_size,
+                                       check_logits_and_target, check_mask, ddp_active, mean_over_samples,
                                        sum_over_ranks)
 from nnunet_mcc.losses.distance_matrix import validate_distance_matrix
 
@@ -109,7 +109,8 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
         if isinstance(distance_matrix, torch.Tensor):
             distance_matrix = distance_matrix.detach().cpu().double().numpy()
         matrix = validate_distance_matrix(distance_matrix, source="distance_matrix")
-        self.distance_matrix = torch.as_tensor(matrix, dtype=torch.float32)
+        # a buffer, moved to the logits' device once (nnU-Net never moves its loss to the GPU)
+        self.register_buffer("distance_matrix", torch.as_tensor(matrix, dtype=torch.float32), persistent=False)
         self.num_classes = matrix.shape[0]
         self.weighting = weighting
         self.batch = bool(batch)
@@ -147,7 +148,9 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
         # float32 and no autocast: the matmul below would otherwise run in fp16/bf16
         with torch.autocast(x.device.type, enabled=False):
             x = x.float().flatten(2)  # (B, K, N)
-            matrix = self.distance_matrix.to(x.device)
+            if self.distance_matrix.device != x.device:
+                self.distance_matrix = self.distance_matrix.to(x.device)
+            matrix = self.distance_matrix
             if self.nonlin_kind == "softmax":
                 w = _SoftmaxWassersteinMap.apply(x, labels, matrix)  # (B, N)
             else:
@@ -176,12 +179,9 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
             error_sum = (alpha * errors).sum(-1)
         true_positives = (alpha * (volumes - errors)).sum(-1)
         score = (2 * true_positives + self.smooth) / (2 * true_positives + error_sum + self.smooth)
-        if self.batch or not ddp_active(self.ddp):
+        if self.batch:
             return (1 - score).mean()
-        # per-sample mean over the GLOBAL batch: DDP averages gradients over ranks, so each rank's share is
-        # scaled by world_size / global batch (exact also for unequal per-rank batches)
-        world = torch.distributed.get_world_size()
-        return (1 - score).sum() * world / global_batch_size(score.shape[0], score.device)
+        return mean_over_samples(1 - score, self.ddp)
 
 
 def generalized_wasserstein_dice_loss(logits: torch.Tensor, target: torch.Tensor, distance_matrix,

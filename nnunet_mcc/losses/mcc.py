@@ -4,7 +4,7 @@ from typing import Optional
 
 import torch
 
-from nnunet_mcc.losses._common import ConfusionLoss, Nonlin, ddp_active, global_batch_size, sum_over_ranks
+from nnunet_mcc.losses._common import ConfusionLoss, Nonlin, ddp_active, mean_over_samples, sum_over_ranks
 
 
 def soft_mcc(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, tn: torch.Tensor,
@@ -98,11 +98,6 @@ class MCCLoss(ConfusionLoss):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         mcc = soft_mcc(*self.confusion(x, y, loss_mask), eps=self.eps)
-        if self.batch or not ddp_active(self.ddp):
-            loss = 1 - mcc.mean()
-        else:
-            # per-sample mean over the GLOBAL batch: DDP averages gradients over ranks, so each rank's
-            # share is scaled by world_size / global batch (exact even for unequal per-rank batches)
-            world = torch.distributed.get_world_size()
-            loss = (1 - mcc).mean(-1).sum() * world / global_batch_size(mcc.shape[0], mcc.device)
-        return loss.float()
+        if self.batch:
+            return (1 - mcc.mean()).float()
+        return mean_over_samples((1 - mcc).mean(-1), self.ddp).float()

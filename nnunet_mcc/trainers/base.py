@@ -26,14 +26,8 @@ from nnunetv2.training.logging.nnunet_logger import LocalLogger
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-BUDGET_VARIABLES = {
-    "num_epochs": "NNUNET_MCC_EPOCHS",
-    "num_iterations_per_epoch": "NNUNET_MCC_ITERATIONS",
-    "num_val_iterations_per_epoch": "NNUNET_MCC_VAL_ITERATIONS",
-    "save_every": "NNUNET_MCC_SAVE_EVERY",
-    "plot_every": "NNUNET_MCC_PLOT_EVERY",
-}
-SNAPSHOT_VARIABLE = "NNUNET_MCC_SNAPSHOT_EPOCHS"
+from nnunet_mcc.knobs import BUDGET_VARIABLES, SNAPSHOT_VARIABLE
+from nnunet_mcc.metrics import mcc_from_counts
 
 
 def _positive_int_from_env(name: str) -> Optional[int]:
@@ -60,14 +54,6 @@ def snapshot_epochs_from_env() -> List[int]:
     if any(e < 1 for e in epochs):
         raise ValueError(f"{SNAPSHOT_VARIABLE}={value!r}: epoch numbers start at 1")
     return epochs
-
-
-def mcc_from_counts(tp, fp, fn, tn) -> np.ndarray:
-    """Hard MCC per class from counts (float64: the products overflow int64); NaN where undefined."""
-    tp, fp, fn, tn = (np.asarray(v, dtype=np.float64) for v in (tp, fp, fn, tn))
-    denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denominator > 0, (tp * tn - fp * fn) / np.where(denominator > 0, denominator, 1), np.nan)
 
 
 class MCCLocalLogger(LocalLogger):

@@ -246,6 +246,7 @@ class nnUNetTrainerSegAN(ComparisonTrainer):
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)
+        # read again for the critic: nnU-Net's load_checkpoint only works when given a file name
         checkpoint = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \
             torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
         state = checkpoint.get(CHECKPOINT_KEY)
