@@ -56,8 +56,9 @@ def write_fold(results_root: str, trainer: str, trainer_index: int, fold: int, c
                          "prediction_file": f"{folder}/validation/case_{case:03d}.nii.gz", "metrics": metrics})
     with open(os.path.join(folder, "validation", "summary.json"), "w") as f:
         json.dump({"metric_per_case": per_case, "mean": {}, "foreground_mean": {}}, f)
-    with open(os.path.join(folder, "debug.json"), "w") as f:
-        json.dump({"num_iterations_per_epoch": 7}, f)
+    with open(os.path.join(folder, "debug.json"), "w") as f:  # nnU-Net writes every attribute as a string
+        json.dump({"num_epochs": str(epochs), "num_iterations_per_epoch": "7", "num_val_iterations_per_epoch": "2"},
+                  f)
     return folder
 
 
@@ -193,15 +194,13 @@ def test_unfinished_and_missing_folds_are_said_and_not_paired(hand_results, tmp_
 
 
 def test_mcc_of_an_empty_prediction_counts_as_zero_not_missing(hand_results, tmp_path):
-    from nnunet_mcc.experiments.results import CaseMetrics
+    from nnunet_mcc.experiments.results import scores_from_counts
 
-    missed = CaseMetrics("T", 0, "c", "1", "lesion", "label", tp=0, fp=0, fn=50, tn=950)
-    assert missed.dice == 0.0 and missed.mcc == 0.0
-    nothing = CaseMetrics("T", 0, "c", "1", "lesion", "label", tp=0, fp=0, fn=0, tn=1000)
-    assert math.isnan(nothing.dice) and math.isnan(nothing.mcc)
-    # counts whose products overflow int64 still give the float result
-    big = CaseMetrics("T", 0, "c", "1", "lesion", "label", tp=3e9, fp=1e9, fn=2e9, tn=9e9)
-    assert big.mcc == pytest.approx(mcc(3e9, 1e9, 2e9, 9e9))
+    # a present class predicted nowhere; a class in neither; counts whose products overflow int64
+    scores = scores_from_counts([0, 0, 3e9], [0, 0, 1e9], [50, 0, 2e9], [950, 1000, 9e9])
+    assert scores["Dice"][0] == 0.0 and scores["MCC"][0] == 0.0
+    assert math.isnan(scores["Dice"][1]) and math.isnan(scores["MCC"][1])
+    assert scores["MCC"][2] == pytest.approx(mcc(3e9, 1e9, 2e9, 9e9))
 
 
 def test_holm_and_wilcoxon_helpers():

@@ -2,10 +2,18 @@
 
 Each run's state decides what happens to it:
 
-* finished (``checkpoint_final.pth`` and ``validation/summary.json``): skipped;
+* finished (``validation/summary.json``, with or without checkpoints): skipped, never retrained over;
 * trained but not validated (``checkpoint_final.pth`` only): ``nnUNetv2_train ... --val``;
 * interrupted (``checkpoint_latest.pth``): resumed with ``nnUNetv2_train ... --c``;
 * anything else: trained from the start.
+
+Before anything runs, the budget each existing fold was trained with (nnU-Net's ``debug.json``) is checked
+against the budget asked for (``planned_budget`` of this package's trainers under the runs' environment):
+a fold trained, validated or interrupted with another budget is never skipped or resumed silently. Each
+such fold is named in one line with both budgets and nothing runs (exit status 2), unless
+``--retrain-mismatched`` moves it aside (``fold_<f>.budget_<epochs>x<iterations>x<val>``, nothing deleted)
+and trains it again. nnU-Net's own trainers have a budget fixed by their class: they are not checked, and
+the budget options do not apply to them.
 
 A failed run does not stop the others; failures are listed at the end and the exit status is 1.
 Instead of training here, ``--write-script`` writes the same logic as a shell script and ``--slurm`` as a
@@ -30,6 +38,7 @@ from typing import Dict, List, Optional, Sequence
 
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.experiments import results
+from nnunet_mcc.fileio import os_error_cause, write_json, write_text
 from nnunet_mcc.knobs import BUDGET_VARIABLES, SNAPSHOT_VARIABLE
 
 TRAIN_COMMAND_VARIABLE = "NNUNET_MCC_TRAIN_COMMAND"
@@ -61,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run the trainings with nnU-Net's run_training in --jobs long-lived Python processes "
                              "instead of one nnUNetv2_train process each (saves ~10 s start-up per run on small "
                              "CPU budgets; the default command is used)")
+    parser.add_argument("--retrain-mismatched", action="store_true",
+                        help="a fold trained with another budget than asked (or an unknown one) is moved aside to "
+                             "fold_<f>.budget_<epochs>x<iterations>x<val> and trained again (default: stop, exit 2)")
     parser.add_argument("--dry-run", action="store_true", help="print what would run and exit")
     parser.add_argument("--write-script", metavar="FILE", help="write a bash script running every run in turn")
     parser.add_argument("--slurm", metavar="FILE", help="write a SLURM job-array script, one task per run")
@@ -73,7 +85,7 @@ def run(args) -> int:
     return crossval(args.dataset, args.configuration, args.trainers, folds=args.folds, plans=args.plans,
                     device=args.device, npz=args.npz, jobs=args.jobs, budget=budget,
                     snapshot_epochs=args.snapshot_epochs, train_command=args.train_command,
-                    in_process=args.in_process, dry_run=args.dry_run,
+                    in_process=args.in_process, dry_run=args.dry_run, retrain_mismatched=args.retrain_mismatched,
                     script=args.write_script, slurm=args.slurm, slurm_options=args.slurm_option)
 
 
@@ -97,6 +109,8 @@ class Run:
     folder: str
     action: str
     command: List[str]
+    recorded: Optional[results.Budget] = None   # the budget an existing fold was trained with
+    mismatch: Optional[str] = None              # why its record does not match the asked budget
 
 
 def budget_environment(budget: Optional[Dict[str, Optional[int]]], snapshot_epochs: Optional[Sequence[int]]) -> Dict:
@@ -115,7 +129,7 @@ def budget_environment(budget: Optional[Dict[str, Optional[int]]], snapshot_epoc
 
 
 def action_for(folder: str) -> str:
-    if results.fold_status(folder) == results.FINISHED:
+    if results.fold_status(folder) == results.FINISHED:  # validation results are never trained over
         return SKIP
     if os.path.isfile(os.path.join(folder, "checkpoint_final.pth")):
         return VALIDATE
@@ -132,15 +146,19 @@ def plan_runs(dataset_name: str, configuration: str, trainers: Sequence[str], fo
         for fold in folds:
             folder = results.fold_folder(results_root, dataset_name, trainer, plans, configuration, fold)
             action = action_for(folder)
-            extra = {RESUME: ["--c"], VALIDATE: ["--val"]}.get(action, [])
-            command = executable + [dataset_name, configuration, str(fold), "-tr", trainer, "-p", plans,
-                                    "-device", device] + (["--npz"] if npz else []) + extra
-            runs.append(Run(trainer, fold, folder, action, command))
+            runs.append(Run(trainer, fold, folder, action, command_for(executable, dataset_name, configuration, fold,
+                                                                       trainer, plans, device, npz, action)))
     return runs
 
 
-def check_inputs(dataset: str, configuration: str, trainers: Sequence[str], folds: Sequence[int], plans: str,
-                 check_trainers: bool) -> str:
+def command_for(executable: List[str], dataset_name: str, configuration: str, fold: int, trainer: str, plans: str,
+                device: str, npz: bool, action: str) -> List[str]:
+    extra = {RESUME: ["--c"], VALIDATE: ["--val"]}.get(action, [])
+    return executable + [dataset_name, configuration, str(fold), "-tr", trainer, "-p", plans,
+                         "-device", device] + (["--npz"] if npz else []) + extra
+
+
+def check_inputs(dataset: str, configuration: str, trainers: Sequence[str], folds: Sequence[int], plans: str) -> str:
     if not trainers:
         raise UserError("-tr needs at least one trainer")
     if len(set(trainers)) != len(trainers):
@@ -149,28 +167,70 @@ def check_inputs(dataset: str, configuration: str, trainers: Sequence[str], fold
         raise UserError(f"-f needs distinct fold numbers >= 0, got {folds}")
     dataset_name = results.resolve_dataset(dataset)
     results.load_plans_checked(dataset_name, plans, configuration)
-    if check_trainers:
-        check_trainer_names(trainers)
     return dataset_name
 
 
-def check_trainer_names(trainers: Sequence[str]) -> None:
-    """Every name must be found by nnU-Net's own lookup (its package, then ``nnUNet_extTrainer``)."""
+def trainer_classes(trainers: Sequence[str], required: bool) -> Dict[str, Optional[type]]:
+    """Each name looked up with nnU-Net's own lookup (its package, then ``nnUNet_extTrainer``). With ``required``
+    an unknown name is a UserError; otherwise (a custom train command may know more) its class is None."""
     import contextlib
     import io
 
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    unknown = []
+    found, unknown = {}, []
     for name in trainers:
         try:
             with contextlib.redirect_stdout(io.StringIO()):
-                recursive_find_trainer_class_by_name(name)
+                found[name] = recursive_find_trainer_class_by_name(name)
         except RuntimeError:
+            found[name] = None
             unknown.append(name)
-    if unknown:
+    if unknown and required:
         raise UserError(f"trainer(s) not found by nnU-Net: {', '.join(unknown)} (check the spelling; "
                         f"`nnunet-mcc doctor` lists this package's trainers)")
+    return found
+
+
+def planned_budgets(classes: Dict[str, Optional[type]], env: Dict[str, str]) -> Dict[str, Optional[results.Budget]]:
+    """The budget a new run of each trainer gets under ``env``; None where the class does not say (nnU-Net's own
+    trainers fix it in ``__init__``, and the budget options do not apply to them)."""
+    planned = {}
+    for name, cls in classes.items():
+        method = getattr(cls, "planned_budget", None) if cls is not None else None
+        planned[name] = results.Budget.from_mapping(method(environ=env)) if method is not None else None
+    return planned
+
+
+def check_budgets(runs: Sequence[Run], planned: Dict[str, Optional[results.Budget]]) -> List[Run]:
+    """Record each existing fold's budget in its Run and return the runs trained with another budget than
+    ``planned`` (or an unknown one). Folds to be trained from the start are not checked."""
+    mismatched = []
+    for r in runs:
+        asked = planned.get(r.trainer)
+        if r.action == TRAIN or asked is None:
+            continue
+        try:
+            r.recorded = results.recorded_budget(r.folder)
+        except UserError as e:
+            r.mismatch = f"budget unknown ({e})"
+        else:
+            if r.recorded != asked:
+                r.mismatch = f"trained with {r.recorded.short()}, asked for {asked.short()} (epochs x iterations)"
+        if r.mismatch:
+            mismatched.append(r)
+    return mismatched
+
+
+def aside_name(folder: str, recorded: Optional[results.Budget]) -> str:
+    """A free name beside ``folder`` saying why it was moved: ``fold_0.budget_2x50x5`` (or ``.budget_unknown``)."""
+    tag = (f"budget_{recorded.num_epochs}x{recorded.num_iterations_per_epoch}x"
+           f"{recorded.num_val_iterations_per_epoch}") if recorded else "budget_unknown"
+    candidate, n = f"{folder}.{tag}", 1
+    while os.path.lexists(candidate):
+        n += 1
+        candidate = f"{folder}.{tag}.{n}"
+    return candidate
 
 
 def ensure_splits(dataset_name: str, configuration: str, plans: str, folds: Sequence[int]) -> None:
@@ -189,20 +249,15 @@ def ensure_splits(dataset_name: str, configuration: str, plans: str, folds: Sequ
     if not os.path.isdir(data_folder):
         return  # let nnU-Net report the missing preprocessed data in the first run's log
     identifiers = sorted(infer_dataset_class(data_folder).get_identifiers(data_folder))
-    import json
-
-    tmp = splits + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(generate_crossval_split(identifiers, seed=12345, n_splits=5), f, indent=4)
-    os.replace(tmp, splits)
+    write_json(splits, generate_crossval_split(identifiers, seed=12345, n_splits=5), "nnU-Net split file", indent=4)
 
 
 def crossval(dataset: str, configuration: str, trainers: Sequence[str], folds: Sequence[int] = (0, 1, 2, 3, 4),
              plans: str = "nnUNetPlans", device: str = "cuda", npz: bool = False, jobs: int = 1,
              budget: Optional[Dict[str, Optional[int]]] = None, snapshot_epochs: Optional[Sequence[int]] = None,
-             train_command: Optional[str] = None, in_process: bool = False, dry_run: bool = False, script: Optional[str] = None,
-             slurm: Optional[str] = None, slurm_options: Sequence[str] = (), check_trainers: Optional[bool] = None,
-             log=print) -> int:
+             train_command: Optional[str] = None, in_process: bool = False, dry_run: bool = False,
+             retrain_mismatched: bool = False, script: Optional[str] = None, slurm: Optional[str] = None,
+             slurm_options: Sequence[str] = (), check_trainers: Optional[bool] = None, log=print) -> int:
     """Returns 0 when every run is finished, 1 when some failed (listed at the end)."""
     if jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {jobs}")
@@ -210,24 +265,51 @@ def crossval(dataset: str, configuration: str, trainers: Sequence[str], folds: S
     custom = bool(train_command or os.environ.get(TRAIN_COMMAND_VARIABLE))
     if in_process and custom:
         raise UserError("--in-process runs nnU-Net's own training function: it cannot use --train-command")
-    dataset_name = check_inputs(dataset, configuration, trainers, folds, plans,
-                                (not custom) if check_trainers is None else check_trainers)
+    if retrain_mismatched and (script or slurm):
+        raise UserError("--retrain-mismatched moves fold folders aside here: run it without --write-script/--slurm "
+                        "(or move the folders aside yourself)")
+    dataset_name = check_inputs(dataset, configuration, trainers, folds, plans)
+    env = dict(os.environ, **extra_env)
+    classes = trainer_classes(trainers, required=(not custom) if check_trainers is None else check_trainers)
+    planned = planned_budgets(classes, env)
+    fixed = [t for t in trainers if classes[t] is not None and planned[t] is None]
+    if fixed and any(k in extra_env for k in BUDGET_OPTIONS.values()):
+        log(f"note: {', '.join(fixed)}: budget fixed by the trainer class (nnU-Net's own trainers); "
+            f"--epochs/--iterations/--val-iterations do not apply to them")
     executable = train_executable(train_command)
+    if (script or slurm) and not custom:
+        executable = ["nnUNetv2_train"]  # scripts run elsewhere (a cluster node): name nnU-Net's command
     runs = plan_runs(dataset_name, configuration, trainers, folds, plans, device, npz, executable)
+    mismatched = check_budgets(runs, planned)
+    if mismatched and not retrain_mismatched:
+        listed = "; ".join(f"{r.trainer} fold {r.fold} {r.mismatch}" for r in mismatched)
+        raise UserError(f"{len(mismatched)} fold(s) were not trained with the budget asked for, nothing was run: "
+                        f"{listed}. Ask for their budget (--epochs/--iterations/--val-iterations), or pass "
+                        f"--retrain-mismatched to move them aside and train them again")
+    for r in mismatched:
+        target = aside_name(r.folder, r.recorded)
+        if dry_run:
+            log(f"{r.trainer} fold {r.fold}: {r.mismatch}: would be moved aside to {os.path.basename(target)}")
+        else:
+            try:
+                os.replace(r.folder, target)
+            except OSError as e:
+                raise UserError(f"cannot move {r.folder} aside to {target} ({os_error_cause(e)})") from None
+            log(f"{r.trainer} fold {r.fold}: {r.mismatch}: moved aside to {target}")
+        r.action = TRAIN
+        r.command = command_for(executable, dataset_name, configuration, r.fold, r.trainer, plans, device, npz, TRAIN)
     if script or slurm:
-        # scripts run elsewhere (a cluster node): name nnU-Net's command, not this machine's path to it
-        runs = plan_runs(dataset_name, configuration, trainers, folds, plans, device, npz,
-                         executable if custom else ["nnUNetv2_train"])
-        for path, text in ((script, shell_script(runs, extra_env, None)),
-                           (slurm, shell_script(runs, extra_env, slurm_options or ()) if slurm else None)):
+        for path, slurm_lines in ((script, None), (slurm, slurm_options or ())):
             if path:
-                _write_executable(path, text)
+                _write_executable(path, shell_script(runs, extra_env, slurm_lines))
                 log(f"wrote {path} ({len(runs)} runs)")
         return 0
     pending = [r for r in runs if r.action != SKIP]
     for r in runs:
         if dry_run or r.action == SKIP:
-            log(f"{r.trainer} fold {r.fold}: {r.action}" + ("" if r.action == SKIP else f"  $ {shlex.join(r.command)}"))
+            trained = f", trained {r.recorded.short()}" if r.recorded else ""
+            log(f"{r.trainer} fold {r.fold}: {r.action}{trained}" +
+                ("" if r.action == SKIP else f"  $ {shlex.join(r.command)}"))
     if dry_run:
         if extra_env:
             log("environment: " + " ".join(f"{k}={v}" for k, v in extra_env.items()))
@@ -235,7 +317,6 @@ def crossval(dataset: str, configuration: str, trainers: Sequence[str], folds: S
     if not pending:
         log(f"all {len(runs)} runs finished already")
         return 0
-    env = dict(os.environ, **extra_env)
     if jobs > 1:
         ensure_splits(dataset_name, configuration, plans, folds)
     log_folder = os.path.join(results.nnunet_folder("results"), dataset_name, "nnunet_mcc_crossval_logs")
@@ -248,8 +329,8 @@ def crossval(dataset: str, configuration: str, trainers: Sequence[str], folds: S
         log_file = os.path.join(log_folder, f"{r.trainer}__{plans}__{configuration}_fold_{r.fold}.log")
         log(f"[{index}/{len(pending)}] {r.trainer} fold {r.fold}: {r.action} ...")
         t0 = time.time()
-        with open(log_file, "a") as handle:
-            if workers is None:
+        if workers is None:
+            with open(log_file, "a") as handle:
                 handle.write(f"$ {shlex.join(r.command)}\n")
                 handle.flush()
                 try:
@@ -257,7 +338,7 @@ def crossval(dataset: str, configuration: str, trainers: Sequence[str], folds: S
                 except OSError as e:
                     handle.write(f"cannot start: {e}\n")
                     code = 127
-        if workers is not None:
+        else:
             code = workers.train(r, log_file, dataset_name, configuration, plans, device, npz)
         finished = results.fold_status(r.folder) == results.FINISHED
         if code == 0 and finished:
@@ -340,10 +421,11 @@ class WorkerPool:
 
 # ---- scripts ----------------------------------------------------------------------------------
 _RUN_FUNCTION = r'''
-# run_fold FOLDER TRAIN-COMMAND...: skip a finished run, validate a trained one, resume an interrupted one
+# run_fold FOLDER TRAIN-COMMAND...: skip a finished run (validation results are never trained over),
+# validate a trained one, resume an interrupted one (nnUNetv2_train --c keeps the budget it started with)
 run_fold() {
     local folder="$1"; shift
-    if [ -f "$folder/checkpoint_final.pth" ] && [ -f "$folder/validation/summary.json" ]; then
+    if [ -f "$folder/validation/summary.json" ]; then
         echo "finished already: $folder"; return 0
     elif [ -f "$folder/checkpoint_final.pth" ]; then
         "$@" --val
@@ -382,11 +464,8 @@ def shell_script(runs: Sequence[Run], extra_env: Dict[str, str], slurm_options: 
 
 
 def _write_executable(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise UserError(f"cannot write {path}: folder {folder} does not exist")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, path)
+    write_text(path, text, "script")
+    try:
+        os.chmod(path, 0o755)
+    except OSError as e:
+        raise UserError(f"{path}: cannot make the script executable ({os_error_cause(e)})") from None

@@ -1,9 +1,17 @@
 """Where nnU-Net keeps a dataset's training results, and reading them back.
 
 Layout (nnU-Net's): ``$nnUNet_results/DatasetXXX_Name/<trainer>__<plans>__<configuration>/fold_<f>/`` with
-``checkpoint_final.pth`` (or ``checkpoint_latest.pth`` while training), ``validation/summary.json``
-(per case and label/region: Dice, IoU, TP, FP, FN, TN), ``debug.json`` (the trainer's settings) and,
-for this package's trainers, ``checkpoint_epoch_<N>.pth`` snapshots.
+
+* ``validation/summary.json``: per case and label/region Dice, IoU, TP, FP, FN, TN; what nnU-Net's own
+  tools (``nnUNetv2_find_best_configuration``, its evaluation) read, and all that a comparison needs;
+* ``debug.json``: every trainer attribute as a string, written by nnU-Net at the start of every training
+  (stock trainers included): the budget record (``num_epochs``, ``num_iterations_per_epoch``,
+  ``num_val_iterations_per_epoch``);
+* for this package's trainers, ``nnunet_mcc_provenance.json`` (budget and where it came from, versions,
+  the loss and its settings), ``nnunet_mcc_log.json`` (the per-epoch validation series) and
+  ``snapshots/epoch_<N>/summary.json`` (the network validated after epoch N, during training);
+* ``checkpoint_final.pth`` / ``checkpoint_latest.pth``: optional here (often left behind on a cluster);
+  their ``logging`` holds the per-epoch series of any trainer.
 """
 
 import json
@@ -14,12 +22,19 @@ import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 
 from nnunet_mcc.errors import UserError
+from nnunet_mcc.fileio import read_json
 from nnunet_mcc.metrics import mcc_from_counts
 
 FINISHED, UNFINISHED, MISSING = "finished", "unfinished", "missing"
-SNAPSHOT_PATTERN = re.compile(r"^checkpoint_epoch_(\d+)\.pth$")
+PROVENANCE_FILE = "nnunet_mcc_provenance.json"
+LOG_FILE = "nnunet_mcc_log.json"
+SNAPSHOT_FOLDER = re.compile(r"^epoch_(\d+)$")
+SNAPSHOT_CHECKPOINT = re.compile(r"^checkpoint_epoch_(\d+)\.pth$")
+BUDGET_FIELDS = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch")
+COUNTS = ("TP", "FP", "FN", "TN")
 
 
 def nnunet_folder(kind: str) -> str:
@@ -32,8 +47,9 @@ def nnunet_folder(kind: str) -> str:
 
 
 def resolve_dataset(dataset: str) -> str:
-    """Dataset id or name -> ``DatasetXXX_Name``, searched as nnU-Net does (preprocessed, results, raw), from the
-    current environment (nnunetv2.paths keeps the values of its first import)."""
+    """Dataset id or name -> ``DatasetXXX_Name``, searched as nnU-Net's ``maybe_convert_to_dataset_name`` does
+    (preprocessed, results, raw), but from the current environment: ``nnunetv2.paths`` keeps the folders of
+    its first import, and a clear one-line error instead of nnU-Net's RuntimeError."""
     roots = [nnunet_folder("preprocessed"), nnunet_folder("results"), os.environ.get("nnUNet_raw") or ""]
     text = str(dataset).strip()
     if re.fullmatch(r"Dataset\d{3}_.+", text):
@@ -70,15 +86,8 @@ def load_plans_checked(dataset_name: str, plans: str, configuration: str) -> dic
     return plans_dict
 
 
-def read_json(path: str, what: str = "file") -> dict:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{what} {path} cannot be read as JSON: {e}") from None
-
-
 def trainer_folder(results_root: str, dataset_name: str, trainer: str, plans: str, configuration: str) -> str:
+    """nnU-Net's ``<trainer>__<plans>__<configuration>`` folder (as its ``get_output_folder``, for any root)."""
     return os.path.join(results_root, dataset_name, f"{trainer}__{plans}__{configuration}")
 
 
@@ -87,24 +96,174 @@ def fold_folder(results_root: str, dataset_name: str, trainer: str, plans: str, 
 
 
 def fold_status(folder: str) -> str:
-    """finished (final checkpoint and validation summary), unfinished (started) or missing."""
-    if os.path.isfile(os.path.join(folder, "checkpoint_final.pth")) and \
-            os.path.isfile(os.path.join(folder, "validation", "summary.json")):
+    """finished (``validation/summary.json``, with or without checkpoints), unfinished (started) or missing."""
+    if os.path.isfile(os.path.join(folder, "validation", "summary.json")):
         return FINISHED
     if os.path.isdir(folder) and os.listdir(folder):
         return UNFINISHED
     return MISSING
 
 
-def snapshot_checkpoints(folder: str) -> Dict[int, str]:
-    """epoch -> path of every ``checkpoint_epoch_<N>.pth`` in a fold folder."""
-    if not os.path.isdir(folder):
-        return {}
+# ---- budget and settings ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Budget:
+    """What decides how long a run trains; two runs are comparable only with equal budgets."""
+    num_epochs: int
+    num_iterations_per_epoch: int
+    num_val_iterations_per_epoch: int
+
+    @classmethod
+    def from_mapping(cls, mapping: dict) -> "Budget":
+        """From debug.json (values are strings there) or a provenance/planned budget (integers)."""
+        return cls(*(int(str(mapping[k]).strip()) for k in BUDGET_FIELDS))
+
+    @property
+    def iterations(self) -> int:
+        return self.num_epochs * self.num_iterations_per_epoch
+
+    def short(self) -> str:
+        return f"{self.num_epochs} x {self.num_iterations_per_epoch} (val {self.num_val_iterations_per_epoch})"
+
+    def __str__(self) -> str:
+        return (f"{self.num_epochs} epochs x {self.num_iterations_per_epoch} iterations "
+                f"({self.iterations} training iterations, {self.num_val_iterations_per_epoch} validation "
+                f"iterations per epoch)")
+
+
+def recorded_budget(folder: str) -> Budget:
+    """The budget a fold was trained with, from nnU-Net's ``debug.json`` (this package's provenance file when
+    debug.json is absent); one clear UserError line when neither records it."""
+    debug = os.path.join(folder, "debug.json")
+    if os.path.isfile(debug):
+        content = read_json(debug, "debug.json")
+        try:
+            return Budget.from_mapping(content)
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"debug.json {debug} does not record the budget ({type(e).__name__}: {e}; needs "
+                            f"{', '.join(BUDGET_FIELDS)})") from None
+    provenance = read_provenance(folder)
+    if provenance and isinstance(provenance.get("budget"), dict):
+        try:
+            return Budget.from_mapping(provenance["budget"])
+        except (KeyError, TypeError, ValueError):
+            pass
+    raise UserError(f"{debug} does not exist: the budget this fold was trained with is unknown (nnU-Net writes "
+                    f"debug.json when a training starts; copy it along with validation/)")
+
+
+def read_provenance(folder: str) -> Optional[dict]:
+    """This package's ``nnunet_mcc_provenance.json`` (None for other trainers); UserError when unreadable."""
+    path = os.path.join(folder, PROVENANCE_FILE)
+    if not os.path.isfile(path):
+        return None
+    content = read_json(path, "provenance file")
+    if not isinstance(content, dict):
+        raise UserError(f"provenance file {path} is not a JSON object")
+    return content
+
+
+def loss_record(provenance: Optional[dict], debug_folder: Optional[str] = None) -> Dict[str, object]:
+    """``{"name", "settings"}`` of the loss: from the provenance file, else nnU-Net's ``debug.json`` repr."""
+    if provenance and isinstance(provenance.get("loss"), dict):
+        loss = provenance["loss"]
+        return {"name": str(loss.get("name", "?")), "settings": loss.get("settings") or {}}
+    if debug_folder:
+        try:
+            with open(os.path.join(debug_folder, "debug.json")) as f:
+                text = str(json.load(f).get("loss", ""))
+        except (OSError, ValueError, AttributeError):
+            text = ""
+        inner = re.search(r"\(loss\):\s*([A-Za-z_]\w*)", text)  # nnU-Net wraps its loss for deep supervision
+        name = inner.group(1) if inner else text.split("(")[0].strip()
+        if name:
+            return {"name": name, "settings": {}}
+    return {"name": "unknown", "settings": {}}
+
+
+def settings_text(settings: dict, width: int = 60) -> str:
+    """One short line for a settings dict (matrices and long lists abbreviated)."""
+    parts = []
+    for key, value in settings.items():
+        if isinstance(value, (list, tuple)) and value and isinstance(value[0], (list, tuple)):
+            text = f"{len(value)}x{len(value[0])} matrix"
+        elif isinstance(value, (list, tuple)):
+            shown = ", ".join(_short_number(v) for v in value[:4])
+            text = f"[{shown}{', ...' if len(value) > 4 else ''}]"
+        elif isinstance(value, dict):
+            text = "{...}"
+        else:
+            text = _short_number(value)
+        parts.append(f"{key}={text}")
+    line = "; ".join(parts)
+    return line if len(line) <= width or width <= 0 else line[: width - 3] + "..."
+
+
+def _short_number(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+# ---- training logs ----------------------------------------------------------------------------
+LOG_SERIES = ("mean_fg_dice", "ema_fg_dice", "mean_fg_mcc", "train_losses", "val_losses")
+
+
+def training_log(folder: str) -> Tuple[Optional[Dict[str, List[float]]], str]:
+    """Per-epoch series of a fold and where they came from: ``nnunet_mcc_log.json`` (no torch.load), else the
+    ``logging`` of ``checkpoint_final.pth``/``checkpoint_latest.pth``; (None, why) when there is neither."""
+    path = os.path.join(folder, LOG_FILE)
+    if os.path.isfile(path):
+        try:
+            content = read_json(path, "training log")
+            series = content["series"]
+            return _cut_series(series), LOG_FILE
+        except (UserError, KeyError, TypeError) as e:
+            print(f"warning: {path} is unreadable ({e}); looking for a checkpoint instead", file=sys.stderr)
+    for name in ("checkpoint_final.pth", "checkpoint_latest.pth"):
+        checkpoint_path = os.path.join(folder, name)
+        if os.path.isfile(checkpoint_path):
+            import torch
+
+            try:
+                checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+                return _cut_series(checkpoint["logging"]), name
+            except Exception as e:  # a broken checkpoint costs its learning curve, not the comparison
+                return None, f"{name} unreadable ({type(e).__name__})"
+    return None, f"no {LOG_FILE} and no checkpoint"
+
+
+def _cut_series(logging: dict) -> Dict[str, List[float]]:
+    """The series, each cut to the epochs the pseudo Dice was logged for (NaN where a series is absent)."""
+    epochs = len(logging.get("mean_fg_dice", []))
+    out = {}
+    for key in LOG_SERIES:
+        values = list(logging.get(key) or [])[:epochs]
+        out[key] = [float("nan") if v is None else float(v) for v in values] + [float("nan")] * (epochs - len(values))
+    return out
+
+
+# ---- snapshots --------------------------------------------------------------------------------
+def snapshot_summaries(folder: str) -> Dict[int, str]:
+    """epoch -> ``snapshots/epoch_<N>/summary.json`` (validated by the trainer during training)."""
+    root = os.path.join(folder, "snapshots")
     found = {}
-    for name in os.listdir(folder):
-        match = SNAPSHOT_PATTERN.match(name)
-        if match:
-            found[int(match.group(1))] = os.path.join(folder, name)
+    if os.path.isdir(root):
+        for name in os.listdir(root):
+            match = SNAPSHOT_FOLDER.match(name)
+            path = os.path.join(root, name, "summary.json")
+            if match and os.path.isfile(path):
+                found[int(match.group(1))] = path
+    return dict(sorted(found.items()))
+
+
+def snapshot_checkpoints(folder: str) -> Dict[int, str]:
+    """epoch -> ``checkpoint_epoch_<N>.pth`` (kept by the trainers at the snapshot epochs)."""
+    found = {}
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            match = SNAPSHOT_CHECKPOINT.match(name)
+            if match:
+                found[int(match.group(1))] = os.path.join(folder, name)
     return dict(sorted(found.items()))
 
 
@@ -145,42 +304,23 @@ def evaluation_regions(dataset_json: dict) -> Dict[str, Tuple[int, ...]]:
     return checked
 
 
-# ---- per-case metrics -------------------------------------------------------------------------
-@dataclass
-class CaseMetrics:
-    trainer: str
-    fold: int
-    case: str
-    key: str            # summary.json key ("1", "(1, 2)") or the evaluation region's name
-    name: str           # readable class/region name
-    kind: str           # "label" (nnU-Net's own label/region) or "region" (evaluation region)
-    tp: float
-    fp: float
-    fn: float
-    tn: float
-    snapshot_epoch: Optional[int] = None
+# ---- per-case counts and scores ---------------------------------------------------------------
+def scores_from_counts(tp, fp, fn, tn) -> Dict[str, np.ndarray]:
+    """Dice, IoU and MCC from confusion counts (float64: the MCC products overflow int64).
 
-    @property
-    def dice(self) -> float:
-        d = 2 * self.tp + self.fp + self.fn
-        return 2 * self.tp / d if d > 0 else float("nan")
-
-    @property
-    def iou(self) -> float:
-        d = self.tp + self.fp + self.fn
-        return self.tp / d if d > 0 else float("nan")
-
-    @property
-    def mcc(self) -> float:
-        if self.tp + self.fp + self.fn == 0:  # nothing to find and nothing found: undefined, as nnU-Net's Dice
-            return float("nan")
-        value = float(mcc_from_counts(self.tp, self.fp, self.fn, self.tn))
-        # nothing predicted (or everything): 0/0, scored 0 (no correlation) as is customary, so that a
-        # prediction that misses a present class counts against the trainer instead of being dropped
-        return value if math.isfinite(value) else 0.0
-
-    def metric(self, name: str) -> float:
-        return {"Dice": self.dice, "IoU": self.iou, "MCC": self.mcc}[name]
+    Dice, IoU and MCC are undefined (NaN) when the class is in neither reference nor prediction, as in
+    nnU-Net. When exactly one marginal is empty (a present class predicted nowhere, or predicted
+    everywhere) MCC is 0/0 and is scored 0 (no correlation), so that missing a class counts against the
+    trainer instead of being dropped.
+    """
+    tp, fp, fn, tn = (np.asarray(v, dtype=np.float64) for v in (tp, fp, fn, tn))
+    defined = (tp + fp + fn) > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dice = np.where(defined, 2 * tp / np.where(defined, 2 * tp + fp + fn, 1), np.nan)
+        iou = np.where(defined, tp / np.where(defined, tp + fp + fn, 1), np.nan)
+    mcc = mcc_from_counts(tp, fp, fn, tn)
+    mcc = np.where(defined, np.where(np.isfinite(mcc), mcc, 0.0), np.nan)
+    return {"Dice": dice, "IoU": iou, "MCC": mcc}
 
 
 def case_id(entry: dict, file_ending: str) -> str:
@@ -188,29 +328,30 @@ def case_id(entry: dict, file_ending: str) -> str:
     return name[: -len(file_ending)] if file_ending and name.endswith(file_ending) else name.split(".")[0]
 
 
-def read_summary(path: str, trainer: str, fold: int, file_ending: str, names: Dict[str, str],
-                 snapshot_epoch: Optional[int] = None) -> List[CaseMetrics]:
-    """Per-case rows of one fold's ``summary.json``; a clear error if it is not nnU-Net's format."""
-    summary = read_json(path, "summary")
+def read_summary(path: str, file_ending: str, names: Dict[str, str], what: str = "summary") -> List[dict]:
+    """Per-case count rows of an nnU-Net ``summary.json``; one clear UserError if it is not nnU-Net's format."""
+    summary = read_json(path, what)
     rows = []
     try:
         for entry in summary["metric_per_case"]:
             case = case_id(entry, file_ending)
             for key, m in entry["metrics"].items():
-                rows.append(CaseMetrics(trainer, fold, case, key, names.get(key, f"label {key}"), "label",
-                                        float(m["TP"]), float(m["FP"]), float(m["FN"]), float(m["TN"]),
-                                        snapshot_epoch))
-    except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"summary {path} is not an nnU-Net validation summary (metric_per_case with TP/FP/FN/TN per "
-                        f"label): {type(e).__name__} {e}") from None
+                row = {"case": case, "key": key, "class_or_region": names.get(key, f"label {key}"), "kind": "label"}
+                row.update({c: float(m[c]) for c in COUNTS})
+                if not all(math.isfinite(row[c]) and row[c] >= 0 for c in COUNTS):
+                    raise ValueError(f"negative or non-finite count in case {case} label {key}")
+                rows.append(row)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UserError(f"{what} {path} is not an nnU-Net validation summary (metric_per_case with TP, FP, FN, TN "
+                        f"per label): {type(e).__name__} {e}") from None
     return rows
 
 
-def region_rows(validation_folder: str, gt_folder: str, regions: Dict[str, Tuple[int, ...]], trainer: str,
-                fold: int, file_ending: str, reader_writer, ignore_label: Optional[int],
-                snapshot_epoch: Optional[int] = None) -> List[CaseMetrics]:
-    """Evaluation regions (e.g. BraTS whole tumour) from label-mode predictions, with nnU-Net's
-    ``compute_metrics`` case by case (in this process: no worker pool to start)."""
+def region_rows(validation_folder: str, gt_folder: str, regions: Dict[str, Tuple[int, ...]], file_ending: str,
+                reader_writer, ignore_label: Optional[int]) -> List[dict]:
+    """Evaluation regions (e.g. BraTS whole tumour) from the exported label-mode predictions, with nnU-Net's
+    ``compute_metrics`` (the per-case function behind ``compute_metrics_on_folder``), called here case by case:
+    ``compute_metrics_on_folder`` starts a worker pool per call, several seconds per fold on a small CPU."""
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics
 
     rows = []
@@ -225,43 +366,10 @@ def region_rows(validation_folder: str, gt_folder: str, regions: Dict[str, Tuple
         case = prediction[: -len(file_ending)]
         for name, region in regions.items():
             m = result["metrics"][region]
-            rows.append(CaseMetrics(trainer, fold, case, name, name, "region", float(m["TP"]), float(m["FP"]),
-                                    float(m["FN"]), float(m["TN"]), snapshot_epoch))
+            row = {"case": case, "key": name, "class_or_region": name, "kind": "region"}
+            row.update({c: float(m[c]) for c in COUNTS})
+            rows.append(row)
     return rows
-
-
-# ---- training logs ----------------------------------------------------------------------------
-def training_curves(folder: str) -> Optional[Dict[str, List[float]]]:
-    """Per-epoch ``mean_fg_dice`` (nnU-Net's EMA-free pseudo Dice) and ``mean_fg_mcc`` from the newest
-    checkpoint's logging; None when the fold has no checkpoint."""
-    for name in ("checkpoint_final.pth", "checkpoint_latest.pth"):
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            break
-    else:
-        return None
-    import torch
-
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a broken checkpoint costs its learning curve, not the comparison
-        print(f"warning: checkpoint {path} cannot be read ({type(e).__name__}); no learning curve for it",
-              file=sys.stderr)
-        return None
-    logging = checkpoint.get("logging", {})
-    epochs = len(logging.get("mean_fg_dice", []))
-    return {key: [float(v) for v in logging.get(key, [float("nan")] * epochs)][:epochs]
-            for key in ("mean_fg_dice", "mean_fg_mcc", "train_losses", "val_losses")}
-
-
-def iterations_per_epoch(folder: str) -> Optional[int]:
-    """From nnU-Net's ``debug.json`` (the trainer's attributes at start-up)."""
-    path = os.path.join(folder, "debug.json")
-    try:
-        with open(path) as f:
-            return int(json.load(f)["num_iterations_per_epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 @dataclass
@@ -279,5 +387,5 @@ def survey(results_root: str, dataset_name: str, trainers: Sequence[str], plans:
     for trainer in trainers:
         for fold in folds:
             folder = fold_folder(results_root, dataset_name, trainer, plans, configuration, fold)
-            states.append(FoldState(trainer, fold, fold_status(folder), folder, snapshot_checkpoints(folder)))
+            states.append(FoldState(trainer, fold, fold_status(folder), folder, snapshot_summaries(folder)))
     return states

@@ -2,7 +2,8 @@
 
 * Paired test: scipy's two-sided Wilcoxon signed-rank test on per-case scores of two trainers over the
   same cases (cases where either score is undefined are dropped from that pair).
-* Holm (1979) step-down correction: sort the m p-values ascending, p_(i) -> max_{j<=i} min(1, (m-j+1) p_(j)).
+* Holm (1979) step-down correction (statsmodels): sort the m p-values ascending,
+  p_(i) -> max_{j<=i} min(1, (m-j+1) p_(j)).
 * Rank stability as in nnU-Net's paper and challengeR (Wiesenfarth et al. 2021): draw the cases with
   replacement, rank the trainers by their mean score on each bootstrap sample, report how often each
   trainer takes each rank.
@@ -41,15 +42,15 @@ def wilcoxon_paired(x: Sequence[float], y: Sequence[float]) -> Dict[str, float]:
 
 
 def holm(p_values: Sequence[float]) -> List[float]:
-    """Holm-adjusted p-values in the input order; NaN entries stay NaN and do not count in m."""
+    """Holm-adjusted p-values (statsmodels' ``multipletests``) in the input order; NaN entries stay NaN and do
+    not count in the number of comparisons."""
+    from statsmodels.stats.multitest import multipletests
+
     p = np.asarray(p_values, dtype=float)
     adjusted = np.full(p.shape, np.nan)
-    valid = np.flatnonzero(np.isfinite(p))
-    m = len(valid)
-    running = 0.0
-    for rank, index in enumerate(valid[np.argsort(p[valid], kind="stable")]):
-        running = max(running, min(1.0, (m - rank) * p[index]))
-        adjusted[index] = running
+    valid = np.isfinite(p)
+    if valid.any():
+        adjusted[valid] = multipletests(p[valid], method="holm")[1]
     return adjusted.tolist()
 
 
@@ -95,10 +96,3 @@ def bootstrap_ranks(scores: np.ndarray, n_samples: int = 1000, seed: int = 0) ->
     return {"full_rank": full, "frequency": frequency / n_samples, "mean_rank": rank_sum / n_samples,
             "kendall_tau": float(np.nanmedian(taus)) if taus else 1.0}
 
-
-def mean_std(values: Sequence[float]) -> Dict[str, Optional[float]]:
-    """nanmean and sample standard deviation (ddof=1; NaN for fewer than 2 values), count of finite values."""
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    return {"n": int(v.size), "mean": float(v.mean()) if v.size else float("nan"),
-            "std": float(v.std(ddof=1)) if v.size > 1 else float("nan")}
