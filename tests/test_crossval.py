@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from nnunet_mcc.cli import main as cli_main
+from nnunet_mcc.errors import UserError
 from nnunet_mcc.experiments.crossval import crossval
 
 DATASET = "Dataset555_Fake"
@@ -165,3 +166,105 @@ def test_bad_input_is_one_line_and_exit_2(fake, case, capsys):
     assert {"unknown_dataset": "556", "missing_configuration": "3d_fullres", "bad_fold": "-f",
             "unknown_trainer": "nnUNetTrainerDoesNotExist"}[case] in err
     assert fake["calls"]() == []
+
+
+# ---- budgets: a fold trained with another budget is never skipped or resumed silently -------------------
+class PackageLikeTrainer:
+    """Stands in for this package's trainers: a planned budget from the NNUNET_MCC_* variables."""
+
+    @classmethod
+    def planned_budget(cls, environ=os.environ):
+        return {"num_epochs": int(environ.get("NNUNET_MCC_EPOCHS", 1000)),
+                "num_iterations_per_epoch": int(environ.get("NNUNET_MCC_ITERATIONS", 250)),
+                "num_val_iterations_per_epoch": int(environ.get("NNUNET_MCC_VAL_ITERATIONS", 50))}
+
+
+class StockLikeTrainer:
+    """Stands in for nnU-Net's own trainers: the budget is fixed in the class, no planned_budget."""
+
+
+@pytest.fixture
+def classes(monkeypatch):
+    from nnunet_mcc.experiments import crossval as module
+
+    monkeypatch.setattr(module, "trainer_classes", lambda trainers, required: {
+        t: StockLikeTrainer if t.startswith("Stock") else PackageLikeTrainer for t in trainers})
+
+
+def trained(folder, budget=(2, 10, 2), final=True, checkpoint=False, debug=True):
+    """A fold as training leaves it (summary.json, optionally no checkpoint: results copied back from a cluster)."""
+    if final:
+        touch(os.path.join(folder, "validation", "summary.json"))
+    if checkpoint:
+        touch(os.path.join(folder, "checkpoint_final.pth" if final else "checkpoint_latest.pth"))
+    if debug:
+        with open(os.path.join(folder, "debug.json"), "w") as f:
+            json.dump(dict(zip(("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch"),
+                               map(str, budget))), f)
+
+
+def test_a_fold_of_another_budget_is_refused_then_moved_aside_on_request(fake, classes, capsys):
+    trained(fake["folder"]("A", 0))                                   # finished, no checkpoint, 2 epochs
+    trained(fake["folder"]("A", 1), final=False, checkpoint=True)      # interrupted, 2 epochs
+    budget = {"epochs": 4, "iterations": 10, "val_iterations": 2}
+    code = cli_main(["crossval", "-d", "555", "-c", CONFIG, "-tr", "A", "-f", "0", "1", "-device", "cpu",
+                     "--epochs", "4", "--iterations", "10", "--val-iterations", "2",
+                     "--train-command", fake["command"]])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "A fold 0 trained with 2 x 10 (val 2), asked for 4 x 10 (val 2)" in err
+    assert "A fold 1 trained with 2 x 10 (val 2)" in err and "--retrain-mismatched" in err
+    assert fake["calls"]() == [] and os.path.isfile(os.path.join(fake["folder"]("A", 0), "validation", "summary.json"))
+
+    assert crossval("555", CONFIG, ["A"], folds=[0, 1], device="cpu", train_command=fake["command"], budget=budget,
+                    retrain_mismatched=True) == 0
+    out = capsys.readouterr().out
+    assert "A fold 0: trained with 2 x 10 (val 2), asked for 4 x 10 (val 2)" in out and "moved aside" in out
+    aside = fake["folder"]("A", 0) + ".budget_2x10x2"
+    assert os.path.isfile(os.path.join(aside, "validation", "summary.json"))  # nothing lost
+    assert os.path.isfile(os.path.join(fake["folder"]("A", 1) + ".budget_2x10x2", "checkpoint_latest.pth"))
+    # both trained from the start (not resumed), with the asked budget
+    assert sorted((c["fold"], tuple(c["flags"]), c["epochs"]) for c in fake["calls"]()) == [("0", (), "4"),
+                                                                                           ("1", (), "4")]
+
+
+def test_results_without_checkpoints_count_as_done_and_are_never_trained_over(fake, classes, capsys):
+    trained(fake["folder"]("A", 0), budget=(3, 10, 2))
+    trained(fake["folder"]("A", 1), budget=(3, 10, 2), checkpoint=True)
+    assert crossval("555", CONFIG, ["A"], folds=[0, 1], device="cpu", train_command=fake["command"],
+                    budget={"epochs": 3, "iterations": 10, "val_iterations": 2}, dry_run=True) == 0
+    out = capsys.readouterr().out
+    assert "A fold 0: skip, trained 3 x 10 (val 2)" in out and "A fold 1: skip" in out
+    assert crossval("555", CONFIG, ["A"], folds=[0, 1], device="cpu", train_command=fake["command"],
+                    budget={"epochs": 3, "iterations": 10, "val_iterations": 2}) == 0
+    assert fake["calls"]() == []
+
+
+def test_an_unknown_budget_is_not_skipped_silently(fake, classes, capsys):
+    trained(fake["folder"]("A", 0), debug=False)
+    with pytest.raises(UserError, match=r"A fold 0 budget unknown .*debug.json does not exist"):
+        crossval("555", CONFIG, ["A"], folds=[0], device="cpu", train_command=fake["command"],
+                 budget={"epochs": 3})
+    assert crossval("555", CONFIG, ["A"], folds=[0], device="cpu", train_command=fake["command"],
+                    budget={"epochs": 3}, retrain_mismatched=True, dry_run=True) == 0
+    assert "would be moved aside to fold_0.budget_unknown" in capsys.readouterr().out
+    assert os.path.isdir(fake["folder"]("A", 0))  # a dry run moves nothing
+
+
+def test_stock_trainers_keep_their_budget_and_the_options_say_so(fake, classes, capsys):
+    trained(fake["folder"]("StockT", 0), budget=(1000, 250, 50))
+    assert crossval("555", CONFIG, ["StockT"], folds=[0], device="cpu", train_command=fake["command"],
+                    budget={"epochs": 3}) == 0
+    out = capsys.readouterr().out
+    assert "StockT: budget fixed by the trainer class" in out and "StockT fold 0: skip" in out
+
+
+def test_scripts_skip_folds_that_have_validation_results_only(fake, classes, tmp_path):
+    trained(fake["folder"]("A", 0), budget=(1000, 250, 50))
+    script = str(tmp_path / "runs.sh")
+    assert crossval("555", CONFIG, ["A"], folds=[0, 1], device="cpu", train_command=fake["command"],
+                    script=script) == 0
+    proc = subprocess.run(["bash", script], capture_output=True, text=True, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "finished already" in proc.stdout
+    assert [(c["fold"], c["flags"]) for c in fake["calls"]()] == [("1", [])]
