@@ -3,12 +3,13 @@
 1. a synthetic class-imbalanced dataset (``nnunet_mcc.synthetic``, spec below): three nested classes
    covering 5 % of the image together, the innermost about 0.5 %; label mode with BraTS-like
    ``evaluation_regions`` named after BraTS (whole tumour = 1+2+3, tumour core = 2+3);
-2. ``nnUNetv2_plan_and_preprocess`` and a narrow 3-stage configuration (``nnunet_mcc.plans``);
-3. five-fold cross-validation of nnU-Net's losses and one trainer per loss of this package
-   (``nnunet-mcc crossval``) with a CPU budget;
+2. ``nnUNetv2_plan_and_preprocess`` and a narrow 3-stage configuration with batch 8 (``nnunet_mcc.plans``);
+3. five-fold cross-validation of nnU-Net's default loss and one trainer per loss family of this package
+   (``nnunet-mcc crossval``), with a budget at which every run converges on this dataset, and snapshots
+   validated during training for the "score after N iterations" table;
 4. ``nnunet-mcc compare``: prints the table, leaves the report in ``<work dir>/report``.
 
-The default budget finishes within 15 minutes on a 2-core CPU; the flags scale it up on a GPU
+The default finishes within 15 minutes on a 2-core CPU; the flags scale it up on a GPU
 (``--device cuda --epochs 100 --iterations 250 --shape 128 128 128 --full-network``). It uses its own nnU-Net
 folders inside the work folder and reuses what is there when the settings are the same.
 """
@@ -16,6 +17,7 @@ folders inside the work folder and reuses what is there when the settings are th
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -24,6 +26,8 @@ from dataclasses import asdict
 from typing import List
 
 from nnunet_mcc.errors import UserError
+from nnunet_mcc.fileio import read_json, write_json
+from nnunet_mcc.knobs import BUDGET_VARIABLES
 
 DEFAULT_WORK_DIR = os.path.join("nnunet_mcc_work", "demo")
 DATASET_NAME = "ImbalancedDemo"
@@ -33,10 +37,15 @@ DEFAULT_SPEC = dict(num_cases=25, shape=(64, 64), num_foreground_classes=3, nest
                     class_names=("edema", "non_enhancing_tumor", "enhancing_tumor"))
 # BraTS' names for a nested subset of its classes, so trainers that map BraTS settings by name apply
 EVALUATION_REGIONS = {"whole_tumor": [1, 2, 3], "tumor_core": [2, 3]}
-# measured on a 2-core CPU: a run costs ~10 s of start-up (paid once per worker with crossval --in-process),
-# ~4 s per epoch for progress.png and ~12 s for nnU-Net's final validation (its worker processes start),
-# while a 2D iteration costs ~0.05 s: with 9 trainers x 5 folds, one epoch of many iterations is what fits
-DEFAULT_BUDGET = dict(epochs=1, iterations=50, val_iterations=2)
+# Measured on a 2-core CPU (one thread per training, data augmentation in the training process): with
+# batch 8 an iteration of the narrow network costs ~0.075 CPU-s, and on this dataset the per-epoch validation
+# pseudo Dice of every default trainer has stopped rising after 400-600 iterations. 36 epochs x 20 iterations
+# (720 iterations) leave the last quarter of every run on its plateau, the convergence criterion's window.
+# Per run, fixed costs (nnU-Net's final validation with its spawned workers, the last progress.png, trainer
+# set-up) are ~15 CPU-s, so the budget goes mostly into training iterations.
+DEFAULT_BUDGET = dict(epochs=36, iterations=20, val_iterations=3)
+DEFAULT_SNAPSHOT_EPOCHS = (9, 18)
+NETWORK = dict(n_stages=3, base_features=8, batch_size=8)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,8 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training iterations per epoch")
     parser.add_argument("--val-iterations", type=int, default=DEFAULT_BUDGET["val_iterations"],
                         help="validation iterations per epoch (pseudo Dice / MCC in the learning curves)")
-    parser.add_argument("--snapshot-epochs", nargs="+", type=int,
-                        help="also validate the networks after these epochs ('score after N epochs' table)")
+    parser.add_argument("--snapshot-epochs", nargs="*", type=int, default=list(DEFAULT_SNAPSHOT_EPOCHS),
+                        help="validate the networks also after these epochs, during training ('score after N "
+                             "iterations' table; default: 9 18; none: --snapshot-epochs with no value)")
     parser.add_argument("-device", "--device", default="cpu", choices=("cpu", "cuda", "mps"))
     parser.add_argument("-j", "--jobs", type=int,
                         help="trainings at the same time (default: cores + 1 on cpu, one thread each; 1 otherwise)")
@@ -66,11 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap samples for rank stability")
 
 
-# one trainer per loss of the package (and nnU-Net's three references); the settings variants
-# (BraTS preset, GDL weighting, per-label critics, ...) train the same losses: --all-trainers adds them
-DEMO_TRAINERS = ("nnUNetTrainerBaseline", "nnUNetTrainerBaselineCE", "nnUNetTrainerBaselineDice",
-                 "nnUNetTrainerMCC", "nnUNetTrainerMCC_CE", "nnUNetTrainerGWDL", "nnUNetTrainerGWDL_CE",
-                 "nnUNetTrainerSegAN", "nnUNetTrainerWeightedCE")
+# nnU-Net's default loss (Dice + CE, the baseline) and one trainer per loss family of the package; the
+# variants (MCC + CE, GWDL + CE, weighted CE, BraTS preset, per-label critics, ...) need more time than a
+# converged five-fold comparison on two cores leaves: -tr or --all-trainers add them
+DEMO_TRAINERS = ("nnUNetTrainerBaseline", "nnUNetTrainerMCC", "nnUNetTrainerGWDL", "nnUNetTrainerSegAN")
 
 
 def default_trainers(everything: bool = False) -> List[str]:
@@ -97,6 +106,10 @@ def _check_args(args) -> None:
         raise UserError(f"--jobs must be >= 1, got {args.jobs}")
     if not 1 <= args.dataset_id <= 999:
         raise UserError(f"--dataset-id must be in 1..999, got {args.dataset_id}")
+    if any(e < 1 for e in args.snapshot_epochs or []):
+        raise UserError(f"--snapshot-epochs must be epoch numbers >= 1, got {args.snapshot_epochs}")
+    # snapshots at or after the last epoch would repeat the final validation
+    args.snapshot_epochs = sorted({e for e in args.snapshot_epochs or [] if e < args.epochs})
 
 
 def _set_environment(work: str, device: str, jobs: int) -> None:
@@ -106,20 +119,35 @@ def _set_environment(work: str, device: str, jobs: int) -> None:
         os.environ[f"nnUNet_{kind}"] = os.path.join(work, f"nnUNet_{kind}")
         os.makedirs(os.environ[f"nnUNet_{kind}"], exist_ok=True)
     os.environ.setdefault("MPLBACKEND", "agg")
+    # progress.png costs seconds per redraw: only the last epoch's (the trainers always draw it)
+    os.environ.setdefault(BUDGET_VARIABLES["plot_every"], "1000000")
     if device == "cpu":
         os.environ["nnUNet_compile"] = "0"
-        os.environ.setdefault("nnUNet_n_proc_DA", "1")
+        os.environ.setdefault("nnUNet_n_proc_DA", "1")  # planning needs at least one worker
         os.environ.setdefault("nnUNet_def_n_proc", "1")
         if jobs > 1:  # one thread per training: two trainings on two cores beat one training on two
             os.environ["OMP_NUM_THREADS"] = "1"
             os.environ["MKL_NUM_THREADS"] = "1"
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished child processes (trainings, nnU-Net's workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def run(args) -> int:
     _check_args(args)
-    started = time.time()
+    clock = [(time.time(), _cpu_seconds())]
+    phases = []
+
+    def phase(name: str) -> None:
+        now = (time.time(), _cpu_seconds())
+        phases.append((name, now[0] - clock[-1][0], now[1] - clock[-1][1]))
+        clock.append(now)
+
     work = os.path.abspath(args.work_dir)
-    # on cpu one more job than cores: part of each run waits for nnU-Net's export worker to start
+    # on cpu one more job than cores: part of each run waits for nnU-Net's validation workers to start
     jobs = args.jobs or ((os.cpu_count() or 1) + 1 if args.device == "cpu" else 1)
     os.makedirs(work, exist_ok=True)
     _set_environment(work, args.device, jobs)
@@ -142,17 +170,25 @@ def run(args) -> int:
     configuration = base_configuration if args.full_network else f"{base_configuration}_small"
     settings = {"spec": asdict(spec), "budget": {"epochs": args.epochs, "iterations": args.iterations,
                                                  "val_iterations": args.val_iterations},
-                "snapshot_epochs": sorted(set(args.snapshot_epochs or [])), "configuration": configuration}
+                "snapshot_epochs": sorted(set(args.snapshot_epochs or [])), "configuration": configuration,
+                "network": None if args.full_network else NETWORK}
     dataset_name = f"Dataset{args.dataset_id:03d}_{DATASET_NAME}"
-    _prepare(work, dataset_name, args.dataset_id, spec, base_configuration, settings)
-    print(f"[{time.time() - started:.0f} s] cross-validation: {len(trainers)} trainers x {len(args.folds)} folds, "
-          f"{args.epochs} epochs x {args.iterations} iterations, {jobs} at a time on {args.device}")
+    _prepare(work, dataset_name, args.dataset_id, spec, base_configuration, configuration, settings)
+    phase("dataset and planning")
+    if args.device == "cpu":
+        # data augmentation in the training process: a worker process per training costs more CPU than it saves
+        os.environ["nnUNet_n_proc_DA"] = "0"
+    budget = settings["budget"]
+    print(f"[{clock[-1][0] - clock[0][0]:.0f} s] cross-validation: {len(trainers)} trainers x {len(args.folds)} folds, "
+          f"{args.epochs} epochs x {args.iterations} iterations (batch {NETWORK['batch_size']}"
+          f"{', full network' if args.full_network else ''}), {jobs} at a time on {args.device}")
     from nnunet_mcc.experiments.crossval import crossval
 
     status = crossval(dataset_name, configuration, trainers, folds=args.folds, device=args.device, jobs=jobs,
-                      budget=settings["budget"], snapshot_epochs=args.snapshot_epochs, check_trainers=False,
+                      budget=budget, snapshot_epochs=args.snapshot_epochs or None, check_trainers=False,
                       in_process=True)
-    print(f"[{time.time() - started:.0f} s] comparison")
+    phase("cross-validation (training, snapshot and final validation)")
+    print(f"[{clock[-1][0] - clock[0][0]:.0f} s] comparison")
     from nnunet_mcc.experiments import results
     from nnunet_mcc.experiments.compare import compare
 
@@ -162,15 +198,18 @@ def run(args) -> int:
     if not usable:
         raise UserError("no training finished: see the logs listed above")
     comparison = compare(dataset_name, configuration, usable, folds=args.folds, output=os.path.join(work, "report"),
-                         bootstrap=args.bootstrap, device=args.device)
+                         bootstrap=args.bootstrap)
+    phase("comparison")
     print()
     print(comparison["markdown"])
     print(f"\nReport folder: {comparison['output']}")
-    print(f"nnunet-mcc demo: {time.time() - started:.0f} s in all")
+    split = ", ".join(f"{name} {wall:.0f} s ({cpu:.0f} CPU-s)" for name, wall, cpu in phases)
+    print(f"nnunet-mcc demo: {clock[-1][0] - clock[0][0]:.0f} s in all, {clock[-1][1] - clock[0][1]:.0f} CPU-s: {split}")
     return status
 
 
-def _prepare(work: str, dataset_name: str, dataset_id: int, spec, base_configuration: str, settings: dict) -> None:
+def _prepare(work: str, dataset_name: str, dataset_id: int, spec, base_configuration: str, configuration: str,
+             settings: dict) -> None:
     """Dataset, plans and the small configuration; everything is rebuilt when the settings changed."""
     from nnunet_mcc.plans import add_small_configuration, configuration_names, plans_path
     from nnunet_mcc.synthetic import make_synthetic_dataset
@@ -179,16 +218,15 @@ def _prepare(work: str, dataset_name: str, dataset_id: int, spec, base_configura
     previous = None
     if os.path.isfile(settings_file):
         try:
-            with open(settings_file) as f:
-                previous = json.load(f)
-        except ValueError:
+            previous = read_json(settings_file, "demo settings")
+        except UserError:
             previous = None
     folders = {kind: os.path.join(os.environ[f"nnUNet_{kind}"], dataset_name)
                for kind in ("raw", "preprocessed", "results")}
     current = json.loads(json.dumps(settings))
     if previous != current:
-        # a new dataset or network needs everything again; a new budget only new trainings
-        same_data = previous is not None and all(previous.get(k) == current[k] for k in ("spec", "configuration"))
+        # a new dataset needs everything again; a new network or budget new trainings (the demo owns its folder)
+        same_data = previous is not None and previous.get("spec") == current["spec"]
         stale = ["results"] if same_data else ["raw", "preprocessed", "results"]
         if any(os.path.exists(folders[k]) for k in stale):
             print(f"settings changed: starting over ({', '.join(stale)})")
@@ -200,26 +238,25 @@ def _prepare(work: str, dataset_name: str, dataset_id: int, spec, base_configura
         print("making the synthetic dataset")
         make_synthetic_dataset(os.environ["nnUNet_raw"], dataset_id, DATASET_NAME, spec, overwrite=True)
         dataset_json_file = os.path.join(folders["raw"], "dataset.json")
-        with open(dataset_json_file) as f:
-            dataset_json = json.load(f)
+        dataset_json = read_json(dataset_json_file, "dataset.json")
         dataset_json["evaluation_regions"] = EVALUATION_REGIONS
-        with open(dataset_json_file, "w") as f:
-            json.dump(dataset_json, f, indent=4)
+        write_json(dataset_json_file, dataset_json, "dataset.json", indent=4)
     plans = plans_path(os.environ["nnUNet_preprocessed"], dataset_name)
     if not os.path.isfile(plans) or base_configuration not in configuration_names(plans) or not os.path.isdir(
             os.path.join(folders["preprocessed"], f"nnUNetPlans_{base_configuration}")):
         print("nnUNetv2_plan_and_preprocess (about a minute)")
         log = os.path.join(work, "plan_and_preprocess.log")
+        # the synthetic dataset is valid by construction (its tests run nnU-Net's integrity check): no
+        # --verify_dataset_integrity, whose worker pool costs seconds
         command = [os.path.join(os.path.dirname(sys.executable), "nnUNetv2_plan_and_preprocess"), "-d",
-                   str(dataset_id), "-c", base_configuration, "-np", "1", "--verify_dataset_integrity"]
+                   str(dataset_id), "-c", base_configuration, "-np", "1"]
         with open(log, "w") as handle:
             code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT).returncode
         if code != 0:
             raise UserError(f"nnUNetv2_plan_and_preprocess failed (exit {code}); log: {log}")
-    if f"{base_configuration}_small" not in configuration_names(plans):
-        add_small_configuration(plans, base_configuration, f"{base_configuration}_small", n_stages=3, base_features=8)
+    if settings["network"]:
+        add_small_configuration(plans, base_configuration, configuration, **settings["network"])
     from nnunet_mcc.experiments.crossval import ensure_splits
 
     ensure_splits(dataset_name, base_configuration, "nnUNetPlans", [0, 1, 2, 3, 4])
-    with open(settings_file, "w") as f:
-        json.dump(settings, f, indent=2)
+    write_json(settings_file, settings, "demo settings")
