@@ -66,18 +66,24 @@ FOLD_CASES = {0: [0, 1, 2, 3], 1: [4, 5, 6, 7]}
 TRAINERS = ["TrainerA", "TrainerB", "TrainerC"]
 
 
-@pytest.fixture
-def hand_results(tmp_path, monkeypatch):
+def nnunet_roots(tmp_path, monkeypatch, dataset=DATASET, labels=None, configuration=CONFIG):
+    """nnU-Net's three folders under tmp_path (set in the environment) with a planned, empty dataset."""
     roots = {k: str(tmp_path / k) for k in ("raw", "preprocessed", "results")}
     for k, v in roots.items():
         monkeypatch.setenv(f"nnUNet_{k}", v)
         os.makedirs(v)
-    pre = os.path.join(roots["preprocessed"], DATASET)
+    pre = os.path.join(roots["preprocessed"], dataset)
     os.makedirs(pre)
     with open(os.path.join(pre, "nnUNetPlans.json"), "w") as f:
-        json.dump({"configurations": {CONFIG: {}}}, f)
+        json.dump({"configurations": {configuration: {}}}, f)
     with open(os.path.join(pre, "dataset.json"), "w") as f:
-        json.dump({"labels": LABELS, "file_ending": ".nii.gz", "channel_names": {"0": "x"}}, f)
+        json.dump({"labels": labels or LABELS, "file_ending": ".nii.gz", "channel_names": {"0": "x"}}, f)
+    return roots
+
+
+@pytest.fixture
+def hand_results(tmp_path, monkeypatch):
+    roots = nnunet_roots(tmp_path, monkeypatch)
     for i, trainer in enumerate(TRAINERS):
         for fold, cases in FOLD_CASES.items():
             write_fold(roots["results"], trainer, i, fold, cases)

@@ -11,6 +11,7 @@ import pytest
 from nnunet_mcc.cli import main as cli_main
 from nnunet_mcc.experiments import convergence
 from nnunet_mcc.experiments.compare import compare
+from test_compare import nnunet_roots
 
 DATASET = "Dataset778_Tree"
 CONFIG = "2d"
@@ -89,17 +90,7 @@ def write_run(root, trainer, fold, index, budget=(20, 10, 2), curve="plateau", p
 
 @pytest.fixture
 def tree(tmp_path, monkeypatch):
-    roots = {k: str(tmp_path / k) for k in ("raw", "preprocessed", "results")}
-    for k, v in roots.items():
-        monkeypatch.setenv(f"nnUNet_{k}", v)
-        os.makedirs(v)
-    pre = os.path.join(roots["preprocessed"], DATASET)
-    os.makedirs(pre)
-    with open(os.path.join(pre, "nnUNetPlans.json"), "w") as f:
-        json.dump({"configurations": {CONFIG: {}}}, f)
-    with open(os.path.join(pre, "dataset.json"), "w") as f:
-        json.dump({"labels": LABELS, "file_ending": ".nii.gz", "channel_names": {"0": "x"}}, f)
-    return roots["results"]
+    return nnunet_roots(tmp_path, monkeypatch, DATASET, LABELS, CONFIG)["results"]
 
 
 def fill(root, trainers=("A", "B"), **kwargs):
