@@ -359,12 +359,11 @@ def snapshot_table(tidy: pd.DataFrame, cases: Sequence[str], classes: Sequence[s
     headline = FOREGROUND_MEAN if FOREGROUND_MEAN in classes else classes[0]
     sub = tidy[(tidy["class_or_region"] == headline) & tidy["case"].isin(cases) &
                tidy["metric"].isin(TESTED_METRICS)]
-    table = sub.groupby(["trainer", "epoch", "iterations", "stage", "metric"], dropna=False)["value"].agg(
-        ["mean", "count"]).reset_index()
-    wide = table.pivot_table(index=["trainer", "epoch", "iterations", "stage"], columns="metric", values="mean",
-                             dropna=False).reset_index()
-    n_cases = table.groupby(["trainer", "epoch", "iterations", "stage"], dropna=False)["count"].max().reset_index()
-    wide = wide.merge(n_cases.rename(columns={"count": "n_cases"}), on=["trainer", "epoch", "iterations", "stage"])
+    keys = ["trainer", "epoch", "iterations", "stage"]
+    table = sub.groupby(keys + ["metric"], dropna=False)["value"].agg(["mean", "count"])
+    wide = table["mean"].unstack("metric")
+    wide["n_cases"] = table["count"].groupby(level=keys, dropna=False).max()
+    wide = wide.reset_index()
     wide.columns.name = None
     return wide.sort_values(["trainer", "iterations"], kind="stable").reset_index(drop=True)
 

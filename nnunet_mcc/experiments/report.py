@@ -150,7 +150,8 @@ class Page:
             parts += self._snapshots_markdown()
         parts += ["", "## Convergence", "", f"Criterion: {convergence.CRITERION}."]
         if full:
-            parts += ["", self._convergence_markdown()]
+            parts += ["", self._convergence_markdown(), "", "## Loss settings of each run", ""]
+            parts += self._settings_lines()
         if self.notes:
             parts += ["", "## Missing or left out", ""] + [f"- {n}" for n in self.notes]
         return "\n".join(parts)
@@ -197,6 +198,16 @@ class Page:
                                 columns=[c for c in order if c in wide.columns])
             parts += [f"{metric}:", "", wide.map(fmt).rename_axis(None, axis=1).to_markdown(), ""]
         return parts
+
+    def _settings_lines(self) -> List[str]:
+        """Every trainer's loss and its full settings (matrices included), per group of folds that share them."""
+        lines = []
+        for trainer in self.trainers:
+            own = self.runs[self.runs["trainer"] == trainer]
+            for (loss, settings), group in own.groupby(["loss", "loss_settings"], sort=False):
+                folds = " ".join(str(f) for f in group["fold"])
+                lines.append(f"- {trainer} (folds {folds}): {loss}; settings `{settings}`")
+        return lines
 
     def _convergence_markdown(self) -> str:
         frame = self.runs[["trainer", "fold", "epochs_logged", "converged", "convergence", "log_source"]].copy()
