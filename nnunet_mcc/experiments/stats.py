@@ -10,7 +10,7 @@
 """
 
 import warnings
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 
