@@ -4,6 +4,7 @@ convergence verdicts and the banner, snapshots, and bad input (one line, exit 2,
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -148,6 +149,7 @@ def test_logs_absent_are_said_and_leave_the_verdict_open(tree, tmp_path):
                      plots=True)
     assert any("A fold 0: no nnunet_mcc_log.json and no checkpoint: no learning curve" in n for n in result["notes"])
     assert {r["converged"] for r in result["trainer_runs"]} == {"not judged (no log)"}
+    assert any(n.startswith("no snapshot validations") for n in result["notes"])
     assert "Not converged: 4 of 4" in result["full_markdown"]
     assert not os.path.exists(str(tmp_path / "r" / "plots" / "learning_curves.png"))
 
@@ -180,16 +182,20 @@ def test_loss_settings_that_differ_between_folds_are_flagged(tree, tmp_path):
 
 def test_score_after_n_iterations_from_snapshot_summaries(tree, tmp_path):
     fill(tree, snapshots=(5, 10))
+    shutil.rmtree(write_run(tree, "B", 1, 1, snapshots=()))
+    write_run(tree, "B", 1, 1, snapshots=(5,))  # one fold lacks a snapshot the others have
     result = compare(DATASET, CONFIG, ["A", "B"], folds=[0, 1], output=str(tmp_path / "r"), bootstrap=20,
                      plots=False)
     snap = {(s["trainer"], int(s["iterations"])): s for s in result["snapshots"]}
     assert sorted(snap) == [("A", 50), ("A", 100), ("A", 200), ("B", 50), ("B", 100), ("B", 200)]
     assert snap[("A", 200)]["stage"] == "final" and snap[("A", 50)]["n_cases"] == 10
+    assert snap[("B", 100)]["n_cases"] == 5
     tidy = result["frames"]["tidy"]
     expected = tidy[(tidy["trainer"] == "B") & (tidy["epoch"] == 5) & (tidy["metric"] == "Dice") &
                     (tidy["class_or_region"] == "foreground mean")]["value"].mean()
     assert snap[("B", 50)]["Dice"] == pytest.approx(expected)
     assert "## Score after N iterations" in result["markdown"] and "50 it." in result["markdown"]
+    assert "B fold 1: no snapshot validation after epoch(s) 10" in result["notes"]
 
 
 @pytest.mark.parametrize("case", ["debug_missing", "debug_corrupt", "no_counts"])

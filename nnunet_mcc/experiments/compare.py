@@ -208,6 +208,8 @@ def collect(dataset: str, configuration: str, trainers: Sequence[str], plans: st
             notes.append(f"{state.trainer} fold {state.fold}: checkpoint_epoch_{{{','.join(map(str, unvalidated))}}}"
                          f".pth have no snapshots/epoch_<N>/summary.json (validate them with nnUNetv2_predict -chk "
                          f"and nnU-Net's evaluation, or let the trainer do it during training)")
+    if snapshots:
+        notes += _snapshot_notes(finished)
     notes += _settings_notes(records)
     runs = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in records])
     counts = pd.DataFrame(count_rows)
@@ -233,6 +235,17 @@ def _check_budgets(records: List[dict], allow_mixed: bool) -> None:
     raise UserError(f"the runs were trained with {len(budgets)} different budgets ({'; '.join(parts)}): their "
                     f"differences would mix loss and training length. Compare runs of one budget, or pass "
                     f"--allow-mixed-budgets to pair them anyway")
+
+
+def _snapshot_notes(finished: Sequence[results.FoldState]) -> List[str]:
+    """Say where snapshot validations are absent: all of them, or some folds' epochs that others have."""
+    epochs = sorted({e for s in finished for e in s.snapshots})
+    if not epochs:
+        return ["no snapshot validations (snapshots/epoch_<N>/summary.json): no 'score after N iterations' table "
+                "(train with crossval --snapshot-epochs)"]
+    return [f"{s.trainer} fold {s.fold}: no snapshot validation after epoch(s) "
+            f"{' '.join(str(e) for e in epochs if e not in s.snapshots)}"
+            for s in finished if set(epochs) - set(s.snapshots)]
 
 
 def _settings_notes(records: List[dict]) -> List[str]:
