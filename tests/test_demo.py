@@ -41,7 +41,7 @@ def test_demo_small_end_to_end(tmp_path):
     page = (report / "report.md").read_text()
     lines = page.splitlines()
     assert lines[2].startswith("> **Not converged: 4 of 4 runs had not plateaued")
-    assert "**Budget of every run:** 3 epochs x 4 iterations = 12 training iterations, 1 validation" in page
+    assert "**Budget of every run:** 3 epochs x 4 iterations = 12 training iterations, 1 validation iteration per epoch" in page
     assert "too short to judge (3 epochs logged, needs 10)" in page
     # provenance of every run: budget and where it came from, the loss, the versions
     runs = read_csv(report / "runs.csv")

@@ -205,9 +205,10 @@ def collect(dataset: str, configuration: str, trainers: Sequence[str], plans: st
                          f"convergence not judged")
         unvalidated = sorted(set(results.snapshot_checkpoints(state.folder)) - set(state.snapshots))
         if snapshots and unvalidated:
-            notes.append(f"{state.trainer} fold {state.fold}: checkpoint_epoch_{{{','.join(map(str, unvalidated))}}}"
-                         f".pth have no snapshots/epoch_<N>/summary.json (validate them with nnUNetv2_predict -chk "
-                         f"and nnU-Net's evaluation, or let the trainer do it during training)")
+            names = ", ".join(f"checkpoint_epoch_{e}.pth" for e in unvalidated)
+            notes.append(f"{state.trainer} fold {state.fold}: {names} not validated (no snapshots/epoch_<N>/"
+                         f"summary.json; validate with nnUNetv2_predict -chk and nnU-Net's evaluation, or let "
+                         f"this package's trainers do it during training)")
     if snapshots:
         notes += _snapshot_notes(finished)
     notes += _settings_notes(records)

@@ -28,6 +28,10 @@ def fmt_p(p: Optional[float]) -> str:
     return f"{p:.2e}" if p < 1e-3 else f"{p:.4f}"
 
 
+def _count(n, noun: str) -> str:
+    return f"{int(n)} {noun}{'' if int(n) == 1 else 's'}"
+
+
 def write_frame(path: str, frame: pd.DataFrame) -> None:
     write_text(path, frame.to_csv(index=False), "CSV table")
 
@@ -111,8 +115,8 @@ class Page:
             first = self.runs.iloc[0]
             return [f"**Budget of every run:** {int(first['num_epochs'])} epochs x "
                     f"{int(first['num_iterations_per_epoch'])} iterations = {int(first['iterations'])} training "
-                    f"iterations, {int(first['num_val_iterations_per_epoch'])} validation iterations per epoch "
-                    f"(nnU-Net's debug.json of each fold)."]
+                    f"iterations, {_count(first['num_val_iterations_per_epoch'], 'validation iteration')} per "
+                    f"epoch (nnU-Net's debug.json of each fold)."]
         lines = ["**Mixed budgets (paired on request, --allow-mixed-budgets):** the runs were trained for different "
                  "lengths, so every difference below mixes the loss with the training budget.", ""]
         frame = self.per_trainer[["trainer", "budget", "iterations"]].rename(
