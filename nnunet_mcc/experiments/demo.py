@@ -38,13 +38,14 @@ DEFAULT_SPEC = dict(num_cases=25, shape=(64, 64), num_foreground_classes=3, nest
 # BraTS' names for a nested subset of its classes, so trainers that map BraTS settings by name apply
 EVALUATION_REGIONS = {"whole_tumor": [1, 2, 3], "tumor_core": [2, 3]}
 # Measured on a 2-core CPU (one thread per training, data augmentation in the training process): with
-# batch 8 an iteration of the narrow network costs ~0.075 CPU-s, and on this dataset the per-epoch validation
-# pseudo Dice of every default trainer has stopped rising after 400-600 iterations. 36 epochs x 20 iterations
-# (720 iterations) leave the last quarter of every run on its plateau, the convergence criterion's window.
-# Per run, fixed costs (nnU-Net's final validation with its spawned workers, the last progress.png, trainer
-# set-up) are ~15 CPU-s, so the budget goes mostly into training iterations.
-DEFAULT_BUDGET = dict(epochs=36, iterations=20, val_iterations=3)
-DEFAULT_SNAPSHOT_EPOCHS = (9, 18)
+# batch 8 an iteration of the narrow network costs ~0.1 CPU-s, and on this dataset the per-epoch validation
+# pseudo Dice of nnU-Net's Dice + CE, MCC and GWDL has stopped rising after 400-600 iterations, while the
+# SegAN critic's run may still climb until ~700. Per run, fixed costs (nnU-Net's final validation with its
+# spawned workers, the last progress.png, trainer set-up) are ~15 CPU-s, so the budget goes mostly into
+# training iterations. The default (600 iterations) fits 15 minutes of two cores; --converge (960 iterations)
+# leaves the last quarter of every run on its plateau, the convergence criterion's window, with a margin.
+PROFILES = {"default": dict(epochs=30, iterations=20, val_iterations=3, snapshot_epochs=(10, 20)),
+            "converge": dict(epochs=48, iterations=20, val_iterations=3, snapshot_epochs=(12, 24))}
 NETWORK = dict(n_stages=3, base_features=8, batch_size=8)
 
 
@@ -56,14 +57,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all-trainers", action="store_true",
                         help="compare every main trainer of the package, settings variants included (slower)")
     parser.add_argument("-f", "--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="folds (default 0-4)")
-    parser.add_argument("--epochs", type=int, default=DEFAULT_BUDGET["epochs"])
-    parser.add_argument("--iterations", type=int, default=DEFAULT_BUDGET["iterations"],
-                        help="training iterations per epoch")
-    parser.add_argument("--val-iterations", type=int, default=DEFAULT_BUDGET["val_iterations"],
+    parser.add_argument("--converge", action="store_true",
+                        help=f"the longer budget ({_profile_text('converge')}) at which every default run "
+                             f"converges, for more time (default: {_profile_text('default')})")
+    parser.add_argument("--epochs", type=int, help="epochs per run (overrides the profile)")
+    parser.add_argument("--iterations", type=int, help="training iterations per epoch (overrides the profile)")
+    parser.add_argument("--val-iterations", type=int,
                         help="validation iterations per epoch (pseudo Dice / MCC in the learning curves)")
-    parser.add_argument("--snapshot-epochs", nargs="*", type=int, default=list(DEFAULT_SNAPSHOT_EPOCHS),
+    parser.add_argument("--snapshot-epochs", nargs="*", type=int,
                         help="validate the networks also after these epochs, during training ('score after N "
-                             "iterations' table; default: 9 18; none: --snapshot-epochs with no value)")
+                             "iterations' table; default: the profile's; none: --snapshot-epochs with no value)")
     parser.add_argument("-device", "--device", default="cpu", choices=("cpu", "cuda", "mps"))
     parser.add_argument("-j", "--jobs", type=int,
                         help="trainings at the same time (default: cores + 1 on cpu, one thread each; 1 otherwise)")
@@ -92,7 +95,22 @@ def default_trainers(everything: bool = False) -> List[str]:
     return ([baseline] if baseline in names else []) + [n for n in names if n != baseline]
 
 
+def _profile_text(name: str) -> str:
+    p = PROFILES[name]
+    return f"{p['epochs']} epochs x {p['iterations']} iterations, snapshots after {' and '.join(map(str, p['snapshot_epochs']))}"
+
+
+def _apply_profile(args) -> None:
+    """Options not given take the chosen profile's values."""
+    profile = PROFILES["converge" if args.converge else "default"]
+    for name in ("epochs", "iterations", "val_iterations", "snapshot_epochs"):
+        if getattr(args, name) is None:
+            value = profile[name]
+            setattr(args, name, list(value) if isinstance(value, tuple) else value)
+
+
 def _check_args(args) -> None:
+    _apply_profile(args)
     if len(args.shape) not in (2, 3) or min(args.shape) < 16:
         raise UserError(f"--shape needs 2 or 3 sizes of at least 16, got {args.shape}")
     if args.cases < 5:
