@@ -16,7 +16,7 @@ SUBCOMMANDS = {
     "convert": ("nnunet_mcc.dataset_conversion.cli", "convert a downloaded dataset into an nnU-Net raw dataset"),
     "crossval": ("nnunet_mcc.experiments.crossval", "train every (trainer, fold) with nnUNetv2_train"),
     "compare": ("nnunet_mcc.experiments.compare", "compare trainers from their cross-validation results"),
-    "demo": ("nnunet_mcc.experiments.demo", "synthetic dataset -> 5-fold cross-validation of every loss -> report"),
+    "demo": ("nnunet_mcc.experiments.demo", "synthetic dataset -> 5-fold cross-validation of one trainer per loss family -> report"),
     "doctor": ("nnunet_mcc.doctor", "check the installation and that nnU-Net finds every trainer"),
 }
 
