@@ -198,7 +198,10 @@ def planned_budgets(classes: Dict[str, Optional[type]], env: Dict[str, str]) -> 
     planned = {}
     for name, cls in classes.items():
         method = getattr(cls, "planned_budget", None) if cls is not None else None
-        planned[name] = results.Budget.from_mapping(method(environ=env)) if method is not None else None
+        try:
+            planned[name] = results.Budget.from_mapping(method(environ=env)) if method is not None else None
+        except ValueError as e:  # an NNUNET_MCC_* variable that is not a positive whole number
+            raise UserError(f"{name}: {e}") from None
     return planned
 
 
