@@ -19,8 +19,9 @@ def e2e_cache(tmp_path_factory) -> str:
 
 @pytest.fixture
 def nnunet_env(e2e_cache, tmp_path):
-    """Environment for nnU-Net subprocesses: shared raw/preprocessed, a results folder of this test's own."""
-    return base_env(e2e_cache, results=str(tmp_path / "results"))
+    """Environment for nnU-Net subprocesses: shared raw/preprocessed, a results folder of this test's own,
+    seeded reproducible trainings (see nnunet_e2e.TRAINING_ENV)."""
+    return base_env(e2e_cache, results=str(tmp_path / "results"), training=True)
 
 
 @pytest.fixture(scope="session")
