@@ -126,7 +126,7 @@ def _corrupt_stream(src):
     middle = len(data) - (len(data) - data.index(b"ElementDataFile = LOCAL\n")) // 2
     data[middle:middle + 4] = bytes(b ^ 0xFF for b in data[middle:middle + 4])  # ITK reads this without a word
     open(f, "wb").write(bytes(data))
-    return [f, "corrupt"]  # ITK's "Uncompress failed", or the data check's "compressed data are corrupt"
+    return [f, "the compressed data are corrupt"]  # from ITK's "Uncompress failed", or from the data check
 
 
 def _compressed_flag_over_plain_data(src):
@@ -134,7 +134,7 @@ def _compressed_flag_over_plain_data(src):
     sitk.WriteImage(sitk.ReadImage(ot), ot, useCompression=False)
     header = open(ot, "rb").read().replace(b"CompressedData = False", b"CompressedData = True")
     open(ot, "wb").write(header)
-    return [ot, "ompress"]  # ITK's "Uncompress failed", or the data check's "not zlib-compressed"
+    return [ot, "the compressed data are corrupt"]  # from ITK's "Uncompress failed", or from the data check
 
 
 def _flipped_label_elsewhere(src):
@@ -390,7 +390,7 @@ def test_corrupt_stream_that_itk_reads_silently(tmp_path, capfd):
         capfd.readouterr()
         voxels = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
         silent += not capfd.readouterr().err.strip() and (voxels != original).any()
-        with pytest.raises(UserError, match="corrupt"):
+        with pytest.raises(UserError, match="the compressed data are corrupt"):
             read_sitk(str(path))
     assert silent  # the case the check exists for: wrong voxels, no exception, no message
 
@@ -474,3 +474,13 @@ def test_short_write_under_file_size_limit(dataset, pristine, tmp_path, raw):
     assert f"{raw / folder / 'imagesTr'}{os.sep}" in lines[0], lines[0]  # where it was to go, not a temporary name
     assert "cannot write (file size limit exceeded)" in lines[0], lines[0]
     assert not raw.exists()
+
+
+def test_podocyte_16_bit_rgb_tile_is_not_cut_to_8_bits(pristine, tmp_path, raw, capsys):
+    src = _copy(pristine, tmp_path, "podo")
+    tile = src / "train" / "regions" / "S001_glom_1.jpeg"
+    wide = np.asarray(Image.open(tile)).astype(np.uint16) * 257  # 16-bit samples: Pillow keeps only the high byte
+    os.remove(tile)
+    png = src / "train" / "regions" / "S001_glom_1.png"
+    sitk.WriteImage(sitk.GetImageFromArray(wide, isVector=True), str(png))
+    _expect_error(capsys, raw, ["podocyte", src], str(png), "16-bit colour samples")

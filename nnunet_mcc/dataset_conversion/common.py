@@ -192,6 +192,8 @@ def _itk_reason(error: Optional[Exception], captured: str) -> str:
     m = re.search(r"data not read completely\s*ideal = (\d+) : actual = (\d+)", captured)
     if m:
         return f"data incomplete: {m.group(2)} of {m.group(1)} bytes"
+    if "uncompress failed" in captured.lower():  # MetaImage: the zlib stream does not inflate
+        return "the compressed data are corrupt: Uncompress failed"
     if error is None:
         lines = [ln.strip(" *") for ln in captured.splitlines() if ln.strip(" *")]
         return lines[0] if lines else "unknown error"

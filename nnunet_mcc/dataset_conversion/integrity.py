@@ -271,9 +271,9 @@ def _check_stream(p: Payload, voxels: Optional[memoryview], nbytes: int, reading
         f.seek(start)
         head = f.read(2)
         if gz and head != b"\x1f\x8b":
-            return "the data are not gzip-compressed although the header says so"
+            return "the compressed data are corrupt: not gzip data although the header says so"
         if not gz and (len(head) < 2 or head[0] & 0x0F != 8 or (head[0] * 256 + head[1]) % 31):
-            return "the data are not zlib-compressed although the header says CompressedData = True"
+            return "the compressed data are corrupt: not zlib data although the header says CompressedData = True"
         if length < (18 if gz else 6):
             return "the compressed data end early: the file is truncated"
         f.seek(start + length - (8 if gz else 4))

@@ -187,12 +187,26 @@ def png_pixels(pixels: np.ndarray, path: str) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- reading images
+def _samples_cut_to_8_bits(im) -> bool:
+    """Pillow opens 16-bit RGB (PNG, TIFF) in an 8-bit mode, keeping the high bytes only: find that case."""
+    if im.mode not in ("RGB", "RGBA", "LA", "L", "P"):
+        return False
+    for tile in im.tile:
+        raw = tile[3][0] if isinstance(tile[3], tuple) else tile[3]
+        if isinstance(raw, str) and re.search(r";(16|32)", raw):
+            return True
+    return False
+
+
 def read_pixels(path: str, what: str = "image") -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     common.check_readable(path)
     try:
         with Image.open(path) as im:
+            if _samples_cut_to_8_bits(im):
+                raise UserError(f"{path}: {what} has 16-bit colour samples, which the image reader cuts to 8 bits; "
+                                "save it as 8-bit RGB (or 16-bit gray)")
             im.load()
             mode = im.mode
             if mode == "P":
