@@ -6,13 +6,13 @@ Named as nnU-Net names its own conversion scripts (nnunetv2/dataset_conversion/D
         # the same as: nnunet-mcc convert promise12 SRC [options]
 
 The conversion itself is the packaged nnunet_mcc.dataset_conversion.promise12 (options: --help, and
-docs/converters.md); this script runs this clone's copy of it, installed or not.
+docs/converters.md); this script puts the clone first on the path, so it also runs uninstalled.
 """
 
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this clone's nnunet_mcc
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the clone, uninstalled too
 
 from nnunet_mcc.dataset_conversion.cli import script_main  # noqa: E402
 
