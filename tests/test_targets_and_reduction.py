@@ -125,3 +125,17 @@ def test_multiscale_l1_reduction_none_is_per_sample_per_scale():
 def test_unknown_reduction_is_refused(make):
     with pytest.raises(ValueError, match="reduction must be one of"):
         make("avg")
+
+
+def test_docstring_examples_of_the_losses_run():
+    import doctest
+
+    import nnunet_mcc.losses.gwdl
+    import nnunet_mcc.losses.mcc
+    import nnunet_mcc.losses.segan
+    import nnunet_mcc.losses.weighted_ce
+
+    for module in (nnunet_mcc.losses.mcc, nnunet_mcc.losses.gwdl, nnunet_mcc.losses.segan,
+                   nnunet_mcc.losses.weighted_ce):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
