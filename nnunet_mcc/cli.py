@@ -14,6 +14,8 @@ from nnunet_mcc.errors import UserError
 
 SUBCOMMANDS = {
     "convert": ("nnunet_mcc.dataset_conversion.cli", "convert a downloaded dataset into an nnU-Net raw dataset"),
+    "export": ("nnunet_mcc.dataset_conversion.export", "write nnU-Net predictions in a challenge's format "
+               "(BraTS .mha, PROMISE12 .mhd/.raw)"),
     "crossval": ("nnunet_mcc.experiments.crossval", "train every (trainer, fold) with nnUNetv2_train"),
     "compare": ("nnunet_mcc.experiments.compare", "compare trainers from their cross-validation results"),
     "demo": ("nnunet_mcc.experiments.demo", "synthetic dataset -> 5-fold cross-validation of one trainer per loss family -> report"),

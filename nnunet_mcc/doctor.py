@@ -14,7 +14,8 @@ PATH_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all", action="store_true",
-                        help="check every trainer including the short variants (slower), not just the main ones")
+                        help="also check the listed short variants (<trainer>_<N>epochs for N in 1 5 10 20 50 100 "
+                             "250), not just the main trainers (slower)")
 
 
 def _versions() -> List[Tuple[str, str]]:
@@ -78,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         from nnunet_mcc import trainers
 
-        names = [t.__name__ for t in (trainers.ALL_TRAINERS if args.all else trainers.MAIN_TRAINERS)]
+        main_names = [t.__name__ for t in trainers.MAIN_TRAINERS]
+        names = list(trainers.__all__) if args.all else main_names
         problems = check_trainers(names)
         for name in names:
             problem = dict(problems).get(name)
@@ -87,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
             ok = False
             print("  PROBLEM: nnU-Net's lookup does not give our class for the names marked BAD (see above).")
         elif not args.all:
-            print(f"  ({len(trainers.ALL_TRAINERS) - len(names)} short variants not checked; --all checks them too)")
+            print(f"  ({len(trainers.__all__) - len(names)} listed short variants not checked; --all checks them too; "
+                  "any <trainer>_<N>epochs works)")
     print("\n" + ("All checks passed." if ok else "Some checks FAILED (see PROBLEM lines)."))
     return 0 if ok else 1

@@ -19,11 +19,34 @@ def e2e_cache(tmp_path_factory) -> str:
 
 @pytest.fixture
 def nnunet_env(e2e_cache, tmp_path):
-    """Environment for nnU-Net subprocesses: shared raw/preprocessed, a results folder of this test's own."""
-    return base_env(e2e_cache, results=str(tmp_path / "results"))
+    """Environment for nnU-Net subprocesses: shared raw/preprocessed, a results folder of this test's own,
+    seeded reproducible trainings (see nnunet_e2e.TRAINING_ENV)."""
+    return base_env(e2e_cache, results=str(tmp_path / "results"), training=True)
 
 
 @pytest.fixture(scope="session")
 def prepared(e2e_cache):
     """``prepared("3d_multiclass")`` -> dataset name, planned and preprocessed (once per session)."""
     return lambda key: prepare_dataset(e2e_cache, key)
+
+
+@pytest.fixture
+def raw(tmp_path, monkeypatch):
+    """A fresh ``nnUNet_raw`` (not created yet) for converter tests, with ``nnUNet_preprocessed`` unset."""
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
+    return tmp_path / "raw"
+
+
+@pytest.fixture(scope="session")
+def pristine(tmp_path_factory):
+    """Small sources of every converter, made once: brats/, promise/, podo/ (H-AI-L tiles), podo_rgb/
+    (colour-coded masks). Tests that change a file work on a copy."""
+    from dataset_fixtures import make_brats15, make_podocyte, make_promise12
+
+    root = tmp_path_factory.mktemp("pristine")
+    make_brats15(str(root / "brats"), n_hgg=2, n_lgg=1, n_test=1, shape=(8, 12, 12))
+    make_promise12(str(root / "promise"), per_part=(1, 1, 1), n_test=1)
+    make_podocyte(str(root / "podo"), "hail", n_train=2, n_test=1, size=16)
+    make_podocyte(str(root / "podo_rgb"), "rgb", n_train=2, n_test=0, size=16)
+    return root

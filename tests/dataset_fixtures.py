@@ -44,24 +44,27 @@ def brats_labels(shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:
 
 
 def brats_case(case_dir: str, shape, rng, vsd_id: int, with_label: bool = True,
-               modalities: Sequence[str] = BRATS_MODS, label_dtype=np.uint8) -> Dict[str, np.ndarray]:
+               modalities: Sequence[str] = BRATS_MODS, label_dtype=np.uint8, spacing=(1.0, 1.0, 1.0),
+               origin=(0.0, 0.0, 0.0)) -> Dict[str, np.ndarray]:
     seg = brats_labels(shape, rng)
     arrays = {}
     for i, mod in enumerate(modalities):
         name = f"VSD.Brain.XX.O.MR_{mod}.{vsd_id + i}"
         img = (rng.normal(300 + 100 * i, 40, size=shape) + 200 * seg).clip(0, 32000).astype(np.int16)
-        _write_mha(img, os.path.join(case_dir, name, name + ".mha"))
+        _write_mha(img, os.path.join(case_dir, name, name + ".mha"), spacing, origin)
         arrays[mod] = img
     if with_label:
         name = f"VSD.Brain_3more.XX.O.OT.{vsd_id + 4}"
-        _write_mha(seg.astype(label_dtype), os.path.join(case_dir, name, name + ".mha"))
+        _write_mha(seg.astype(label_dtype), os.path.join(case_dir, name, name + ".mha"), spacing, origin)
         arrays["OT"] = seg
     return arrays
 
 
 def make_brats15(root: str, n_hgg: int = 3, n_lgg: int = 2, n_test: int = 1, shape=(16, 24, 24),
-                 seed: int = 0) -> Dict[str, Dict[str, np.ndarray]]:
-    """Write the layout under ``root``; returns {relative case folder: {modality or 'OT': array}}."""
+                 seed: int = 0, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)) -> Dict[str, Dict[str, np.ndarray]]:
+    """Write the layout under ``root``; returns {relative case folder: {modality or 'OT': array}}.
+
+    Flair of the k-th case written has the VSD id 54000 + 5k, as in the release's file names."""
     rng = np.random.default_rng(seed)
     out = {}
     vsd = 54000
@@ -70,11 +73,12 @@ def make_brats15(root: str, n_hgg: int = 3, n_lgg: int = 2, n_test: int = 1, sha
     for grade in ("HGG", "LGG"):
         for name in names[grade][:n_hgg if grade == "HGG" else n_lgg]:
             rel = os.path.join("BRATS2015_Training", grade, name)
-            out[rel] = brats_case(os.path.join(root, rel), shape, rng, vsd)
+            out[rel] = brats_case(os.path.join(root, rel), shape, rng, vsd, spacing=spacing, origin=origin)
             vsd += 5
     for i in range(n_test):
         rel = os.path.join("BRATS2015_Testing", "HGG_LGG", f"brats_tcia_pat{300 + i}_{i + 1:04d}")
-        out[rel] = brats_case(os.path.join(root, rel), shape, rng, vsd, with_label=False)
+        out[rel] = brats_case(os.path.join(root, rel), shape, rng, vsd, with_label=False, spacing=spacing,
+                              origin=origin)
         vsd += 5
     return out
 
@@ -175,6 +179,20 @@ def convert(capsys, *argv) -> Tuple[int, str, str]:
     return rc, out, err
 
 
+def store_flipped(path: str, axis: int = 2, keep_origin: bool = False) -> None:
+    """Rewrite an image stored with ITK axis ``axis`` reversed: the same voxels in physical space, their
+    order and the direction flipped (the origin moves to the other end), as some tools write labels.
+    ``keep_origin``: flip without moving the origin, so the image covers the mirrored region instead."""
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(path)
+    flipped = sitk.Flip(img, [i == axis for i in range(3)], flipAboutOrigin=False)
+    if keep_origin:
+        flipped.SetOrigin(img.GetOrigin())
+    assert flipped.GetDirection() != img.GetDirection()
+    sitk.WriteImage(flipped, path, useCompression=path.endswith(".mha"))
+
+
 def read_array(path: str) -> np.ndarray:
     import SimpleITK as sitk
 
@@ -182,7 +200,16 @@ def read_array(path: str) -> np.ndarray:
 
 
 def verify(folder: str) -> None:
-    """nnU-Net's own integrity check (the one ``nnUNetv2_plan_and_preprocess --verify_dataset_integrity`` runs)."""
-    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+    """nnU-Net's own integrity check (the one ``nnUNetv2_plan_and_preprocess --verify_dataset_integrity`` runs).
 
-    verify_dataset_integrity(folder, 1)
+    Its worker is forked from this process instead of spawned: the same checks, without starting a new
+    interpreter that imports nnU-Net and torch again (seconds per call).
+    """
+    import multiprocessing
+    from unittest import mock
+
+    from nnunetv2.experiment_planning import verify_dataset_integrity as nnunet_verify
+
+    fork = multiprocessing.get_context("fork")
+    with mock.patch.object(nnunet_verify.multiprocessing, "get_context", lambda method=None: fork):
+        nnunet_verify.verify_dataset_integrity(folder, 1)

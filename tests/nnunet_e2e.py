@@ -32,6 +32,9 @@ CPU_ENV = {
     "PYTHONUNBUFFERED": "1",
     "MPLBACKEND": "agg",
 }
+# trainings are reproducible: seeded, with nnU-Net's augmentation in the training process (its worker
+# processes would draw their own seeds). Planning needs nnUNet_n_proc_DA >= 1, so this is for training only.
+TRAINING_ENV = {"nnUNet_n_proc_DA": "0", "NNUNET_MCC_SEED": "0"}
 
 # name -> (dataset id, nnunet_mcc.synthetic.SyntheticSpec kwargs, configurations to plan)
 DATASETS: Dict[str, tuple] = {
@@ -58,9 +61,11 @@ def run(cmd: Sequence[str], env: Dict[str, str], timeout: int = 600, check: bool
     return proc
 
 
-def base_env(root: str, results: Optional[str] = None) -> Dict[str, str]:
+def base_env(root: str, results: Optional[str] = None, training: bool = False) -> Dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
     env.update(CPU_ENV)
+    if training:
+        env.update(TRAINING_ENV)
     env["nnUNet_raw"] = os.path.join(root, "raw")
     env["nnUNet_preprocessed"] = os.path.join(root, "preprocessed")
     env["nnUNet_results"] = results or os.path.join(root, "results")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dataset_fixtures import convert, make_brats15, read_array, verify
+from dataset_fixtures import convert, make_brats15, read_array, store_flipped, verify
 from nnunet_mcc.dataset_conversion import brats15
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,13 +22,6 @@ def brats_src(tmp_path_factory):
     root = tmp_path_factory.mktemp("brats_src")
     arrays = make_brats15(str(root), n_hgg=3, n_lgg=2, n_test=1)
     return str(root), arrays
-
-
-@pytest.fixture
-def raw(tmp_path, monkeypatch):
-    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
-    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
-    return str(tmp_path / "raw")
 
 
 def _case_id(rel: str) -> str:
@@ -171,10 +164,26 @@ def test_split_70_20_10(brats_src, raw, capsys, tmp_path, monkeypatch):
 @pytest.mark.parametrize("form", ["module", "file"])
 def test_runs_as_script_from_a_clone(brats_src, tmp_path, form):
     src, _ = brats_src
-    env = {**os.environ, "nnUNet_raw": str(tmp_path / "raw"), "PYTHONPATH": ""}
+    # nothing on the path, and no start-up hook importing an installed copy: the clone's own package runs
+    env = {**os.environ, "nnUNet_raw": str(tmp_path / "raw"), "PYTHONPATH": "", "NNUNET_MCC_NO_AUTOREGISTER": "1"}
     cmd = [sys.executable, "-m", "nnunet_mcc.dataset_conversion.brats15"] if form == "module" else \
-        [sys.executable, os.path.join("nnunet_mcc", "dataset_conversion", "brats15.py")]
+        [sys.executable, os.path.join("dataset_conversion", "Dataset501_BraTS15.py")]
     proc = subprocess.run(cmd + [os.path.join(src, "BRATS2015_Training"), "-j", "1", "--label-mode", "whole-tumor"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert len(os.listdir(tmp_path / "raw" / "Dataset501_BraTS15_wholetumor" / "labelsTr")) == 5
+
+
+def test_flipped_label_is_resampled_and_named(tmp_path, raw, capsys):
+    """A label stored with its z axis flipped (same voxels in space) comes out on T1's grid, not mirrored."""
+    arrays = make_brats15(str(tmp_path / "src"), n_hgg=1, n_lgg=1, n_test=0, shape=(8, 12, 12))
+    rel = os.path.join("BRATS2015_Training", "HGG", "brats_2013_pat0001_1")
+    ot_dir = next(d for d in os.listdir(tmp_path / "src" / rel) if ".OT." in d)
+    ot = str(tmp_path / "src" / rel / ot_dir / (ot_dir + ".mha"))
+    store_flipped(ot, axis=2)
+    assert not np.array_equal(read_array(ot), arrays[rel]["OT"])  # the stored voxel order is mirrored
+    rc, out, err = convert(capsys, "brats15", tmp_path / "src", "-j", "1")
+    assert rc == 0, err
+    written = read_array(os.path.join(raw, "Dataset501_BraTS15", "labelsTr", "HGG_brats_2013_pat0001_1.nii.gz"))
+    np.testing.assert_array_equal(written, arrays[rel]["OT"])
+    assert f"note: {ot}: label stored with another geometry than" in out and "axes flipped: z" in out

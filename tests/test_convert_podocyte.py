@@ -11,13 +11,6 @@ from dataset_fixtures import GRAY_SHADES, PALETTE, convert, make_podocyte, verif
 from nnunet_mcc.dataset_conversion import podocyte
 
 
-@pytest.fixture
-def raw(tmp_path, monkeypatch):
-    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
-    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
-    return str(tmp_path / "raw")
-
-
 def _check(ds, tiles, rgb=True):
     for key, t in tiles.items():
         split, stem = key.split("/")

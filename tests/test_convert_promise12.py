@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dataset_fixtures import convert, make_promise12, read_array, verify
+from dataset_fixtures import convert, make_promise12, read_array, store_flipped, verify
 from nnunet_mcc.dataset_conversion import promise12
 
 
@@ -17,13 +17,6 @@ def promise_src(tmp_path_factory):
     root = tmp_path_factory.mktemp("promise_src")
     cases = make_promise12(str(root), per_part=(2, 2, 1), n_test=1)
     return str(root), cases
-
-
-@pytest.fixture
-def raw(tmp_path, monkeypatch):
-    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
-    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
-    return str(tmp_path / "raw")
 
 
 def test_end_to_end_geometry_and_labels(promise_src, raw, capsys, tmp_path):
@@ -86,3 +79,16 @@ def test_repeated_case_name_and_single_part(promise_src, raw, capsys, tmp_path):
     assert rc == 0, err
     assert sorted(os.listdir(os.path.join(raw, "Dataset042_PROMISE12", "labelsTr"))) == ["Case02.nii.gz",
                                                                                           "Case03.nii.gz"]
+
+
+def test_flipped_label_is_resampled_and_named(promise_src, raw, capsys, tmp_path):
+    src, cases = promise_src
+    copy = tmp_path / "src"
+    shutil.copytree(src, copy)
+    seg = copy / "TrainingData_Part2" / "Case02_segmentation.mhd"
+    store_flipped(str(seg), axis=1)
+    rc, out, err = convert(capsys, "promise12", copy, "-j", "1")
+    assert rc == 0, err
+    written = read_array(os.path.join(raw, "Dataset502_PROMISE12", "labelsTr", "Case02.nii.gz"))
+    np.testing.assert_array_equal(written, cases["Case02"]["label"])
+    assert f"note: {seg}: label stored with another geometry than Case02.mhd (axes flipped: y)" in out

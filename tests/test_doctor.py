@@ -1,6 +1,10 @@
 import os
 
+import pytest
+
 from nnunet_e2e import run
+
+pytestmark = pytest.mark.e2e  # the installed command in a fresh process
 
 
 def test_doctor_passes_on_this_installation(nnunet_env):

@@ -76,11 +76,12 @@ def test_train_resume_predict_mcc(prepared, nnunet_env, tmp_path):
     assert len(logging["mean_fg_mcc"]) == 4 and len(logging["mcc_per_class_or_region"][0]) == 2
     assert np.isfinite(logging["train_losses"]).all() and 0 <= min(logging["train_losses"]) <= 2
 
-    # --c continues from the stored epoch: one more epoch, not a new training
-    resumed = train(dict(env, NNUNET_MCC_EPOCHS="5"), dataset, "3d_fullres_small", "nnUNetTrainerMCC", extra=["--c"])
-    assert "Epoch 4" in resumed.stdout and "Epoch 0\n" not in resumed.stdout
+    # --c keeps the schedule the run was started with: asking for another number of epochs is refused
+    refused = run(["nnUNetv2_train", dataset, "3d_fullres_small", "0", "-tr", "nnUNetTrainerMCC", "-device", "cpu",
+                   "--c"], dict(env, NNUNET_MCC_EPOCHS="5"), check=False)
+    assert refused.returncode == 2 and "NNUNET_MCC_EPOCHS=5 would change its schedule" in refused.stderr
     logging = torch.load(os.path.join(fold, "checkpoint_final.pth"), weights_only=False)["logging"]
-    assert len(logging["mean_fg_mcc"]) == 5
+    assert len(logging["mean_fg_mcc"]) == 4
 
     # better than chance on the held-out validation cases (MCC 0 is chance level)
     labels = os.path.join(env["nnUNet_raw"], dataset, "labelsTr")

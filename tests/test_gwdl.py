@@ -6,9 +6,11 @@ import os
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ddp_harness import run_ranks
 from nnunet_mcc.losses import GeneralizedWassersteinDiceLoss as GWDL
 from nnunet_mcc.losses.distance_matrix import (BRATS_MATRIX, DistanceMatrixError, dataset_label_names,
                                                hierarchy_distance_matrix, load_matrix_file, matrix_from_names,
@@ -285,30 +287,22 @@ def test_region_dataset_and_bad_labels_refused():
 
 
 # ---- DDP: 2 gloo processes == one process with the whole batch ----------------------------------
-def _ddp_worker(rank, world, port, result_file):
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        results = {}
-        for batch in (True, False):
-            torch.manual_seed(0)
-            conv = torch.nn.Conv3d(1, 3, 3, padding=1)
-            model = torch.nn.parallel.DistributedDataParallel(conv)
-            image, labels = _ddp_data()
-            part = slice(rank * 2, rank * 2 + 2)
-            value = GWDL(M3, batch=batch, ddp=True, ignore_index=3)(model(image[part]), labels[part])
-            value.backward()
-            # pooled: every rank holds the global loss; per sample: each its share, scaled by the world size
-            mean_over_ranks = value.detach().clone()
-            dist.all_reduce(mean_over_ranks)
-            results[batch] = {"loss": mean_over_ranks / world, "rank_loss": value.detach(),
-                              "grads": [p.grad.clone() for p in conv.parameters()]}
-        if rank == 0:
-            torch.save(results, result_file)
-    finally:
-        dist.destroy_process_group()
+def _ddp_worker(rank, world):
+    results = {}
+    for batch in (True, False):
+        torch.manual_seed(0)
+        conv = torch.nn.Conv3d(1, 3, 3, padding=1)
+        model = torch.nn.parallel.DistributedDataParallel(conv)
+        image, labels = _ddp_data()
+        part = slice(rank * 2, rank * 2 + 2)
+        value = GWDL(M3, batch=batch, ddp=True, ignore_index=3)(model(image[part]), labels[part])
+        value.backward()
+        # pooled: every rank holds the global loss; per sample: each its share, scaled by the world size
+        mean_over_ranks = value.detach().clone()
+        dist.all_reduce(mean_over_ranks)
+        results[batch] = {"loss": mean_over_ranks / world, "rank_loss": value.detach(),
+                          "grads": [p.grad.clone() for p in conv.parameters()]}
+    return results
 
 
 def _ddp_data():
@@ -319,18 +313,10 @@ def _ddp_data():
     return image, labels
 
 
+@pytest.mark.e2e  # spawns gloo processes
 def test_ddp_two_processes_equal_one_process(tmp_path):
     """Loss and DDP-averaged parameter gradients of 2 gloo ranks x 2 samples == 1 process x 4 samples."""
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    result_file = str(tmp_path / "rank0.pt")
-    mp.spawn(_ddp_worker, args=(2, port, result_file), nprocs=2, join=True)
-    ddp = torch.load(result_file)
+    ddp = run_ranks(_ddp_worker, 2, tmp_path)[0]
     for batch in (True, False):
         torch.manual_seed(0)
         conv = torch.nn.Conv3d(1, 3, 3, padding=1)

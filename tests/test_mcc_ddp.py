@@ -1,15 +1,14 @@
 """DDP exactness: W gloo processes with parts of the batch give the loss and gradients of one process."""
 
-import os
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+from ddp_harness import run_ranks
 from nnunet_mcc.losses import MCCLoss
+
+# spawns gloo processes; one worker computes the module fixture for every case
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("mcc_ddp")]
 
 WORLD = 2
 SPLITS = {"equal": [(0, 2), (2, 4)], "unequal": [(0, 3), (3, 4)]}
@@ -28,37 +27,25 @@ def _data():
     return x, y
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 CASES = [(batch, split) for batch in (True, False) for split in SPLITS]
 
 
-def _worker(rank, port, out_dir):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
-        results = {}
-        for batch, split in CASES:
-            model = DistributedDataParallel(_model())
-            x, y = _data()
-            start, stop = SPLITS[split][rank]
-            loss = MCCLoss(batch=batch, ddp=True)(model(x[start:stop]), y[start:stop])
-            loss.backward()
-            results[(batch, split)] = {"loss": loss.detach(), "grads": [p.grad for p in model.parameters()]}
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _worker(rank, world):
+    results = {}
+    for batch, split in CASES:
+        model = DistributedDataParallel(_model())
+        x, y = _data()
+        start, stop = SPLITS[split][rank]
+        loss = MCCLoss(batch=batch, ddp=True)(model(x[start:stop]), y[start:stop])
+        loss.backward()
+        results[(batch, split)] = {"loss": loss.detach(), "grads": [p.grad for p in model.parameters()]}
+    return results
 
 
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory):
     """One spawn of two gloo ranks computes every case (process start-up dominates the cost)."""
-    out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+    return run_ranks(_worker, WORLD, tmp_path_factory.mktemp("ddp"))
 
 
 @pytest.mark.parametrize("batch", [True, False], ids=["pooled", "per_sample"])

@@ -6,15 +6,19 @@ must reproduce one process on the whole batch: the final weights must match that
 second iteration must run (DDP raises if the first left parameters unreduced).
 """
 
-import os
-
+import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nnunet_mcc.losses.segan import SegANCritic, adversarial_l1, critic_update, onehot_target
+from ddp_harness import run_ranks
+
+from nnunet_mcc.losses.segan import adversarial_l1
+from nnunet_mcc.losses.targets import TargetFormat
+from nnunet_mcc.networks import SegANCritic
+from nnunet_mcc.trainers.segan import critic_update
+
+pytestmark = pytest.mark.e2e  # spawns gloo processes
 
 WORLD = 2
 ITERATIONS = 2
@@ -37,7 +41,7 @@ def _batch():
 def _train(segmentor, critic, critic_module, image, labels):
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=1e-2, betas=(0.5, 0.999))
     segmentor_optimizer = torch.optim.SGD(segmentor.parameters(), lr=0.1)
-    onehot, _ = onehot_target(labels, 3, has_regions=False)
+    onehot, _ = TargetFormat(3).onehot(labels)
     for _ in range(ITERATIONS):
         segmentor_optimizer.zero_grad(set_to_none=True)
         logits = segmentor(image)
@@ -52,22 +56,15 @@ def _train(segmentor, critic, critic_module, image, labels):
             **{f"critic.{k}": v.detach().clone() for k, v in critic_module.state_dict().items()}}
 
 
-def _worker(rank: int, init_file: str, out_dir: str):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        torch.set_num_threads(1)
-        segmentor, critic = _models()
-        image, labels = _batch()
-        half = slice(rank * 2, rank * 2 + 2)
-        state = _train(DDP(segmentor), DDP(critic), critic, image[half], labels[half])
-        torch.save(state, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _worker(rank: int, world: int):
+    segmentor, critic = _models()
+    image, labels = _batch()
+    half = slice(rank * 2, rank * 2 + 2)
+    return _train(DDP(segmentor), DDP(critic), critic, image[half], labels[half])
 
 
 def test_ddp_alternating_update_matches_one_process_on_the_whole_batch(tmp_path):
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
-    states = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    states = run_ranks(_worker, WORLD, tmp_path)
 
     segmentor, critic = _models()
     image, labels = _batch()

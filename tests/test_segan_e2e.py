@@ -18,6 +18,7 @@ import SimpleITK as sitk
 import torch
 
 from nnunet_e2e import BIN, predict, train, trainer_output
+from nnunet_mcc.knobs import BUDGET_VARIABLES
 
 pytestmark = pytest.mark.e2e
 
@@ -25,8 +26,11 @@ CASES = [("2d_multiclass", "2d_small", "nnUNetTrainerSegAN"),
          ("3d_multiclass", "3d_fullres_small", "nnUNetTrainerSegANWeightedCE")]
 
 
+INTERRUPTED_BUDGET = {"NNUNET_MCC_EPOCHS": 20, "NNUNET_MCC_ITERATIONS": 2}
+
+
 def _train_until_first_checkpoint(env, dataset, configuration, trainer, output, log_path, timeout=400) -> None:
-    env = {**env, "NNUNET_MCC_EPOCHS": "50", "NNUNET_MCC_ITERATIONS": "2", "NNUNET_MCC_VAL_ITERATIONS": "1",
+    env = {**env, **{k: str(v) for k, v in INTERRUPTED_BUDGET.items()}, "NNUNET_MCC_VAL_ITERATIONS": "1",
            "NNUNET_MCC_SAVE_EVERY": "1", "NNUNET_MCC_PLOT_EVERY": "1000"}
     log = open(log_path, "w")
     proc = subprocess.Popen([os.path.join(BIN, "nnUNetv2_train"), dataset, configuration, "0", "-tr", trainer,
@@ -77,12 +81,17 @@ def test_interrupted_segan_training_resumes_critic_and_predicts_with_stock_nnune
     assert critic["optimizer_state"]["state"], "the critic optimizer never stepped"
     assert len(saved["logging"]["critic_losses"]) == saved["current_epoch"]
 
-    resumed_env = {**nnunet_env, "NNUNET_MCC_EPOCHS": str(saved["current_epoch"])}
+    # resumed from a shell without the budget variables, the run finishes its recorded schedule; the
+    # critic's and the segmentor's optimizers continue their step counts (restored, not started again)
+    resumed_env = {k: v for k, v in nnunet_env.items() if k not in BUDGET_VARIABLES.values()}
     train(resumed_env, dataset, configuration, trainer, extra=["--c"])
     final = torch.load(os.path.join(output, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
-    _assert_same(final["segan_critic"]["network_weights"], critic["network_weights"], "critic weights")
-    _assert_same(final["segan_critic"]["optimizer_state"], critic["optimizer_state"], "critic optimizer")
-    _assert_same(final["network_weights"], saved["network_weights"], "segmentor weights")
+    assert final["current_epoch"] == INTERRUPTED_BUDGET["NNUNET_MCC_EPOCHS"]
+    total_steps = INTERRUPTED_BUDGET["NNUNET_MCC_EPOCHS"] * INTERRUPTED_BUDGET["NNUNET_MCC_ITERATIONS"]
+    critic_steps = [int(s["step"]) for s in final["segan_critic"]["optimizer_state"]["state"].values()]
+    assert critic_steps and set(critic_steps) == {total_steps}
+    assert critic["optimizer_state"]["state"][0]["step"] < total_steps
+    _assert_same(final["segan_critic"]["settings"], critic["settings"], "critic settings")
     logs = "".join(open(os.path.join(output, f)).read() for f in os.listdir(output) if f.startswith("training_log"))
     assert "SegAN critic and its optimizer restored" in logs
     assert "'segan_lambda': 1.0" in logs  # settings recorded in the training log

@@ -4,8 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from nnunet_mcc.losses.segan import (SegANCritic, adversarial_l1, critic_update, mask_input, multiscale_l1,
-                                     onehot_target)
+from nnunet_mcc.losses.segan import adversarial_l1, mask_input, multiscale_l1
+from nnunet_mcc.losses.targets import TargetFormat
+from nnunet_mcc.networks import SegANCritic
+from nnunet_mcc.trainers.segan import critic_update
 
 IMAGE = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])  # (1, 1, 2, 2)
 PRED_FG = torch.tensor([[1.0, 0.5], [0.0, 0.0]])
@@ -89,11 +91,11 @@ def test_critic_shapes_3d_anisotropic_and_argument_checks():
 
 def test_onehot_target_label_map_with_ignore_and_regions_with_ignore_channel():
     labels = torch.tensor([[[[0, 1], [2, 3]]]], dtype=torch.float32)  # 3 = ignore label
-    onehot, valid = onehot_target(labels, 3, has_regions=False, ignore_label=3)
+    onehot, valid = TargetFormat(3, ignore_label=3).onehot(labels)
     assert onehot[0, :, 0, 1].tolist() == [0, 1, 0] and onehot[0, :, 1, 0].tolist() == [0, 0, 1]
     assert valid[0, 0].tolist() == [[True, True], [True, False]]
     regions = torch.tensor([[[[1, 0]], [[1, 1]], [[0, 1]]]], dtype=torch.float32)  # 2 regions + ignore channel
-    onehot, valid = onehot_target(regions, 2, has_regions=True, region_ignore_channel=True)
+    onehot, valid = TargetFormat(2, region_ignore_channel=True).onehot(regions)
     assert onehot.shape == (1, 2, 1, 2) and valid[0, 0].tolist() == [[True, False]]
 
 
@@ -103,7 +105,7 @@ def _setup(spectral_norm: bool, seed: int = 0):
     critic = SegANCritic(2, 3, dim=2, features_per_stage=[4, 8], strides=[2, 2], spectral_norm=spectral_norm)
     image = torch.randn(2, 2, 8, 8)
     labels = torch.randint(0, 3, (2, 1, 8, 8)).float()
-    onehot, _ = onehot_target(labels, 3, has_regions=False)
+    onehot, _ = TargetFormat(3).onehot(labels)
     return segmentor, critic, image, labels, onehot
 
 

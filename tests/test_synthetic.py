@@ -32,6 +32,7 @@ def test_nested_classes_contain_each_other():
     assert (seg >= 1).sum() > (seg >= 2).sum() > (seg >= 3).sum() > 0
 
 
+@pytest.mark.e2e  # nnU-Net's integrity check starts worker processes
 def test_same_seed_same_dataset_and_valid_for_nnunet(tmp_path):
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
 

@@ -10,8 +10,8 @@ import SimpleITK as sitk
 import torch
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
-from nnunet_mcc.trainers.weighted_ce import (ClassFrequencyWeightedCE, MaskedBCEWithLogits, inverse_frequency_weights,
-                                             region_pos_weights)
+from nnunet_mcc.losses.weighted_ce import MaskedBCEWithLogits, inverse_frequency_weights, region_pos_weights
+from nnunet_mcc.trainers.weighted_ce import ClassFrequencyWeightedCE
 
 
 def test_inverse_frequency_weights_hand_values():
@@ -70,7 +70,8 @@ def _stub_trainer(labels: dict, regions_class_order=None):
                                  preprocessed_dataset_folder="unused", fold=0, class_weight_power=1.0,
                                  do_split=lambda: (["a", "b"], ["val"]), logged=[])
     stub.print_to_log_file = lambda *args: stub.logged.append(" ".join(map(str, args)))
-    stub.training_label_frequencies = lambda: ClassFrequencyWeightedCE.training_label_frequencies(stub)
+    for name in ("training_label_frequencies", "training_label_counts", "_label_count_cache", "_count_labels"):
+        setattr(stub, name, types.MethodType(getattr(ClassFrequencyWeightedCE, name), stub))
     return stub
 
 

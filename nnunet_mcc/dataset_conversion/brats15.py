@@ -19,23 +19,25 @@ Channels are written in the fixed order T1, T1c, T2, Flair. Labels: 0 background
 
 Label files keep the BraTS values in ``labels`` and ``regions`` modes (regions are defined on them),
 so nnU-Net's predictions are BraTS label maps already; :func:`to_brats_labels` and
-:func:`export_predictions` check and write them back.
+:func:`export_predictions` check and write them back, as ``VSD.<description>.<id>.mha`` named by the
+VSD id of the case's Flair image, which dataset.json records (``vsd_flair_ids``) with each case's
+source geometry.
 
-Run: ``nnunet-mcc convert brats15 SRC [-d 501] [--label-mode labels|regions|whole-tumor]``.
+Run: ``nnunet-mcc convert brats15 SRC [-d 501] [--label-mode labels|regions|whole-tumor]``, or
+``python dataset_conversion/Dataset501_BraTS15.py SRC ...`` from a clone; back:
+``nnunet-mcc export brats15 PRED_DIR OUT``.
 """
 
 import argparse
 import os
+import re
 import sys
 from functools import partial
-from typing import Dict, List, Optional, Sequence, Tuple
-
-if __package__ in (None, ""):  # run as a file from a clone: make the package importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from nnunet_mcc.dataset_conversion import common
+from nnunet_mcc.dataset_conversion import common, export
 from nnunet_mcc.dataset_conversion.common import Case, CaseResult, UserError
 
 MODALITIES = ("T1", "T1c", "T2", "Flair")  # channel order of the converted dataset
@@ -122,42 +124,61 @@ def to_brats_labels(segmentation: np.ndarray, label_mode: str) -> np.ndarray:
     return seg.astype(np.uint8)
 
 
-def export_predictions(prediction_folder: str, output_folder: str, label_mode: str,
-                       file_ending: str = ".nii.gz", output_ending: str = ".mha") -> List[str]:
-    """Write every prediction of ``prediction_folder`` as a BraTS label map (``<case><output_ending>``)."""
-    import SimpleITK as sitk
+def export_predictions(prediction_folder: str, output_folder: str, label_mode: Optional[str] = None,
+                       file_ending: Optional[str] = None, output_ending: str = ".mha", *,
+                       dataset_json: Optional[str] = None, subset: str = "test", description: str = "nnUNet",
+                       naming: Optional[str] = None, overwrite: bool = False) -> List[str]:
+    """Write every prediction of ``prediction_folder`` as a BraTS label map (uint8, values 0-4).
 
-    if not os.path.isdir(prediction_folder):
-        raise UserError(f"{prediction_folder}: prediction folder does not exist")
-    files = [f for f in common.list_dir(prediction_folder) if f.endswith(file_ending)]
-    if not files:
-        raise UserError(f"{prediction_folder}: no {file_ending} predictions found")
-    os.makedirs(output_folder, exist_ok=True)
-    written = []
-    for f in files:
-        img = common.read_sitk(os.path.join(prediction_folder, f))
-        out = sitk.GetImageFromArray(to_brats_labels(sitk.GetArrayFromImage(img), label_mode))
-        out.CopyInformation(img)
-        path = os.path.join(output_folder, f[:-len(file_ending)] + output_ending)
-        common.write_sitk(out, path)
-        written.append(path)
-    return written
+    With ``dataset_json`` (the converted dataset's, as nnU-Net copies it into its prediction folders)
+    the label mode and file ending come from it, each file gets its case's source geometry exactly,
+    and ``naming="vsd"`` (the default then) names it ``VSD.<description>.<Flair VSD id>.mha`` as the
+    BRATS 2015 evaluation expects; without, files are named ``<case><output_ending>`` and keep the
+    prediction's geometry. ``subset``: whether the predicted cases are the dataset's test or training cases.
+    """
+    record = export.read_dataset_json(dataset_json, "BRATS 2015", "brats15") if dataset_json else {}
+    label_mode = label_mode or record.get("label_mode")
+    if label_mode is None:
+        raise UserError(f"{prediction_folder}: label mode unknown: give it (--label-mode) or the dataset.json")
+    label_dict(label_mode)
+    naming = naming or ("vsd" if record else "case")
+    if naming not in ("vsd", "case"):
+        raise UserError(f"--naming {naming!r}: choose vsd or case")
+    if naming == "vsd" and not re.fullmatch(r"[A-Za-z0-9_\-]+", description):
+        raise UserError(f"--description {description!r}: use letters, digits, '_' or '-' only (the evaluation "
+                        "splits file names at dots)")
+    names = None
+    if naming == "vsd":
+        if not record:
+            raise UserError("VSD names need the dataset.json the conversion wrote (it records the VSD ids)")
+        ids = export.subset_map(record, "vsd_flair_ids", subset, dataset_json)
+        names = {case: f"VSD.{description}.{ids[case]}" if case in ids else None
+                 for case in export.subset_map(record, "source_cases", subset, dataset_json)}
+
+    def brats_labels(array: np.ndarray, path: str) -> np.ndarray:
+        try:
+            return to_brats_labels(array, label_mode)
+        except UserError as e:
+            raise UserError(f"{path}: {e}") from None
+
+    return export.export_folder(prediction_folder, output_folder, brats_labels,
+                                file_ending=file_ending or record.get("file_ending", ".nii.gz"),
+                                output_ending=output_ending, names=names,
+                                geometries=export.subset_map(record, "source_geometry", subset, dataset_json)
+                                if record else None, compress=True, overwrite=overwrite,
+                                what=f"{subset} case of {dataset_json}" if record else "")
 
 
 # ---------------------------------------------------------------- finding the cases
 def _case_files(case_dir: str, rel: str, training: bool) -> Tuple[List[str], Optional[str]]:
     """The four modality files (channel order) and the ground truth of one case folder."""
     found: Dict[str, List[str]] = {}
-    for root, dirs, files in os.walk(case_dir):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        if root[len(case_dir):].count(os.sep) >= 3:
-            dirs[:] = []
-        for f in sorted(files):
-            if f.startswith(".") or not common.has_suffix(f) or f.lower().endswith((".raw", ".zraw")):
-                continue
-            kind = classify(f) or classify(os.path.basename(root))
-            if kind:
-                found.setdefault(kind, []).append(os.path.join(root, f))
+    for root, f in common.walk_files(case_dir, max_depth=3):
+        if not common.has_suffix(f) or f.lower().endswith((".raw", ".zraw")):
+            continue
+        kind = classify(f) or classify(os.path.basename(root))
+        if kind:
+            found.setdefault(kind, []).append(os.path.join(root, f))
     for kind, paths in found.items():
         if len(paths) > 1:
             names = ", ".join(os.path.relpath(p, case_dir) for p in paths)
@@ -175,6 +196,12 @@ def _case_files(case_dir: str, rel: str, training: bool) -> Tuple[List[str], Opt
 
 def _case_dirs(folder: str) -> List[str]:
     return [d for d in common.subfolders(folder)]
+
+
+def vsd_id(path: str) -> Optional[str]:
+    """The VSD id in a release file name (``VSD.Brain.XX.O.MR_Flair.54193.mha`` -> ``54193``), or None."""
+    m = re.search(r"\.(\d+)$", common.strip_suffix(os.path.basename(path)))
+    return m.group(1) if m else None
 
 
 def find_cases(src: str) -> Tuple[List[Case], List[str]]:
@@ -205,7 +232,8 @@ def find_cases(src: str) -> Tuple[List[Case], List[str]]:
             rel = os.path.relpath(os.path.join(grade_dir, name), src)
             images, label = _case_files(os.path.join(grade_dir, name), rel, training=True)
             grade_tag = common.normalize(grade).upper()
-            cases.append(Case(common.safe_id(f"{grade_tag}_{name}"), images, label, rel, True, {"grade": grade_tag}))
+            cases.append(Case(common.safe_id(f"{grade_tag}_{name}"), images, label, rel, True,
+                              {"grade": grade_tag, "vsd_id": vsd_id(images[MODALITIES.index("Flair")])}))
         found_lines.append(f"{os.path.relpath(grade_dir, src)}: {len(names)} training cases")
     if len(testing_dirs) > 1:
         raise UserError(f"{src}: several testing folders ({', '.join(testing_dirs)}); keep one")
@@ -223,7 +251,8 @@ def find_cases(src: str) -> Tuple[List[Case], List[str]]:
         for case_id, (name, _, path) in zip(ids, entries):
             rel = os.path.relpath(path, src)
             images, label = _case_files(path, rel, training=False)
-            cases.append(Case(case_id, images, label, rel, False))
+            cases.append(Case(case_id, images, label, rel, False,
+                              {"vsd_id": vsd_id(images[MODALITIES.index("Flair")])}))
         found_lines.append(f"{os.path.relpath(test_dir, src)}: {len(entries)} test cases")
     return cases, found_lines
 
@@ -232,44 +261,34 @@ def find_cases(src: str) -> Tuple[List[Case], List[str]]:
 def convert_case(case: Case, out_dir: str, label_mode: str, file_ending: str) -> CaseResult:
     import SimpleITK as sitk
 
-    images = []
-    ref, ref_path = None, ""
-    for path in case.images:
-        img = common.read_sitk(path)
-        if ref is None:
-            ref, ref_path = img, path
-        else:
-            common.check_same_grid(img, ref, path, ref_path)
+    ref = common.read_sitk(case.images[0])
+    ref_path = case.images[0]
+    images, notes = [ref], []
+    for path in case.images[1:]:
+        img, note = common.onto_grid(common.read_sitk(path), ref, path, ref_path)
+        images.append(img)
+        notes += [note] if note else []
+    for img, path in zip(images, case.images):
         if img.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
             common.check_finite(sitk.GetArrayViewFromImage(img), path)
-        images.append(img)
-    notes = []
     sub = "imagesTr" if case.training else "imagesTs"
-    for ch, img in enumerate(images):
-        if ch and not _same_frame(img, ref):
-            notes.append(f"{case.source}: {MODALITIES[ch]} origin/direction differ from T1; T1's were used")
-        img.CopyInformation(ref)  # one geometry for every channel and the label: the images'
+    for ch, img in enumerate(images):  # one geometry for every channel and the label: T1's
         common.write_sitk(img, os.path.join(out_dir, sub, f"{case.case_id}_{ch:04d}{file_ending}"))
     counts = None
     if case.label:
-        seg_img = common.read_sitk(case.label)
-        common.check_same_grid(seg_img, ref, case.label, ref_path, what="label")
+        seg_img, note = common.onto_grid(common.read_sitk(case.label), ref, case.label, ref_path, what="label")
+        notes += [note] if note else []
         brats, counts = common.checked_labels(sitk.GetArrayViewFromImage(seg_img), case.label, range(5))
         if label_mode != "whole-tumor" and seg_img.GetPixelID() == sitk.sitkUInt8:
             out = seg_img  # already the values and type to write: skip a copy of 10^7 voxels
         else:
             out = sitk.GetImageFromArray(encode_labels(brats, label_mode))
-        out.CopyInformation(ref)
+            out.CopyInformation(ref)
         common.write_sitk(out, os.path.join(out_dir, "labelsTr" if case.training else "labelsTs",
                                             case.case_id + file_ending))
         if label_mode == "whole-tumor":
             counts = np.array([counts[0], counts[1:].sum()])
-    return CaseResult(case.case_id, case.training, counts, notes)
-
-
-def _same_frame(a, b) -> bool:
-    return np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3) and \
-        np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4)
+    return CaseResult(case.case_id, case.training, counts, notes, common.geometry(ref))
 
 
 # ---------------------------------------------------------------- command line
@@ -282,34 +301,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(+ necrosis, so labels paint back exactly) as nnU-Net regions; whole-tumor: binary")
     parser.add_argument("--file-ending", choices=(".nii.gz", ".mha", ".nrrd"), default=".nii.gz",
                         help="format of the written files (default .nii.gz)")
-    common_arguments(parser, DEFAULT_ID, DEFAULT_NAME + "[_regions|_wholetumor]")
-
-
-def common_arguments(parser: argparse.ArgumentParser, default_id: int, default_name: str) -> None:
-    parser.add_argument("src", metavar="SRC", help="folder the download was unpacked into (or its training folder)")
-    parser.add_argument("-d", "--dataset-id", type=int, default=default_id,
-                        help=f"nnU-Net dataset id (default {default_id})")
-    parser.add_argument("--name", default=None, help=f"dataset name (default {default_name})")
-    parser.add_argument("-j", "--jobs", type=int, default=None, help="parallel processes (default: every core)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset of the same name")
-    parser.add_argument("--split", default=None, metavar="TRAIN/VAL/TEST",
-                        help="also write a seeded train/validation/test split, e.g. 70/20/10 (see docs)")
-    parser.add_argument("--split-seed", type=int, default=0, help="seed of --split (default 0)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def finish_split(args: argparse.Namespace, target: str, cases: Sequence[Case]) -> None:
-    if args.split:
-        from nnunet_mcc.dataset_conversion import splits
-
-        splits.write_split_files(target, [c.case_id for c in cases if c.training], args.split, args.split_seed)
+    common.add_common_arguments(parser, DEFAULT_ID, DEFAULT_NAME + "[_regions|_wholetumor]")
 
 
 def run(args: argparse.Namespace) -> int:
     labels, order = label_dict(args.label_mode)
-    if args.split:
-        from nnunet_mcc.dataset_conversion import splits
-        splits.parse_fractions(args.split)
+    split = common.split_option(args)
     name = args.name or DEFAULT_NAME + {"labels": "", "regions": "_regions", "whole-tumor": "_wholetumor"}[
         args.label_mode]
     raw = common.raw_root()
@@ -320,7 +317,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {line}")
     extra = {"label_mode": args.label_mode, "channel_order": list(MODALITIES),
              "reference": "https://www.smir.ch/BRATS/Start2015", "release": "BRATS 2015",
-             "source_cases": common.source_map(cases)}
+             "source_cases": common.source_map(cases),
+             "vsd_flair_ids": {part: {c.case_id: c.extra["vsd_id"] for c in cases
+                                      if c.training == (part == "training") and c.extra.get("vsd_id")}
+                               for part in ("training", "test")}}
     if args.label_mode == "labels":
         extra["evaluation_regions"] = EVALUATION_REGIONS
     if order is not None:
@@ -329,14 +329,11 @@ def run(args: argparse.Namespace) -> int:
         target, cases, partial(convert_case, label_mode=args.label_mode, file_ending=args.file_ending),
         jobs=args.jobs, desc="BRATS15", channel_names=dict(enumerate(MODALITIES)), labels=labels,
         file_ending=args.file_ending, json_extra=extra, progress=False if args.no_progress else None,
-        with_test_labels=any(c.label and not c.training for c in cases))
-    finish_split(args, target, cases)
+        with_test_labels=any(c.label and not c.training for c in cases), split=split)
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    return common.script_main("brats15", add_arguments, run, argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from nnunet_mcc.dataset_conversion.cli import script_main
+
+    sys.exit(script_main("brats15"))

@@ -1,27 +1,37 @@
 """Shared machinery of the dataset converters.
 
 Every converter follows the same steps: find the cases in the source folder (nothing is read in
-depth yet, so a missing modality is reported before any writing), check the target dataset id,
-convert every case in parallel into a temporary folder next to the target, write dataset.json with
-nnU-Net's ``generate_dataset_json`` and move the folder into place only when every case succeeded.
-Bad input raises :class:`nnunet_mcc.errors.UserError` with one line naming the file and the problem;
-the source is only ever read.
+depth yet, so a missing modality is reported before any writing), check the target dataset id and
+the requested split, convert every case in parallel into a temporary folder next to the target,
+write dataset.json with nnU-Net's ``generate_dataset_json`` and move the folder into place only
+when every case succeeded (:func:`nnunet_mcc.fileio.atomic_folder`).
+
+Every image read is checked (ITK's own complaints on stderr are errors, and the stored data must
+agree with the header: :mod:`.integrity`), every file written is checked after writing, and bad
+input raises :class:`nnunet_mcc.errors.UserError` with one line naming the file and the problem.
+The source is only ever read.
 """
 
 import errno
+import json
 import os
 import re
-import shutil
+import resource
+import signal
 import sys
 import tempfile
-from contextlib import contextmanager
+import threading
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from nnunet_mcc import fileio
+from nnunet_mcc.dataset_conversion import integrity
 from nnunet_mcc.errors import UserError
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
@@ -62,6 +72,25 @@ def list_dir(folder: str) -> List[str]:
 
 def subfolders(folder: str) -> List[str]:
     return [e for e in list_dir(folder) if os.path.isdir(os.path.join(folder, e))]
+
+
+def walk_files(folder: str, max_depth: int = 3) -> List[Tuple[str, str]]:
+    """(folder, file name) of every visible file under ``folder``, at most ``max_depth`` levels down.
+
+    Unlike ``os.walk``, an unreadable folder is refused by name instead of being skipped silently.
+    """
+    found: List[Tuple[str, str]] = []
+
+    def visit(path: str, depth: int) -> None:
+        for entry in list_dir(path):
+            full = os.path.join(path, entry)
+            if not os.path.isdir(full):
+                found.append((path, entry))
+            elif depth < max_depth:
+                visit(full, depth + 1)
+
+    visit(folder, 0)
+    return found
 
 
 def find_child(folder: str, pattern: str) -> List[str]:
@@ -158,11 +187,16 @@ def _captured_stderr():
             holder["text"] = buf.read().decode(errors="replace")
 
 
-def _itk_reason(error: Exception, captured: str) -> str:
-    """The useful part of an ITK exception: its message without source location or object address."""
+def _itk_reason(error: Optional[Exception], captured: str) -> str:
+    """The useful part of ITK's complaint: its message without source location or object address."""
     m = re.search(r"data not read completely\s*ideal = (\d+) : actual = (\d+)", captured)
     if m:
         return f"data incomplete: {m.group(2)} of {m.group(1)} bytes"
+    if "uncompress failed" in captured.lower():  # MetaImage: the zlib stream does not inflate
+        return "the compressed data are corrupt: Uncompress failed"
+    if error is None:
+        lines = [ln.strip(" *") for ln in captured.splitlines() if ln.strip(" *")]
+        return lines[0] if lines else "unknown error"
     text = str(error)
     m = re.search(r"ITK ERROR: \w+\(0x[0-9a-f]+\): (.*)", text)
     reason = m.group(1).strip() if m else _first_line(text)
@@ -170,7 +204,12 @@ def _itk_reason(error: Exception, captured: str) -> str:
 
 
 def read_sitk(path: str):
-    """Read a 3D image with SimpleITK; a 4D image with one singleton axis is squeezed, a real 4D refused."""
+    """Read a 3D image with SimpleITK and check it; a 4D image with one singleton axis is squeezed.
+
+    Refused: anything ITK complains about (an exception, or a message on stderr such as "Uncompress
+    failed"), stored data that disagree with the header (:func:`integrity.check_read`), several
+    components per voxel, a real 4D image.
+    """
     import SimpleITK as sitk
 
     check_readable(path)
@@ -182,9 +221,10 @@ def read_sitk(path: str):
             error = None
         except RuntimeError as e:
             error = e
-    if error is not None:
+    if error is not None or captured["text"].strip():
         raise UserError(f"{path}: cannot read image ({_itk_reason(error, captured['text'])}); the file may be "
                         "truncated or corrupt") from None
+    integrity.check_read(path, img)
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise UserError(f"{path}: has {img.GetNumberOfComponentsPerPixel()} components per voxel, expected a "
                         "scalar image")
@@ -203,16 +243,13 @@ def read_sitk(path: str):
 
 def _check_metaimage_data(path: str) -> None:
     """A .mhd header points to a data file: name it when it is missing or unreadable."""
-    data_file = None
     try:
-        with open(path, "r", errors="replace") as f:
-            for line in f:
-                if line.strip().lower().startswith("elementdatafile"):
-                    data_file = line.split("=", 1)[1].strip()
+        fields, _ = integrity.metaimage_header(path)
     except OSError as e:
-        raise UserError(f"{path}: cannot read header ({e.strerror})") from None
-    if data_file is None:
-        raise UserError(f"{path}: MetaImage header has no ElementDataFile line")
+        raise UserError(f"{path}: cannot read header ({fileio.os_error_cause(e)})") from None
+    except ValueError:
+        raise UserError(f"{path}: MetaImage header has no ElementDataFile line") from None
+    data_file = fields["elementdatafile"]
     if data_file.upper() in ("LOCAL", "LIST") or "%" in data_file:
         return
     data_path = os.path.join(os.path.dirname(path), data_file)
@@ -236,6 +273,82 @@ def check_same_grid(img, ref, path: str, ref_path: str, what: str = "image") -> 
     if not np.allclose(img.GetSpacing(), ref.GetSpacing(), rtol=1e-3, atol=1e-4):
         raise UserError(f"{path}: {what} spacing {tuple(round(s, 4) for s in img.GetSpacing())} differs from "
                         f"{tuple(round(s, 4) for s in ref.GetSpacing())} of {os.path.basename(ref_path)}")
+
+
+def same_frame(a, b) -> bool:
+    """Same origin (within 1 micrometre) and direction."""
+    return np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3) and \
+        np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4)
+
+
+def onto_grid(img, ref, path: str, ref_path: str, what: str = "image") -> Tuple[object, Optional[str]]:
+    """``img`` on the voxel grid of ``ref`` (carrying ``ref``'s geometry), and a note when it was not already.
+
+    Size and spacing must agree, as nnU-Net requires. When origin or direction differ, the two grids
+    must still cover the same voxels (an axis stored flipped or in another order, an origin off by
+    less than a quarter voxel): ``img`` is then resampled onto ``ref``'s grid with nearest neighbour,
+    which moves every voxel unchanged, and the note says so. Grids that do not line up (rotated,
+    shifted, or covering another region) are refused: resampling would change the voxels.
+    """
+    import SimpleITK as sitk
+
+    name = os.path.basename(ref_path)
+    if same_frame(img, ref):
+        check_same_grid(img, ref, path, ref_path, what)
+        img.CopyInformation(ref)
+        return img, None
+    dim = img.GetDimension()
+    d_img = np.array(img.GetDirection()).reshape(dim, dim)
+    d_ref = np.array(ref.GetDirection()).reshape(dim, dim)
+    rotation = np.linalg.solve(d_img, d_ref)  # ref axes in img axes
+    axes = np.round(rotation)
+    if np.abs(rotation - axes).max() > 1e-3 or not (np.abs(axes).sum(0) == 1).all() or \
+            not (np.abs(axes).sum(1) == 1).all():
+        raise UserError(f"{path}: {what} grid is rotated against {name}'s (direction "
+                        f"{tuple(round(v, 3) for v in img.GetDirection())} vs "
+                        f"{tuple(round(v, 3) for v in ref.GetDirection())}); resample it onto the image first")
+    perm = np.abs(axes).argmax(0)  # ref axis k runs along img axis perm[k]
+    size_img, size_ref = np.array(img.GetSize()), np.array(ref.GetSize())
+    if (size_img[perm] != size_ref).any():
+        raise UserError(f"{path}: {what} size {tuple(size_img[perm].tolist())} (in {name}'s axis order) differs "
+                        f"from {tuple(size_ref.tolist())} of {name}")
+    spacing_img = np.array(img.GetSpacing())[perm]
+    if not np.allclose(spacing_img, ref.GetSpacing(), rtol=1e-3, atol=1e-4):
+        raise UserError(f"{path}: {what} spacing {tuple(round(s, 4) for s in spacing_img)} (in {name}'s axis "
+                        f"order) differs from {tuple(round(s, 4) for s in ref.GetSpacing())} of {name}")
+    # continuous img index of ref's first and last voxel: they must be img's corners
+    to_index = np.linalg.inv(d_img @ np.diag(img.GetSpacing()))
+    shift_mm = np.array(ref.GetOrigin()) - np.array(img.GetOrigin())
+    first = to_index @ shift_mm
+    last = to_index @ (shift_mm + d_ref @ np.diag(ref.GetSpacing()) @ (size_ref - 1))
+    lo, hi = np.minimum(first, last), np.maximum(first, last)
+    off = np.abs(np.concatenate([lo, hi - (size_img - 1)])).max()
+    if off > 0.25:
+        raise UserError(f"{path}: {what} covers another region than {name} (origin "
+                        f"{tuple(round(v, 3) for v in img.GetOrigin())} vs "
+                        f"{tuple(round(v, 3) for v in ref.GetOrigin())}, {off:.2f} voxels apart); resample it "
+                        "onto the image first")
+    changes = []
+    flipped = ["xyz"[perm[k]] for k in range(dim) if axes[perm[k], k] < 0]
+    if flipped:
+        changes.append("axes flipped: " + ", ".join(flipped))
+    if (perm != np.arange(dim)).any():
+        changes.append("axes in another order")
+    if not changes:  # the same voxels in the same order
+        changes.append(f"origins {np.abs(shift_mm).max():.3g} mm apart" if np.abs(shift_mm).max() > 1e-3
+                       else "direction cosines differ slightly")
+        out = img
+    else:
+        out = sitk.Resample(img, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, img.GetPixelID())
+    out.CopyInformation(ref)
+    return out, (f"{path}: {what} stored with another geometry than {name} ({'; '.join(changes)}); "
+                 f"resampled onto {name}'s grid (nearest neighbour, every voxel kept)")
+
+
+def geometry(img) -> Dict[str, list]:
+    """Size, spacing, origin and direction of an image, as stored in dataset.json for the way back."""
+    return {"size": list(img.GetSize()), "spacing": list(img.GetSpacing()), "origin": list(img.GetOrigin()),
+            "direction": list(img.GetDirection())}
 
 
 def label_values(array: np.ndarray, path: str, allowed: Iterable[int]) -> np.ndarray:
@@ -270,16 +383,66 @@ def checked_labels(array: np.ndarray, path: str, allowed: Iterable[int]) -> Tupl
 
 
 # ---------------------------------------------------------------- writing
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def _write_cause(path: str, complaint: str, nbytes: int) -> str:
+    """Why a write came out short when the writer gave no error number: size limit, full disk or I/O error."""
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    written = os.path.getsize(path) if os.path.exists(path) else 0
+    if "file too large" in complaint.lower() or (soft != resource.RLIM_INFINITY and written >= soft):
+        return fileio.os_error_cause(OSError(errno.EFBIG, ""))
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+        free = st.f_bavail * st.f_frsize
+    except OSError:
+        free = None
+    if "no space" in complaint.lower() or (free is not None and free < max(nbytes, 1 << 20)):
+        return fileio.os_error_cause(OSError(errno.ENOSPC, ""))
+    return f"incomplete write: {complaint}" if complaint else fileio.os_error_cause(OSError(errno.EIO, ""))
+
+
 def write_sitk(img, path: str, compress: bool = True) -> None:
-    """SimpleITK write; a full disk or any other OS failure becomes one clear line."""
+    """SimpleITK write, then checked: ITK's complaints on stderr and a file that does not hold ``img``
+    in full (:func:`integrity.check_written`) are errors, reported as one line with the cause."""
     import SimpleITK as sitk
 
+    problem = None
+    with _captured_stderr() as captured:  # the NIfTI writer reports a short write only here
+        try:
+            sitk.WriteImage(img, path, useCompression=compress)
+        except OSError as e:
+            raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
+        except RuntimeError as e:
+            problem = _first_line(e)
+        if problem is None:
+            try:
+                integrity.check_written(path, img)
+            except (ValueError, OSError) as e:
+                problem = str(e)
+    complaint = _itk_reason(None, captured["text"]) if captured["text"].strip() else ""
+    if problem is None and not complaint:
+        return
+    cause = _write_cause(path, "; ".join(filter(None, [complaint, problem])), sitk.GetArrayViewFromImage(img).nbytes)
+    raise UserError(f"{path}: cannot write ({cause})")
+
+
+def write_png(pixels: np.ndarray, path: str) -> None:
+    """A 2D gray (uint8/uint16) or RGB (uint8) array as PNG, then checked: header read back, file complete."""
+    from PIL import Image
+
     try:
-        sitk.WriteImage(img, path, useCompression=compress)
+        Image.fromarray(pixels).save(path, format="PNG")
+        with open(path, "rb") as f:
+            f.seek(max(os.path.getsize(path) - len(_PNG_END), 0))
+            complete = f.read() == _PNG_END
+        with Image.open(path) as back:
+            same = back.size == (pixels.shape[1], pixels.shape[0]) and \
+                len(back.getbands()) == (1 if pixels.ndim == 2 else pixels.shape[2])
     except OSError as e:
-        raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
-    except RuntimeError as e:
-        raise UserError(f"{path}: cannot write ({_first_line(e)})") from None
+        raise UserError(f"{path}: cannot write ({fileio.os_error_cause(e)})") from None
+    if not complete or not same:
+        raise UserError(f"{path}: cannot write ({_write_cause(path, '', pixels.nbytes)})")
 
 
 def raw_root() -> str:
@@ -287,7 +450,10 @@ def raw_root() -> str:
     if not root:
         raise UserError("nnUNet_raw is not set: export nnUNet_raw=/path/to/nnUNet_raw (see nnU-Net's "
                         "documentation/set_environment_variables.md)")
-    return os.path.abspath(os.path.expanduser(root))
+    root = os.path.abspath(os.path.expanduser(root))
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise UserError(f"nnUNet_raw={root}: is a file, not a folder")
+    return root
 
 
 def check_dataset_id(dataset_id: int, name: str, raw: str, overwrite: bool) -> str:
@@ -311,57 +477,6 @@ def check_dataset_id(dataset_id: int, name: str, raw: str, overwrite: bool) -> s
     return target
 
 
-class AtomicDataset:
-    """Write a dataset into a temporary folder next to ``target`` and move it into place on success.
-
-    On any failure the temporary folder (and ``nnUNet_raw`` itself, when this run created it) is
-    removed, so a failed conversion leaves nothing behind.
-    """
-
-    def __init__(self, target: str):
-        self.target = target
-        self.root = os.path.dirname(target)
-        self.created_root = False
-        self.tmp = ""
-
-    def __enter__(self) -> str:
-        if not os.path.isdir(self.root):
-            try:
-                os.makedirs(self.root)
-            except OSError as e:
-                raise UserError(f"{self.root}: cannot create nnUNet_raw ({e.strerror})") from None
-            self.created_root = True
-        try:
-            self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.target)}.partial-", dir=self.root)
-        except OSError as e:
-            self._cleanup()
-            raise UserError(f"{self.root}: cannot write into nnUNet_raw ({e.strerror})") from None
-        return self.tmp
-
-    def _cleanup(self) -> None:
-        if self.tmp:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        if self.created_root:
-            try:
-                os.rmdir(self.root)  # only when empty
-            except OSError:
-                pass
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is not None:
-            self._cleanup()
-            return False
-        old = None
-        if os.path.exists(self.target):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(self.target)}.old-", dir=self.root)
-            os.replace(self.target, os.path.join(old, "dataset"))
-        os.replace(self.tmp, self.target)
-        os.chmod(self.target, 0o755)  # mkdtemp makes 0700 folders
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
-        return False
-
-
 def make_dataset_folders(folder: str, with_test: bool, with_test_labels: bool = False) -> None:
     for sub in ("imagesTr", "labelsTr") + (("imagesTs",) if with_test else ()) + \
             (("labelsTs",) if with_test_labels else ()):
@@ -370,12 +485,18 @@ def make_dataset_folders(folder: str, with_test: bool, with_test_labels: bool = 
 
 def write_dataset_json(folder: str, channel_names: Dict[int, str], labels: Dict[str, object], num_training: int,
                        file_ending: str, **extra) -> None:
+    """dataset.json as nnU-Net's ``generate_dataset_json`` makes it, then rewritten (atomically, verified) by fileio."""
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
+    path = os.path.join(folder, "dataset.json")
     try:
         generate_dataset_json(folder, dict(channel_names), dict(labels), num_training, file_ending, **extra)
-    except OSError as e:
-        raise UserError(f"{os.path.join(folder, 'dataset.json')}: cannot write ({e.strerror or e})") from None
+        with open(path) as f:
+            content = json.load(f)
+    except (OSError, ValueError) as e:  # ValueError: cut short by a full disk or a file-size limit
+        cause = fileio.os_error_cause(e) if isinstance(e, OSError) else "written incompletely"
+        raise UserError(f"{path}: cannot write dataset.json ({cause})") from None
+    fileio.write_json(path, content, what="dataset.json")
 
 
 # ---------------------------------------------------------------- running and reporting
@@ -385,6 +506,7 @@ class CaseResult:
     training: bool
     label_counts: Optional[np.ndarray] = None  # voxels per label value of the written label map
     notes: List[str] = field(default_factory=list)
+    geometry: Optional[Dict[str, list]] = None  # the source image's, for writing predictions back
 
 
 def _guarded(fn: Callable, case: Case) -> CaseResult:
@@ -409,6 +531,10 @@ def default_jobs() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _worker_init() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a worker ends on SIGTERM; the main process cleans up
+
+
 def parallel_map(fn: Callable[[Case], CaseResult], cases: Sequence[Case], jobs: Optional[int],
                  desc: str, progress: Optional[bool] = None) -> List[CaseResult]:
     """Convert cases with ``jobs`` processes, in order, stopping at the first case that fails."""
@@ -430,7 +556,7 @@ def parallel_map(fn: Callable[[Case], CaseResult], cases: Sequence[Case], jobs: 
         else:
             import multiprocessing as mp
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+            with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init) as pool:
                 futures = [pool.submit(work, case) for case in cases]
                 try:
                     for fut in futures:
@@ -440,9 +566,30 @@ def parallel_map(fn: Callable[[Case], CaseResult], cases: Sequence[Case], jobs: 
                     for f in futures:
                         f.cancel()
                     raise
+    except BrokenProcessPool:
+        raise UserError(f"{desc}: a conversion process ended abruptly (killed, or out of memory: try fewer "
+                        "jobs, -j)") from None
     finally:
         bar.close()
     return results
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """Within the block, SIGTERM (``kill``, a batch system ending a job) raises KeyboardInterrupt, so the
+    clean-up that Ctrl-C gets (removing the temporary dataset) runs for it too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def class_fractions(results: Sequence[CaseResult], labels: Dict[str, object]) -> Dict[str, float]:
@@ -481,40 +628,82 @@ def print_summary(target: str, results: Sequence[CaseResult], labels: Dict[str, 
     return fractions
 
 
+def _json_extra(json_extra: Optional[dict], desc: str, results: Sequence[CaseResult],
+                labels: Dict[str, object]) -> dict:
+    """dataset.json's keys beyond nnU-Net's: provenance, class fractions, each case's source geometry."""
+    extra = dict(json_extra or {})
+    extra.setdefault("license", f"see the terms of the original release ({extra.get('reference', 'its web page')})")
+    extra.setdefault("converted_by", f"nnunet-mcc convert ({desc})")
+    extra["class_voxel_fractions"] = {k: round(v, 8) for k, v in class_fractions(results, labels).items()}
+    if any(r.geometry for r in results):
+        extra["source_geometry"] = {part: {r.case_id: r.geometry for r in results
+                                           if r.training == (part == "training") and r.geometry}
+                                    for part in ("training", "test")}
+    return extra
+
+
 def convert_dataset(target: str, cases: Sequence[Case], convert_case: Callable[..., CaseResult], *,
                     jobs: Optional[int], desc: str, channel_names: Dict[int, str], labels: Dict[str, object],
                     file_ending: str, json_extra: Optional[dict] = None, progress: Optional[bool] = None,
-                    with_test_labels: bool = False, skipped: Sequence[str] = ()) -> List[CaseResult]:
+                    with_test_labels: bool = False, skipped: Sequence[str] = (),
+                    split: Optional[Tuple[str, int]] = None) -> List[CaseResult]:
     """The shared pipeline: convert every case into a temporary folder, dataset.json, move into place.
 
     ``convert_case(case, out_dir=...)`` writes one case and returns its :class:`CaseResult`.
+    ``split``: (fractions, seed) of ``--split``, planned and checked before anything is written; its
+    files are written with the dataset. Nothing is moved into place unless everything succeeded.
     """
+    from nnunet_mcc.dataset_conversion import splits
+
     check_unique_ids(cases)
     n_train = sum(c.training for c in cases)
     if n_train == 0:
         raise UserError("no training cases found")
-    with AtomicDataset(target) as tmp:
-        make_dataset_folders(tmp, with_test=any(not c.training for c in cases), with_test_labels=with_test_labels)
-        results = parallel_map(partial(convert_case, out_dir=tmp), cases, jobs, desc, progress)
-        extra = dict(json_extra or {})
-        extra.setdefault("license", f"see the terms of the original release ({extra.get('reference', 'its web page')})")
-        extra.setdefault("converted_by", f"nnunet-mcc convert ({desc})")
-        extra["class_voxel_fractions"] = {k: round(v, 8) for k, v in class_fractions(results, labels).items()}
-        write_dataset_json(tmp, channel_names, labels, n_train, file_ending,
-                           dataset_name=os.path.basename(target), **extra)
+    plan = splits.plan_split(os.path.basename(target), [c.case_id for c in cases if c.training], *split) \
+        if split else None
+    tmp = ""
+    try:
+        with sigterm_as_interrupt(), fileio.atomic_folder(target, "dataset") as tmp:
+            make_dataset_folders(tmp, with_test=any(not c.training for c in cases), with_test_labels=with_test_labels)
+            results = parallel_map(partial(convert_case, out_dir=tmp), cases, jobs, desc, progress)
+            write_dataset_json(tmp, channel_names, labels, n_train, file_ending, dataset_name=os.path.basename(target),
+                               **_json_extra(json_extra, desc, results, labels))
+            if plan:
+                plan.write(tmp)
+    except BaseException as e:
+        if plan:
+            plan.undo()
+        if isinstance(e, OSError):
+            e = UserError(f"{getattr(e, 'filename', None) or target}: cannot write ({fileio.os_error_cause(e)})")
+        if isinstance(e, UserError):  # name files where they were to be, not in the temporary folder
+            raise UserError(str(e).replace(tmp, target) if tmp else str(e)) from None
+        raise
     print_summary(target, results, labels, skipped)
+    if plan:
+        plan.report(target)
     return results
 
 
-def script_main(prog: str, add_arguments: Callable, run: Callable, argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of a converter run as a script (``python -m nnunet_mcc.dataset_conversion.<name>``)."""
-    import argparse
+# ---------------------------------------------------------------- command line
+def add_common_arguments(parser, default_id: int, default_name: str) -> None:
+    """The options every converter shares (see docs/converters.md)."""
+    parser.add_argument("src", metavar="SRC", help="folder the download was unpacked into (or its training folder)")
+    parser.add_argument("-d", "--dataset-id", type=int, default=default_id,
+                        help=f"nnU-Net dataset id (default {default_id})")
+    parser.add_argument("--name", default=None, help=f"dataset name (default {default_name})")
+    parser.add_argument("-j", "--jobs", type=int, default=None, help="parallel processes (default: every core)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset of the same name")
+    parser.add_argument("--split", default=None, metavar="TRAIN/VAL/TEST",
+                        help="also write a seeded train/validation/test split, e.g. 70/20/10 (see docs)")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of --split (default 0)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    parser = argparse.ArgumentParser(prog=prog)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except UserError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return e.exit_code
+
+def split_option(args) -> Optional[Tuple[str, int]]:
+    """``--split`` and ``--split-seed`` for :func:`convert_dataset`; the fractions are checked here already."""
+    if not args.split:
+        return None
+    from nnunet_mcc.dataset_conversion import splits
+
+    splits.parse_fractions(args.split)
+    return args.split, args.split_seed

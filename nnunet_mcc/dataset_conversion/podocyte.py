@@ -14,7 +14,13 @@ nnU-Net's NaturalImage2DIO reads as 3 channels (R, G, B); JPEG tiles are decoded
 PNG, which stores the decoded pixels exactly (no second lossy step). Test tiles go to imagesTs (their
 masks, when present, to labelsTs).
 
-Run: ``nnunet-mcc convert podocyte SRC [-d 503] [--mask-map ...] [--classes ...]``.
+Masks must hold integers: a float mask is accepted only where every value is a whole number, and
+a value outside the classes (a negative one included) is refused, never cast. Image pixels are
+stored as 8-bit (or 16-bit gray) PNG; other pixel types (float, negative or wider integers) are
+refused with the source file named.
+
+Run: ``nnunet-mcc convert podocyte SRC [-d 503] [--mask-map ...] [--classes ...]``, or
+``python dataset_conversion/Dataset503_Podocyte.py SRC ...`` from a clone.
 """
 
 import argparse
@@ -24,9 +30,6 @@ import re
 import sys
 from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple, Union
-
-if __package__ in (None, ""):  # run as a file from a clone: make the package importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import numpy as np
 
@@ -116,6 +119,7 @@ def decode_mask(mask: np.ndarray, path: str, classes: Sequence[str],
                 not (mask_map and isinstance(next(iter(mask_map)), tuple)):
             mask = mask[..., 0]  # gray stored as RGB
     if mask.ndim == 2:
+        mask = _integer_mask(mask, path)
         values = np.unique(mask)
         if mask_map and isinstance(next(iter(mask_map)), int):
             unknown = [int(v) for v in values if int(v) not in mask_map]
@@ -129,13 +133,16 @@ def decode_mask(mask: np.ndarray, path: str, classes: Sequence[str],
             return lut[mask]
         if mask_map:
             raise UserError(f"{path}: single-channel mask but --mask-map declares colours")
-        bad = [int(v) for v in values if v >= len(classes)]
+        bad = [int(v) for v in values if not 0 <= v < len(classes)]
         if bad:
             raise UserError(f"{path}: mask values {bad[:8]} are not class indices 0..{len(classes) - 1}; for "
                             "grayscale shades declare them with --mask-map VALUE=CLASS,...")
         return mask.astype(np.uint8)
     if not mask_map or not isinstance(next(iter(mask_map)), tuple):
         raise UserError(f"{path}: RGB colour-coded mask: declare its palette with --mask-map '#rrggbb=CLASS,...'")
+    mask = _integer_mask(mask, path)
+    if mask.min() < 0 or mask.max() > 255:
+        raise UserError(f"{path}: RGB mask holds values outside 0..255 ({int(mask.min())}..{int(mask.max())})")
     packed = (mask[..., 0].astype(np.int64) << 16) | (mask[..., 1].astype(np.int64) << 8) | mask[..., 2]
     out = np.full(packed.shape, 255, np.uint8)
     for (r, g, b), c in mask_map.items():
@@ -149,13 +156,57 @@ def decode_mask(mask: np.ndarray, path: str, classes: Sequence[str],
     return out
 
 
+def _integer_mask(mask: np.ndarray, path: str) -> np.ndarray:
+    """The mask as integers; a float mask must hold whole numbers only (no silent rounding)."""
+    if np.issubdtype(mask.dtype, np.floating):
+        common.check_finite(mask, path)
+        fractional = mask != np.round(mask)
+        if fractional.any():
+            raise UserError(f"{path}: mask holds {int(fractional.sum())} non-integer values (e.g. "
+                            f"{float(mask[fractional][0]):g}); masks must hold class indices or declared values")
+        return mask.astype(np.int64)
+    if not np.issubdtype(mask.dtype, np.integer):
+        raise UserError(f"{path}: mask of type {mask.dtype} cannot hold class indices")
+    return mask
+
+
+def png_pixels(pixels: np.ndarray, path: str) -> np.ndarray:
+    """Image pixels in a type PNG stores exactly (uint8, or uint16 for gray), or a clear refusal naming ``path``."""
+    if pixels.dtype == np.uint8 or (pixels.dtype == np.uint16 and pixels.ndim == 2):
+        return pixels
+    if not np.issubdtype(pixels.dtype, np.integer):
+        raise UserError(f"{path}: image has {pixels.dtype} pixels, which PNG (and nnU-Net's 2D reader) cannot "
+                        "store; convert the tiles to 8-bit (or 16-bit gray) integers")
+    low, high = int(pixels.min()), int(pixels.max())
+    if low >= 0 and high <= 255 and pixels.dtype.itemsize == 1:
+        return pixels.astype(np.uint8)
+    if low >= 0 and high <= 65535 and pixels.ndim == 2:
+        return pixels.astype(np.uint16)
+    raise UserError(f"{path}: image pixel values {low}..{high} ({pixels.dtype}{', RGB' if pixels.ndim == 3 else ''}) "
+                    "do not fit an 8-bit RGB or 16-bit gray PNG")
+
+
 # ---------------------------------------------------------------- reading images
+def _samples_cut_to_8_bits(im) -> bool:
+    """Pillow opens 16-bit RGB (PNG, TIFF) in an 8-bit mode, keeping the high bytes only: find that case."""
+    if im.mode not in ("RGB", "RGBA", "LA", "L", "P"):
+        return False
+    for tile in im.tile:
+        raw = tile[3][0] if isinstance(tile[3], tuple) else tile[3]
+        if isinstance(raw, str) and re.search(r";(16|32)", raw):
+            return True
+    return False
+
+
 def read_pixels(path: str, what: str = "image") -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     common.check_readable(path)
     try:
         with Image.open(path) as im:
+            if _samples_cut_to_8_bits(im):
+                raise UserError(f"{path}: {what} has 16-bit colour samples, which the image reader cuts to 8 bits; "
+                                "save it as 8-bit RGB (or 16-bit gray)")
             im.load()
             mode = im.mode
             if mode == "P":
@@ -277,31 +328,22 @@ def channel_count(cases: Sequence[Case]) -> int:
 
 # ---------------------------------------------------------------- converting one case
 def convert_case(case: Case, out_dir: str, classes: Sequence[str], mask_map, rgb: bool) -> CaseResult:
-    from PIL import Image
-
     pixels = read_pixels(case.images[0])
     if rgb != (pixels.ndim == 3):
         raise UserError(f"{case.images[0]}: {'grayscale' if rgb else 'RGB'} image in a dataset of "
                         f"{'RGB' if rgb else 'grayscale'} tiles")
     sub = "imagesTr" if case.training else "imagesTs"
-    _save_png(Image.fromarray(pixels), os.path.join(out_dir, sub, f"{case.case_id}_0000.png"))
+    common.write_png(png_pixels(pixels, case.images[0]), os.path.join(out_dir, sub, f"{case.case_id}_0000.png"))
     counts = None
     if case.label:
         mask = decode_mask(read_pixels(case.label, "mask"), case.label, classes, mask_map)
         if mask.shape != pixels.shape[:2]:
             raise UserError(f"{case.label}: mask size {mask.shape[::-1]} differs from image size "
                             f"{pixels.shape[1::-1]} of {os.path.basename(case.images[0])}")
-        _save_png(Image.fromarray(mask), os.path.join(out_dir, "labelsTr" if case.training else "labelsTs",
-                                                      case.case_id + ".png"))
+        common.write_png(mask, os.path.join(out_dir, "labelsTr" if case.training else "labelsTs",
+                                            case.case_id + ".png"))
         counts = np.bincount(mask.ravel(), minlength=len(classes))
     return CaseResult(case.case_id, case.training, counts)
-
-
-def _save_png(image, path: str) -> None:
-    try:
-        image.save(path, format="PNG")
-    except OSError as e:
-        raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
 
 
 def parse_classes(text: Optional[str]) -> Tuple[str, ...]:
@@ -323,18 +365,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how mask pixels map to classes: gray values (85=glomeruli) or colours "
                              "(#ff0000=1, 255-0-0=glomeruli), or a JSON file {value: class}; default: masks "
                              "hold class indices")
-    from nnunet_mcc.dataset_conversion.brats15 import common_arguments
-    common_arguments(parser, DEFAULT_ID, DEFAULT_NAME)
+    common.add_common_arguments(parser, DEFAULT_ID, DEFAULT_NAME)
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnunet_mcc.dataset_conversion.brats15 import finish_split
-
     classes = parse_classes(args.classes)
     mask_map = parse_mask_map(args.mask_map, classes)
-    if args.split:
-        from nnunet_mcc.dataset_conversion import splits
-        splits.parse_fractions(args.split)
+    split = common.split_option(args)
     raw = common.raw_root()
     cases, found = find_cases(args.src)
     rgb = channel_count(cases) == 3
@@ -351,14 +388,11 @@ def run(args: argparse.Namespace) -> int:
         target, cases, partial(convert_case, classes=classes, mask_map=mask_map, rgb=rgb), jobs=args.jobs,
         desc="Podocyte", channel_names={0: "R", 1: "G", 2: "B"} if rgb else {0: "gray"}, labels=labels,
         file_ending=".png", json_extra=extra, progress=False if args.no_progress else None,
-        with_test_labels=any(c.label and not c.training for c in cases))
-    finish_split(args, target, cases)
+        with_test_labels=any(c.label and not c.training for c in cases), split=split)
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    return common.script_main("podocyte", add_arguments, run, argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from nnunet_mcc.dataset_conversion.cli import script_main
+
+    sys.exit(script_main("podocyte"))

@@ -8,27 +8,26 @@ Source layout::
 
 The three training parts are merged (Case00-Case49) and TestData goes to imagesTs. Images are read
 with SimpleITK and written with their spacing, origin and direction unchanged (the data are strongly
-anisotropic, 2.2-4 mm between slices; nnU-Net's planner takes care of it); labels get the image's
-geometry. One channel, "T2" (z-score normalisation in nnU-Net). A case name that appears in two
-parts gets the part as prefix (``TrainingData_Part2_Case07``) so that ids stay unique and stable.
-:func:`export_predictions` writes nnU-Net's predictions back as ``CaseNN_segmentation.mhd/.raw``
-(MET_UCHAR), the format the challenge expects.
+anisotropic, 2.2-4 mm between slices; nnU-Net's planner takes care of it); labels are put on the
+image's grid (resampled, every voxel kept, when stored with another orientation; see
+:func:`common.onto_grid`). One channel, "T2" (z-score normalisation in nnU-Net). A case name that
+appears in two parts gets the part as prefix (``TrainingData_Part2_Case07``) so that ids stay unique
+and stable. :func:`export_predictions` writes nnU-Net's predictions back as
+``CaseNN_segmentation.mhd/.raw`` (MET_UCHAR) with the source geometry, the format the challenge expects.
 
-Run: ``nnunet-mcc convert promise12 SRC [-d 502]``.
+Run: ``nnunet-mcc convert promise12 SRC [-d 502]``, or ``python dataset_conversion/Dataset502_PROMISE12.py
+SRC ...`` from a clone; back: ``nnunet-mcc export promise12 PRED_DIR OUT``.
 """
 
 import argparse
 import os
 import re
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
-
-if __package__ in (None, ""):  # run as a file from a clone: make the package importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from nnunet_mcc.dataset_conversion import common
+from nnunet_mcc.dataset_conversion import common, export
 from nnunet_mcc.dataset_conversion.common import Case, CaseResult, UserError
 
 DEFAULT_ID, DEFAULT_NAME = 502, "PROMISE12"
@@ -104,59 +103,57 @@ def convert_case(case: Case, out_dir: str) -> CaseResult:
     import SimpleITK as sitk
 
     img = common.read_sitk(case.images[0])
-    arr_view = sitk.GetArrayViewFromImage(img)
-    common.check_finite(arr_view, case.images[0])
+    common.check_finite(sitk.GetArrayViewFromImage(img), case.images[0])
     sub = "imagesTr" if case.training else "imagesTs"
     common.write_sitk(img, os.path.join(out_dir, sub, f"{case.case_id}_0000.nii.gz"))
-    counts = None
+    counts, notes = None, []
     if case.label:
-        seg_img = common.read_sitk(case.label)
-        common.check_same_grid(seg_img, img, case.label, case.images[0], what="label")
+        seg_img, note = common.onto_grid(common.read_sitk(case.label), img, case.label, case.images[0], what="label")
+        notes += [note] if note else []
         seg = common.label_values(sitk.GetArrayFromImage(seg_img), case.label, (0, 1)).astype(np.uint8)
         out = sitk.GetImageFromArray(seg)
         out.CopyInformation(img)  # the label takes the image's geometry
         common.write_sitk(out, os.path.join(out_dir, "labelsTr" if case.training else "labelsTs",
                                             case.case_id + ".nii.gz"))
         counts = np.bincount(seg.ravel(), minlength=2)
-    return CaseResult(case.case_id, case.training, counts)
+    return CaseResult(case.case_id, case.training, counts, notes, common.geometry(img))
 
 
-def export_predictions(prediction_folder: str, output_folder: str, file_ending: str = ".nii.gz") -> List[str]:
-    """nnU-Net predictions ``<case>.nii.gz`` -> ``<case>_segmentation.mhd/.raw`` (MET_UCHAR, {0, 1})."""
-    import SimpleITK as sitk
+def export_predictions(prediction_folder: str, output_folder: str, file_ending: Optional[str] = None, *,
+                       dataset_json: Optional[str] = None, subset: str = "test", overwrite: bool = False) -> List[str]:
+    """nnU-Net predictions ``<case>.nii.gz`` -> ``CaseNN_segmentation.mhd/.raw`` (MET_UCHAR, {0, 1}).
 
-    if not os.path.isdir(prediction_folder):
-        raise UserError(f"{prediction_folder}: prediction folder does not exist")
-    files = [f for f in common.list_dir(prediction_folder) if f.endswith(file_ending)]
-    if not files:
-        raise UserError(f"{prediction_folder}: no {file_ending} predictions found")
-    os.makedirs(output_folder, exist_ok=True)
-    written = []
-    for f in files:
-        path = os.path.join(prediction_folder, f)
-        img = common.read_sitk(path)
-        seg = common.label_values(sitk.GetArrayFromImage(img), path, (0, 1)).astype(np.uint8)
-        out = sitk.GetImageFromArray(seg)
-        out.CopyInformation(img)
-        target = os.path.join(output_folder, f[:-len(file_ending)] + "_segmentation.mhd")
-        common.write_sitk(out, target, compress=False)
-        written.append(target)
-    return written
+    With ``dataset_json`` (the converted dataset's) files are named after the source images and get
+    their geometry exactly; without, they are named ``<case>_segmentation`` and keep the prediction's.
+    ``subset``: whether the predicted cases are the dataset's test or training cases.
+    """
+    record = export.read_dataset_json(dataset_json, "PROMISE12", "promise12") if dataset_json else {}
+    names = None
+    if record:
+        sources = export.subset_map(record, "source_cases", subset, dataset_json)
+        stems = {case: common.strip_suffix(os.path.basename(src), SOURCE_SUFFIXES) for case, src in sources.items()}
+        repeated = {s for s in stems.values() if list(stems.values()).count(s) > 1}
+        names = {case: case if stem in repeated else stem for case, stem in stems.items()}
+
+    def prostate(array: np.ndarray, path: str) -> np.ndarray:
+        return common.label_values(array, path, (0, 1))
+
+    return export.export_folder(prediction_folder, output_folder, prostate,
+                                file_ending=file_ending or record.get("file_ending", ".nii.gz"),
+                                output_ending="_segmentation.mhd",
+                                names=names or None, geometries=export.subset_map(
+                                    record, "source_geometry", subset, dataset_json) if record else None,
+                                compress=False, overwrite=overwrite, what=f"{subset} case of {dataset_json}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Convert PROMISE12 (TrainingData_Part1..3 merged, TestData into imagesTs) into "
                           "$nnUNet_raw/DatasetXXX_Name.")
-    from nnunet_mcc.dataset_conversion.brats15 import common_arguments
-    common_arguments(parser, DEFAULT_ID, DEFAULT_NAME)
+    common.add_common_arguments(parser, DEFAULT_ID, DEFAULT_NAME)
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnunet_mcc.dataset_conversion.brats15 import finish_split
-
-    if args.split:
-        from nnunet_mcc.dataset_conversion import splits
-        splits.parse_fractions(args.split)
+    split = common.split_option(args)
     raw = common.raw_root()
     cases, found = find_cases(args.src)
     target = common.check_dataset_id(args.dataset_id, args.name or DEFAULT_NAME, raw, args.overwrite)
@@ -168,14 +165,11 @@ def run(args: argparse.Namespace) -> int:
     common.convert_dataset(target, cases, convert_case, jobs=args.jobs, desc="PROMISE12",
                            channel_names={0: "T2"}, labels=dict(LABELS), file_ending=".nii.gz", json_extra=extra,
                            progress=False if args.no_progress else None,
-                           with_test_labels=any(c.label and not c.training for c in cases))
-    finish_split(args, target, cases)
+                           with_test_labels=any(c.label and not c.training for c in cases), split=split)
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    return common.script_main("promise12", add_arguments, run, argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from nnunet_mcc.dataset_conversion.cli import script_main
+
+    sys.exit(script_main("promise12"))

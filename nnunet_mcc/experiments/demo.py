@@ -173,11 +173,15 @@ def run(args) -> int:
     os.makedirs(work, exist_ok=True)
     _set_environment(work, args.device, jobs)
     print(f"nnunet-mcc demo: work folder {work}")
-    from nnunet_mcc.trainers import ALL_TRAINERS
+    from nnunet_mcc.trainers import trainer_class
 
-    known = {t.__name__ for t in ALL_TRAINERS}
     trainers = args.trainers or default_trainers(args.all_trainers)
-    unknown = [t for t in trainers if t not in known]
+    unknown = []
+    for name in trainers:
+        try:
+            trainer_class(name)
+        except KeyError:
+            unknown.append(name)
     if unknown:
         raise UserError(f"-tr: {', '.join(unknown)} not among this package's trainers (the demo's budget only "
                         f"applies to them); known: {', '.join(default_trainers(True))}")

@@ -1,4 +1,4 @@
-"""Pieces shared by the overlap losses: activation, target checks, ignore masks, DDP pooling."""
+"""Pieces shared by the losses: activation, MONAI's ``reduction``, DDP pooling, the confusion-count base."""
 
 from typing import Callable, Optional, Tuple, Union
 
@@ -6,7 +6,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from nnunet_mcc.losses.targets import TargetFormat, check_prediction
+
 Nonlin = Union[None, str, Callable[[torch.Tensor], torch.Tensor]]
+REDUCTIONS = ("mean", "sum", "none")
 
 
 def resolve_nonlin(apply_nonlin: Nonlin) -> Tuple[Optional[Callable], str]:
@@ -31,61 +34,10 @@ def resolve_nonlin(apply_nonlin: Nonlin) -> Tuple[Optional[Callable], str]:
     raise ValueError(f"apply_nonlin must be 'softmax', 'sigmoid', None or a callable, got {apply_nonlin!r}")
 
 
-def check_logits_and_target(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Validate shapes and return the target as (B, 1 or C, *spatial)."""
-    if x.ndim < 3:
-        raise ValueError(f"prediction must be (batch, channels, *spatial), got shape {tuple(x.shape)}")
-    if y.ndim == x.ndim - 1:
-        y = y.unsqueeze(1)
-    if y.ndim != x.ndim:
-        raise ValueError(f"target of shape {tuple(y.shape)} does not fit prediction of shape {tuple(x.shape)}")
-    if y.shape[0] != x.shape[0] or y.shape[2:] != x.shape[2:]:
-        raise ValueError(
-            f"target shape {tuple(y.shape)} and prediction shape {tuple(x.shape)} differ in batch or spatial size")
-    if y.shape[1] not in (1, x.shape[1]):
-        raise ValueError(
-            f"target has {y.shape[1]} channels; expected 1 (a label map) or {x.shape[1]} (one-hot / regions)")
-    return y
-
-
-def check_mask(mask: Optional[torch.Tensor], x: torch.Tensor) -> Optional[torch.Tensor]:
-    if mask is None:
-        return None
-    if mask.ndim == x.ndim - 1:
-        mask = mask.unsqueeze(1)
-    if mask.shape[0] != x.shape[0] or mask.shape[1] != 1 or mask.shape[2:] != x.shape[2:]:
-        raise ValueError(f"loss_mask must be (batch, 1, *spatial) = {(x.shape[0], 1, *x.shape[2:])}, "
-                         f"got {tuple(mask.shape)}")
-    return mask
-
-
-def check_label_values(y: torch.Tensor, num_classes: int, ignore_index: Optional[int]) -> None:
-    """Raise a ValueError if a label map holds values outside ``[0, num_classes)`` (ignore label aside)."""
-    if y.numel() == 0:
-        return
-    valid = (y >= 0) & (y < num_classes) & (y == torch.round(y) if y.is_floating_point() else True)
-    if ignore_index is not None:
-        valid |= y == ignore_index
-    if not bool(valid.all()):
-        bad = torch.unique(y[~valid])[:5].tolist()
-        raise ValueError(f"target holds label values {bad} outside the {num_classes} classes 0..{num_classes - 1}"
-                         + (f" (ignore label {ignore_index})" if ignore_index is not None else ""))
-
-
-def check_binary_values(y: torch.Tensor) -> None:
-    if y.dtype != torch.bool and y.numel() and not bool(((y == 0) | (y == 1)).all()):
-        bad = torch.unique(y[(y != 0) & (y != 1)])[:5].tolist()
-        raise ValueError(f"one-hot / region target must hold only 0 and 1, found {bad}")
-
-
-def split_ignore_channel(y: torch.Tensor, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """nnU-Net region convention: the LAST target channel marks ignored voxels. Returns (regions, valid mask)."""
-    if y.ndim != x.ndim or y.shape[1] != x.shape[1] + 1:
-        raise ValueError(f"with an ignore channel the region target needs {x.shape[1] + 1} channels "
-                         f"({x.shape[1]} regions + 1 ignore), got shape {tuple(y.shape)}")
-    ignore = y[:, -1:]
-    valid = ~ignore if ignore.dtype == torch.bool else ignore == 0
-    return y[:, :-1], valid
+def check_reduction(reduction: str) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS} (as in MONAI), got {reduction!r}")
+    return reduction
 
 
 def ddp_active(ddp: bool) -> bool:
@@ -122,8 +74,24 @@ def mean_over_samples(per_sample: torch.Tensor, ddp: bool) -> torch.Tensor:
     return per_sample.sum() * world / global_batch_size(per_sample.shape[0], per_sample.device)
 
 
+def reduce_per_sample(loss: torch.Tensor, reduction: str, pooled: bool, ddp: bool) -> torch.Tensor:
+    """MONAI's reduction of a per-sample loss ``(B, K)`` (``(1, K)`` when the batch was pooled), in float32.
+
+    ``"mean"``: the mean over classes, then over samples (over the global batch under DDP, see
+    :func:`mean_over_samples`); ``"sum"``: the sum over samples and classes; ``"none"``: the (B, K) values.
+    """
+    if reduction == "none":
+        return loss.float()
+    if reduction == "sum":
+        return loss.sum().float()
+    if pooled:
+        return loss.mean().float()
+    return mean_over_samples(loss.mean(-1), ddp).float()
+
+
 class ConfusionLoss(nn.Module):
-    """Base for losses built from soft per-class statistics: handles activation and the target forms.
+    """Base for losses built from soft per-class statistics: handles activation and nnU-Net's target forms
+    (through :class:`nnunet_mcc.losses.targets.TargetFormat`).
 
     Targets: a label map ``(B, 1, *S)`` or ``(B, *S)`` with integer values (softmax), or a one-hot /
     region target ``(B, C, *S)`` with values in {0, 1}; with ``region_ignore_channel`` a region target
@@ -132,45 +100,29 @@ class ConfusionLoss(nn.Module):
 
     def __init__(self, apply_nonlin: Nonlin = "softmax", include_background: bool = False,
                  ignore_index: Optional[int] = None, region_ignore_channel: bool = False,
-                 check_target: bool = True):
+                 check_target: bool = True, reduction: str = "mean"):
         super().__init__()
         self.nonlin, self.nonlin_kind = resolve_nonlin(apply_nonlin)
-        if ignore_index is not None and not isinstance(ignore_index, int):
+        if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
             raise ValueError(f"ignore_index must be an int or None, got {ignore_index!r}")
         self.include_background = bool(include_background)
         self.ignore_index = ignore_index
         self.region_ignore_channel = bool(region_ignore_channel)
         self.check_target = bool(check_target)
+        self.reduction = check_reduction(reduction)
+
+    def target_format(self, num_channels: int) -> TargetFormat:
+        return TargetFormat(num_channels, self.ignore_index, self.region_ignore_channel)
 
     def _probabilities_and_target(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor]):
-        """Return float32 probabilities (B, C, N), the target as a float one-hot (B, C, N) and the valid
-        mask (B, 1, N) or None. Backgound (channel 0) is dropped here when excluded."""
-        if self.region_ignore_channel:
-            y, valid = split_ignore_channel(y, x)
-            loss_mask = valid if loss_mask is None else (check_mask(loss_mask, x).bool() & valid)
-        y = check_logits_and_target(x, y)
-        loss_mask = check_mask(loss_mask, x)
-        num_classes = x.shape[1]
-        # float32 from here on: the sums below must not overflow or lose mass under fp16/bf16 autocast
+        """Return float32 probabilities (B, K, N), the target as a float one-hot (B, K, N) and the valid
+        mask (B, 1, N) or None, with K the scored channels (background dropped here when excluded)."""
+        onehot, valid = self.target_format(check_prediction(x).shape[1]).onehot(y, loss_mask, prediction=x,
+                                                                                check=self.check_target)
+        # float32 from here on: the sums must not overflow or lose mass under fp16/bf16 autocast
         x = x.float()
         probs = self.nonlin(x) if self.nonlin is not None else x
-        with torch.no_grad():
-            if y.shape[1] == num_classes and (num_classes > 1 or self.nonlin_kind != "softmax"):
-                if self.check_target:
-                    check_binary_values(y)
-                onehot = y.float()
-            else:
-                if self.ignore_index is not None:
-                    ignored = y == self.ignore_index
-                    valid = ~ignored
-                    loss_mask = valid if loss_mask is None else (loss_mask.bool() & valid)
-                    y = torch.where(ignored, torch.zeros_like(y), y)
-                if self.check_target:
-                    check_label_values(y, num_classes, None)
-                onehot = torch.zeros_like(probs).scatter_(1, y.long(), 1.0)
-            mask = None if loss_mask is None else loss_mask.to(torch.float32).flatten(2)
+        mask = None if valid is None else valid.to(torch.float32).flatten(2)
         # channel 0 is background only for mutually exclusive classes (a single channel is binary foreground)
-        start = 1 if (not self.include_background and self.nonlin_kind != "sigmoid" and num_classes > 1) else 0
-        probs = probs[:, start:].flatten(2)
-        onehot = onehot[:, start:].flatten(2)
-        return probs, onehot, mask
+        start = 1 if (not self.include_background and self.nonlin_kind != "sigmoid" and x.shape[1] > 1) else 0
+        return probs[:, start:].flatten(2), onehot[:, start:].flatten(2), mask

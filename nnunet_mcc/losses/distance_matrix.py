@@ -45,22 +45,28 @@ class DistanceMatrixError(ValueError):
 def dataset_label_names(dataset_json: Mapping) -> List[str]:
     """Label names of a label-mode dataset.json ordered by value (index = label value), ignore label left out.
 
-    Raises DistanceMatrixError for region-based datasets (a label given as a list of values) and for
-    label values that are not 0..K-1.
+    The labels are read by nnU-Net's own ``LabelManager``. Raises DistanceMatrixError for region-based
+    datasets (a label given as a list of several values) and for label values that are not 0..K-1.
     """
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
     labels = dataset_json.get("labels")
     if not isinstance(labels, Mapping) or not labels:
         raise DistanceMatrixError("dataset.json has no 'labels' mapping (label name -> value)")
-    # as nnU-Net's LabelManager: a list of several values is a region, a one-element list a plain label
-    regions = [name for name, value in labels.items() if isinstance(value, (list, tuple)) and len(value) > 1]
-    if regions:
+    try:
+        as_labels = LabelManager(dict(labels), None, force_use_labels=True)
+        regions = [name for name, value in labels.items() if isinstance(value, (list, tuple)) and len(value) > 1]
+    except (AssertionError, RuntimeError, TypeError, ValueError) as e:
+        raise DistanceMatrixError(f"dataset.json 'labels' are not valid for nnU-Net: {e}") from None
+    if regions:  # what LabelManager calls regions (has_regions)
         raise DistanceMatrixError(f"dataset.json defines regions ({', '.join(regions)}): the Generalized "
                                   "Wasserstein Dice loss needs mutually exclusive labels")
+    values = as_labels.all_labels
+    if values != list(range(len(values))):
+        raise DistanceMatrixError(f"dataset.json label values {values} are not consecutive from 0")
     by_value = {int(value[0] if isinstance(value, (list, tuple)) else value): name
                 for name, value in labels.items() if name != "ignore"}
-    if sorted(by_value) != list(range(len(by_value))):
-        raise DistanceMatrixError(f"dataset.json label values {sorted(by_value)} are not consecutive from 0")
-    return [by_value[v] for v in range(len(by_value))]
+    return [by_value[v] for v in values]
 
 
 def validate_distance_matrix(matrix, label_names: Optional[Sequence[str]] = None, source: str = "distance matrix",

@@ -4,10 +4,9 @@ from typing import Optional
 
 import torch
 
-from nnunet_mcc.losses._common import (ConfusionLoss, Nonlin, check_binary_values, check_label_values,
-                                       check_logits_and_target, check_mask, ddp_active, mean_over_samples,
-                                       sum_over_ranks)
+from nnunet_mcc.losses._common import ConfusionLoss, Nonlin, ddp_active, reduce_per_sample, sum_over_ranks
 from nnunet_mcc.losses.distance_matrix import validate_distance_matrix
+from nnunet_mcc.losses.targets import check_prediction
 
 WEIGHTINGS = ("default", "GDL")
 
@@ -89,16 +88,34 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
         ddp: under torch.distributed, pool over ranks (with gradient; ``batch=True``) or average the
             per-sample losses over the global batch, so N ranks give one process's loss and gradients.
         check_target: validate target values (costs a device sync per call).
+        reduction: as in MONAI: ``"mean"`` (over samples), ``"sum"`` or ``"none"`` (the per-sample
+            losses ``(B,)``, or ``(1,)`` with ``batch=True``; the score is one number over all classes,
+            so there is no per-class value).
 
     ``forward(x, y, loss_mask=None)``: ``x`` logits ``(B, K, *S)``; ``y`` label map ``(B, 1, *S)`` /
     ``(B, *S)`` or one-hot ``(B, K, *S)``; ``loss_mask`` ``(B, 1, *S)``, nonzero where valid (the form
     nnU-Net's ``DC_and_CE_loss`` passes, so the class fits its ``dice_class`` slot).
+
+    **The 0/0 convention.** ``smooth`` decides it: a sample with no foreground and no error scores 1
+    (loss 0); with ``smooth=0`` such a sample would be 0/0.
+
+    Raises:
+        ValueError: sigmoid activation, an unknown ``weighting`` or ``reduction``, ``smooth < 0``, a
+            matrix breaking a rule (:class:`DistanceMatrixError`), and (in ``forward``) a prediction whose
+            channels differ from the matrix's size, shapes that do not fit or labels outside 0..K-1.
+
+    Example:
+        >>> import torch
+        >>> from nnunet_mcc.losses import GeneralizedWassersteinDiceLoss
+        >>> loss = GeneralizedWassersteinDiceLoss([[0, 1, 1], [1, 0, 0.5], [1, 0.5, 0]])
+        >>> logits = torch.randn(2, 3, 16, 16, 16, requires_grad=True)
+        >>> loss(logits, torch.randint(0, 3, (2, 1, 16, 16, 16))).backward()
     """
 
     def __init__(self, distance_matrix, apply_nonlin: Nonlin = "softmax", weighting: str = "default",
                  batch: bool = False, ignore_index: Optional[int] = None, smooth: float = 1e-5, ddp: bool = False,
-                 check_target: bool = True):
-        super().__init__(apply_nonlin, True, ignore_index, False, check_target)
+                 check_target: bool = True, reduction: str = "mean"):
+        super().__init__(apply_nonlin, True, ignore_index, False, check_target, reduction)
         if self.nonlin_kind == "sigmoid":
             raise ValueError("apply_nonlin: the Generalized Wasserstein Dice loss needs softmax probabilities of "
                              "mutually exclusive labels, not sigmoid regions")
@@ -119,29 +136,13 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
 
     def _labels_and_weights(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor]):
         """Label map (B, N) int64 and voxel weights (B, N) float32 (None when every voxel counts)."""
-        y = check_logits_and_target(x, y)
-        mask = check_mask(loss_mask, x)
-        k = self.num_classes
-        with torch.no_grad():
-            if y.shape[1] == k:  # one-hot target
-                if self.check_target:
-                    check_binary_values(y)
-                labels = y.argmax(1, keepdim=True)
-            else:
-                labels = y
-                if self.ignore_index is not None:
-                    ignored = labels == self.ignore_index
-                    mask = ~ignored if mask is None else (mask.bool() & ~ignored)
-                    labels = torch.where(ignored, torch.zeros_like(labels), labels)
-                if self.check_target:
-                    check_label_values(labels, k, None)
-            labels = labels.long().flatten(1)
-            weights = None if mask is None else mask.to(torch.float32).flatten(1)
-        return labels, weights
+        labels, valid = self.target_format(self.num_classes).labels(y, loss_mask, prediction=x,
+                                                                    check=self.check_target)
+        return labels.flatten(1), None if valid is None else valid.to(torch.float32).flatten(1)
 
     def statistics(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor] = None):
         """Per-label voxel counts V and sums of W over each label's voxels S, each (B, K), or (1, K) pooled."""
-        if x.shape[1] != self.num_classes:
+        if check_prediction(x).shape[1] != self.num_classes:
             raise ValueError(f"prediction has {x.shape[1]} channels but the distance matrix is "
                              f"{self.num_classes} x {self.num_classes}")
         labels, weights = self._labels_and_weights(x, y, loss_mask)
@@ -179,9 +180,8 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
             error_sum = (alpha * errors).sum(-1)
         true_positives = (alpha * (volumes - errors)).sum(-1)
         score = (2 * true_positives + self.smooth) / (2 * true_positives + error_sum + self.smooth)
-        if self.batch:
-            return (1 - score).mean()
-        return mean_over_samples(1 - score, self.ddp)
+        loss = reduce_per_sample((1 - score).unsqueeze(-1), self.reduction, self.batch, self.ddp)
+        return loss.squeeze(-1) if self.reduction == "none" else loss
 
 
 def generalized_wasserstein_dice_loss(logits: torch.Tensor, target: torch.Tensor, distance_matrix,

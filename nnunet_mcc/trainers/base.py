@@ -1,4 +1,4 @@
-"""What every trainer of this package shares: training-budget knobs and MCC in the validation log.
+"""What every trainer of this package shares: budgets with provenance, MCC in the validation log, snapshots.
 
 ``ComparisonTrainer`` changes nothing of nnU-Net's training itself. It adds:
 
@@ -6,17 +6,29 @@
   ``NNUNET_MCC_EPOCHS``, ``NNUNET_MCC_ITERATIONS`` (training iterations per epoch),
   ``NNUNET_MCC_VAL_ITERATIONS``, ``NNUNET_MCC_SAVE_EVERY`` (epochs between checkpoint_latest) and
   ``NNUNET_MCC_PLOT_EVERY`` (epochs between progress.png redraws, which cost seconds each; the last
-  epoch is always drawn);
-  short variants (``..._5epochs``) set the epochs through the class attribute ``budget_epochs``;
+  epoch is always drawn); short variants (``..._5epochs``) set the epochs through the class attribute
+  ``budget_epochs``. :meth:`ComparisonTrainer.planned_budget` says what a new run would use;
+* a record of how each fold was produced (``nnunet_mcc/provenance.py``): the budget and where each
+  value came from, the training and loss settings (``nnunet_mcc_provenance.json``), and the per-epoch
+  series of the log (``nnunet_mcc_log.json``);
+* a resumed run (``--c``) keeps the budget it was started with: a conflicting environment value stops
+  it with one line and exit status 2, before anything changes;
 * the hard MCC of every class or region over each epoch's validation batches, logged beside
-  nnU-Net's pseudo Dice (``mean_fg_mcc``, ``mcc_per_class_or_region``) and drawn as a fourth
-  panel of progress.png;
-* ``snapshot_epochs``: checkpoints kept at chosen epochs (``NNUNET_MCC_SNAPSHOT_EPOCHS="5,10"``) so
-  a comparison can evaluate the same run after several training lengths.
+  nnU-Net's pseudo Dice (``mean_fg_mcc``, ``mcc_per_class_or_region``; a present class that is never
+  predicted scores 0) and drawn as a fourth panel of progress.png;
+* ``NNUNET_MCC_SEED``: seeds Python's, NumPy's and torch's generators before the network is built; the
+  run is reproducible on a CPU when nnU-Net augments in its own process (``nnUNet_n_proc_DA=0``; its
+  augmentation worker processes draw fresh random seeds);
+* snapshots (``NNUNET_MCC_SNAPSHOT_EPOCHS="5,10"``): at those epochs ``checkpoint_epoch_<N>.pth`` is kept
+  and the fold's validation cases are predicted and evaluated with nnU-Net's own functions into
+  ``snapshots/epoch_<N>/summary.json``, for a "score after N iterations" table.
 """
 
 import os
-from typing import List, Optional
+import random
+import sys
+import tempfile
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -26,12 +38,17 @@ from nnunetv2.training.logging.nnunet_logger import LocalLogger
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_mcc.knobs import BUDGET_VARIABLES, SNAPSHOT_VARIABLE
-from nnunet_mcc.metrics import mcc_from_counts
+from nnunet_mcc import __version__, provenance
+from nnunet_mcc.errors import UserError
+from nnunet_mcc.fileio import write_json
+from nnunet_mcc.knobs import BUDGET_VARIABLES, SCHEDULE_VARIABLES, SEED_VARIABLE, SNAPSHOT_VARIABLE
+from nnunet_mcc.losses.targets import TargetFormat
+from nnunet_mcc.metrics import mcc_score
 
 
-def _positive_int_from_env(name: str) -> Optional[int]:
-    value = os.environ.get(name, "").strip()
+
+def _positive_int_from_env(name: str, environ=os.environ) -> Optional[int]:
+    value = environ.get(name, "").strip()
     if not value:
         return None
     try:
@@ -39,21 +56,29 @@ def _positive_int_from_env(name: str) -> Optional[int]:
     except ValueError:
         number = 0
     if number < 1:
-        raise ValueError(f"environment variable {name}={value!r} must be a positive integer")
+        raise UserError(f"environment variable {name}={value!r} must be a positive integer")
     return number
 
 
-def snapshot_epochs_from_env() -> List[int]:
-    value = os.environ.get(SNAPSHOT_VARIABLE, "").strip()
+def snapshot_epochs_from_env(environ=os.environ) -> List[int]:
+    value = environ.get(SNAPSHOT_VARIABLE, "").strip()
     if not value:
         return []
     try:
         epochs = sorted({int(v) for v in value.replace(",", " ").split()})
     except ValueError:
-        raise ValueError(f"{SNAPSHOT_VARIABLE}={value!r} must be a list of epoch numbers like '5,10,20'") from None
+        raise UserError(f"{SNAPSHOT_VARIABLE}={value!r} must be a list of epoch numbers like '5,10,20'") from None
     if any(e < 1 for e in epochs):
-        raise ValueError(f"{SNAPSHOT_VARIABLE}={value!r}: epoch numbers start at 1")
+        raise UserError(f"{SNAPSHOT_VARIABLE}={value!r}: epoch numbers start at 1")
     return epochs
+
+
+def _jsonable(value):
+    """Logged values as JSON: numpy scalars to floats, NaN and infinity to null."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in value]
+    value = float(value)
+    return value if np.isfinite(value) else None
 
 
 class MCCLocalLogger(LocalLogger):
@@ -122,18 +147,134 @@ class ComparisonTrainer(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.budget_epochs is not None:
-            self.num_epochs = self.budget_epochs
-        overrides = {}
-        for attribute, variable in BUDGET_VARIABLES.items():
+        self.seed = self._seed_from_env()
+        defaults = {key: getattr(self, key) for key in provenance.BUDGET_KEYS}
+        budget, self.budget_sources = self._budget_with_sources(os.environ, defaults)
+        for key, value in budget.items():
+            setattr(self, key, value)
+        overrides = {BUDGET_VARIABLES[k]: v for k, v in budget.items() if self.budget_sources[k].startswith("env")}
+        for attribute, variable in SCHEDULE_VARIABLES.items():
             value = _positive_int_from_env(variable)
             if value is not None:
                 setattr(self, attribute, value)
                 overrides[variable] = value
         self.snapshot_epochs = snapshot_epochs_from_env()
+        self.target_format = TargetFormat.from_label_manager(self.label_manager)
         if overrides:
             self.print_to_log_file(f"Training budget from the environment: {overrides}")
         self.logger.local_logger = MCCLocalLogger()
+
+    def _seed_from_env(self) -> Optional[int]:
+        value = os.environ.get(SEED_VARIABLE, "").strip()
+        if not value:
+            return None
+        try:
+            seed = int(value)
+        except ValueError:
+            raise UserError(f"environment variable {SEED_VARIABLE}={value!r} must be a whole number") from None
+        random.seed(seed)
+        np.random.seed(seed % 2 ** 32)
+        torch.manual_seed(seed)
+        self.print_to_log_file(f"Random generators seeded with {SEED_VARIABLE}={seed}")
+        return seed
+
+    # ---- budget -----------------------------------------------------------------------------
+    @classmethod
+    def _budget_with_sources(cls, environ, defaults: Optional[Dict[str, int]] = None
+                             ) -> Tuple[Dict[str, int], Dict[str, str]]:
+        budget = dict(defaults or provenance.NNUNET_DEFAULT_BUDGET)
+        sources = {key: "nnU-Net default" for key in budget}
+        if cls.budget_epochs is not None:
+            budget["num_epochs"], sources["num_epochs"] = int(cls.budget_epochs), "trainer class"
+        for key in provenance.BUDGET_KEYS:
+            value = _positive_int_from_env(BUDGET_VARIABLES[key], environ)
+            if value is not None:
+                budget[key], sources[key] = value, f"environment {BUDGET_VARIABLES[key]}"
+        return budget, sources
+
+    @classmethod
+    def planned_budget(cls, environ=os.environ) -> Dict[str, int]:
+        """The budget (``provenance.BUDGET_KEYS``) a new run of this class would use under ``environ``."""
+        return cls._budget_with_sources(environ)[0]
+
+    def _keep_recorded_budget(self) -> None:
+        """On loading a checkpoint of this fold: take the budget recorded when the run started.
+
+        An environment value that contradicts it is remembered, and refused by :meth:`on_train_start`
+        when training would continue (``--c``); validating a finished run (``--val``) is not refused.
+        """
+        try:
+            recorded = provenance.recorded_budget(self.output_folder)
+        except UserError:
+            return  # nothing recorded (a checkpoint brought in by hand): the current settings stand
+        changed = [k for k in provenance.BUDGET_KEYS if recorded[k] != getattr(self, k)]
+        conflicts = [k for k in changed if self.budget_sources[k].startswith("environment")]
+        if conflicts:
+            self._budget_refusal = (
+                f"{type(self).__name__} fold {self.fold}: this run was started with "
+                f"{provenance.describe_budget(recorded)}, but "
+                + ", ".join(f"{BUDGET_VARIABLES[k]}={getattr(self, k)}" for k in conflicts)
+                + " would change its schedule midway; a resumed run keeps its budget: unset the variable(s) or "
+                  "set the recorded value(s), or train again without --c")
+        for key in changed:
+            setattr(self, key, recorded[key])
+            self.budget_sources[key] = "resumed run"
+        if changed:
+            self.print_to_log_file(f"Keeping the budget this run was started with: "
+                                   f"{provenance.describe_budget(recorded)}")
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        # before nnU-Net initializes: the learning-rate schedule is built from num_epochs
+        if isinstance(filename_or_checkpoint, str) and not self.was_initialized:
+            self._keep_recorded_budget()
+        super().load_checkpoint(filename_or_checkpoint)
+
+    # ---- provenance -------------------------------------------------------------------------
+    def loss_settings(self) -> dict:
+        """The loss and the settings of it that change results (subclasses add theirs)."""
+        loss = self.loss.loss if isinstance(self.loss, DeepSupervisionWrapper) else self.loss
+        return {"name": type(loss).__name__, "deep_supervision": self.enable_deep_supervision, "settings": {}}
+
+    def provenance(self) -> dict:
+        import nnunetv2
+        from importlib.metadata import version
+
+        cm = self.configuration_manager
+        return {
+            "format": provenance.FORMAT,
+            "trainer": type(self).__name__,
+            "versions": {"nnunet_mcc": __version__, "nnunetv2": version("nnunetv2"), "torch": torch.__version__,
+                         "nnunetv2_path": os.path.dirname(nnunetv2.__file__)},
+            "budget": {key: int(getattr(self, key)) for key in provenance.BUDGET_KEYS},
+            "budget_sources": dict(self.budget_sources),
+            "training": {"plans": self.plans_manager.plans_name, "configuration": self.configuration_name,
+                         "fold": self.fold, "device": str(self.device), "initial_lr": self.initial_lr,
+                         "weight_decay": self.weight_decay, "batch_size": getattr(self, "batch_size", cm.batch_size),
+                         "patch_size": [int(p) for p in cm.patch_size], "batch_dice": bool(cm.batch_dice),
+                         "oversample_foreground_percent": self.oversample_foreground_percent,
+                         "seed": self.seed},
+            "loss": self.loss_settings(),
+            "snapshot_epochs": list(self.snapshot_epochs),
+            "started_at_epoch": int(self.current_epoch),
+        }
+
+    def on_train_start(self):
+        refusal = getattr(self, "_budget_refusal", None)
+        if refusal:  # before nnU-Net writes anything
+            self.print_to_log_file(refusal, also_print_to_console=False)
+            print(refusal, file=sys.stderr)
+            raise SystemExit(2)
+        super().on_train_start()  # nnU-Net writes debug.json here
+        if self.local_rank == 0:
+            write_json(join(self.output_folder, provenance.PROVENANCE_FILE), self.provenance(), "run record")
+
+    def _write_log(self) -> None:
+        series = self.logger.local_logger.my_fantastic_logging
+        write_json(join(self.output_folder, provenance.LOG_FILE),
+                   {"format": provenance.FORMAT, "trainer": type(self).__name__,
+                    "iterations_per_epoch": int(self.num_iterations_per_epoch),
+                    "epochs_completed": int(self.current_epoch),
+                    "series": {key: _jsonable(values) for key, values in series.items()}}, "training log")
 
     # ---- loss helpers for subclasses ---------------------------------------------------------
     def _wrap_deep_supervision(self, loss: torch.nn.Module) -> torch.nn.Module:
@@ -146,18 +287,11 @@ class ComparisonTrainer(nnUNetTrainer):
         return DeepSupervisionWrapper(loss, weights / weights.sum())
 
     # ---- validation MCC -----------------------------------------------------------------------
-    def _count_valid_voxels(self, target) -> int:
-        target = target[0] if isinstance(target, list) else target
-        if not self.label_manager.has_ignore_label:
-            return int(target[:, 0].numel())
-        if self.label_manager.has_regions:
-            return int((target[:, -1] == 0).sum())
-        return int((target[:, 0] != self.label_manager.ignore_label).sum())
-
     def validation_step(self, batch: dict) -> dict:
-        n_valid = self._count_valid_voxels(batch["target"])  # before nnU-Net edits the target in place
+        target = batch["target"][0] if isinstance(batch["target"], list) else batch["target"]
+        valid = self.target_format.valid(target)  # before nnU-Net edits the target in place
         result = super().validation_step(batch)
-        result["n_valid"] = n_valid
+        result["n_valid"] = int(target[:, 0].numel() if valid is None else valid.sum())
         return result
 
     def on_validation_epoch_end(self, val_outputs: List[dict]):
@@ -170,7 +304,7 @@ class ComparisonTrainer(nnUNetTrainer):
             counts = sum(g[0] for g in gathered)
             n_valid = sum(g[1] for g in gathered)
         tp, fp, fn = counts
-        mcc = mcc_from_counts(tp, fp, fn, n_valid - tp - fp - fn)
+        mcc = mcc_score(tp, fp, fn, n_valid - tp - fp - fn)
         self.logger.log("mcc_per_class_or_region", [float(v) for v in mcc], self.current_epoch)
         self.logger.log("mean_fg_mcc", float(np.nanmean(mcc)) if np.isfinite(mcc).any() else float("nan"),
                         self.current_epoch)
@@ -182,5 +316,78 @@ class ComparisonTrainer(nnUNetTrainer):
         self.logger.local_logger.skip_next_plot = \
             finished_epoch % self.plot_every != 0 and finished_epoch != self.num_epochs
         super().on_epoch_end()
+        if self.local_rank == 0:
+            self._write_log()
         if finished_epoch in self.snapshot_epochs and finished_epoch != self.num_epochs:
+            # nnU-Net has counted the epoch already and saves current_epoch + 1: step back as its on_train_end does
+            self.current_epoch -= 1
             self.save_checkpoint(join(self.output_folder, f"checkpoint_epoch_{finished_epoch}.pth"))
+            self.current_epoch += 1
+            self.validate_snapshot(finished_epoch)
+
+    # ---- snapshots ----------------------------------------------------------------------------
+    def validate_snapshot(self, epoch: int) -> Optional[str]:
+        """Predict and evaluate the fold's validation cases with the current network, in this process.
+
+        The steps are nnU-Net's own (its predictor's sliding window, ``export_prediction_from_logits``,
+        ``compute_metrics`` per case), run one case after another instead of through nnU-Net's worker
+        pools, so a snapshot costs the predictions and not the start of two process pools. Writes
+        ``snapshots/epoch_<N>/summary.json`` with nnU-Net's per-case entries (rank 0; other ranks wait).
+        """
+        path = provenance.snapshot_summary(self.output_folder, epoch)
+        if self.local_rank == 0:
+            network = self.network.module if self.is_ddp else self.network
+            was_training = network.training
+            self.set_deep_supervision_enabled(False)
+            network.eval()
+            try:
+                cases = self._evaluate_validation_cases(network)
+            finally:
+                self.set_deep_supervision_enabled(True)
+                network.train(was_training)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            write_json(path, {"format": provenance.FORMAT, "epoch": int(epoch),
+                              "iterations": int(epoch * self.num_iterations_per_epoch),
+                              "metric_per_case": cases}, "snapshot summary")
+            self.print_to_log_file(f"Snapshot after epoch {epoch}: {len(cases)} validation cases evaluated, {path}")
+        if self.is_ddp:
+            dist.barrier()
+        return path
+
+    def _evaluate_validation_cases(self, network: torch.nn.Module) -> List[dict]:
+        from nnunetv2.evaluation.evaluate_predictions import compute_metrics
+        from nnunetv2.inference.export_prediction import export_prediction_from_logits
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        from nnunetv2.utilities.label_handling.label_handling import convert_labelmap_to_one_hot
+
+        lm = self.label_manager
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                    perform_everything_on_device=True, device=self.device, verbose=False,
+                                    verbose_preprocessing=False, allow_tqdm=False)
+        predictor.manual_initialization(network, self.plans_manager, self.configuration_manager, None,
+                                        self.dataset_json, type(self).__name__, self.inference_allowed_mirroring_axes)
+        _, val_keys = self.do_split()
+        dataset = self.dataset_class(self.preprocessed_dataset_folder, val_keys,
+                                     folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
+        ending = self.dataset_json["file_ending"]
+        reference_folder = join(self.preprocessed_dataset_folder_base, "gt_segmentations")
+        reader_writer = self.plans_manager.image_reader_writer_class()
+        labels_or_regions = lm.foreground_regions if lm.has_regions else lm.foreground_labels
+        cases = []
+        with tempfile.TemporaryDirectory(prefix="nnunet_mcc_snapshot_") as tmp, torch.no_grad():
+            for key in dataset.identifiers:
+                data, _, seg_prev, properties = dataset.load_case(key)
+                data = data[:]
+                if self.is_cascaded:
+                    data = np.vstack((data, convert_labelmap_to_one_hot(seg_prev[:], lm.foreground_labels,
+                                                                        output_dtype=data.dtype)))
+                logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(np.ascontiguousarray(data)))
+                export_prediction_from_logits(logits.cpu(), properties, self.configuration_manager,
+                                              self.plans_manager, self.dataset_json, join(tmp, key), False)
+                result = compute_metrics(join(reference_folder, key + ending), join(tmp, key + ending), reader_writer,
+                                         labels_or_regions, lm.ignore_label)
+                cases.append({"reference_file": result["reference_file"],
+                              "prediction_file": os.path.basename(result["prediction_file"]),
+                              "metrics": {str(k): {m: _jsonable(v) for m, v in values.items()}
+                                          for k, values in result["metrics"].items()}})
+        return cases

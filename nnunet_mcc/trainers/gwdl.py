@@ -73,6 +73,14 @@ class nnUNetTrainerGWDL(ComparisonTrainer):
         loss = GeneralizedWassersteinDiceLoss(ignore_index=self.label_manager.ignore_label, **self._gwdl_kwargs())
         return self._wrap_deep_supervision(loss)
 
+    def loss_settings(self) -> dict:
+        settings = super().loss_settings()
+        settings["settings"].update({
+            "distance_matrix": [[float(v) for v in row] for row in self.gwdl_distance_matrix],
+            "label_names": list(self.gwdl_label_names), "matrix_source": self.gwdl_matrix_source,
+            "weighting": self.gwdl_weighting, "batch": bool(self.configuration_manager.batch_dice)})
+        return settings
+
 
 class nnUNetTrainerGWDL_CE(nnUNetTrainerGWDL):
     """Generalized Wasserstein Dice + cross-entropy 1:1, nnU-Net's ``DC_and_CE_loss`` with GWDL in the Dice slot

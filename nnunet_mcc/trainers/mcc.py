@@ -15,12 +15,20 @@ class nnUNetTrainerMCC(ComparisonTrainer):
         return {"batch": self.configuration_manager.batch_dice, "ddp": self.is_ddp, "check_target": False}
 
     def _build_loss(self):
-        lm = self.label_manager
-        if lm.has_regions:
-            loss = MCCLoss("sigmoid", region_ignore_channel=lm.has_ignore_label, **self._mcc_kwargs())
+        tf = self.target_format
+        if self.label_manager.has_regions:
+            loss = MCCLoss("sigmoid", region_ignore_channel=tf.region_ignore_channel, **self._mcc_kwargs())
         else:
-            loss = MCCLoss("softmax", include_background=False, ignore_index=lm.ignore_label, **self._mcc_kwargs())
+            loss = MCCLoss("softmax", include_background=False, ignore_index=tf.ignore_label, **self._mcc_kwargs())
         return self._wrap_deep_supervision(loss)
+
+    def loss_settings(self) -> dict:
+        settings = super().loss_settings()
+        mcc = next(m for m in self.loss.modules() if isinstance(m, MCCLoss))
+        settings["name"] = "soft MCC" if settings["name"] == "MCCLoss" else f"soft MCC in {settings['name']}"
+        settings["settings"].update({"batch": mcc.batch, "include_background": mcc.include_background,
+                                     "eps": mcc.eps, "activation": mcc.nonlin_kind})
+        return settings
 
 
 class nnUNetTrainerMCC_CE(nnUNetTrainerMCC):
@@ -38,4 +46,6 @@ class nnUNetTrainerMCC_CE(nnUNetTrainerMCC):
             loss = DC_and_CE_loss({"include_background": False, **self._mcc_kwargs()}, {}, weight_ce=1,
                                   weight_dice=1, ignore_label=lm.ignore_label, dice_class=MCCLoss)
         return self._wrap_deep_supervision(loss)
+
+
 TRAINERS = [nnUNetTrainerMCC, nnUNetTrainerMCC_CE]

@@ -2,7 +2,7 @@
 
 Each training iteration alternates two updates on the same batch:
 
-1. critic step: the critic (``nnunet_mcc.losses.segan.SegANCritic``, built from the plans) sees the
+1. critic step (:func:`critic_update`): the critic (``nnunet_mcc.networks.SegANCritic``, built from the plans) sees the
    image masked by the DETACHED full-resolution prediction and by the ground truth, and ascends
    their multi-scale L1 (its own Adam optimizer, poly learning-rate schedule and, on CUDA, its own
    GradScaler);
@@ -21,7 +21,7 @@ inference needs nothing of the critic.
 
 import os
 from contextlib import nullcontext
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -33,11 +33,47 @@ from torch import autocast, nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nnunet_mcc.losses.segan import CRITIC_MODES, SegANCritic, adversarial_l1, critic_update, onehot_target
+from nnunet_mcc.losses.segan import adversarial_l1, mask_input, multiscale_l1
+from nnunet_mcc.losses.weighted_ce import MaskedBCEWithLogits
+from nnunet_mcc.networks.segan_critic import CRITIC_MODES, SegANCritic
 from nnunet_mcc.trainers.base import ComparisonTrainer, MCCLocalLogger
-from nnunet_mcc.trainers.weighted_ce import ClassFrequencyWeightedCE, MaskedBCEWithLogits
+from nnunet_mcc.trainers.weighted_ce import ClassFrequencyWeightedCE
 
 CHECKPOINT_KEY = "segan_critic"
+
+
+def critic_update(critic: nn.Module, optimizer: torch.optim.Optimizer, image: torch.Tensor,
+                  prediction: torch.Tensor, target_onehot: torch.Tensor, valid: Optional[torch.Tensor] = None,
+                  grad_scaler: Optional["torch.amp.GradScaler"] = None, weight_clip: Optional[float] = None,
+                  scale_weights: Optional[Sequence[float]] = None, autocast_device: Optional[str] = None
+                  ) -> torch.Tensor:
+    """One critic step: maximise the multi-scale L1 between the prediction-masked and the
+    ground-truth-masked image. ``prediction`` is detached here (no gradient reaches the segmentor).
+
+    ``critic`` may be wrapped in DDP: prediction and ground truth go through ONE forward call (stacked
+    on the batch axis), so DDP's reducer sees each parameter once. ``grad_scaler`` (CUDA mixed
+    precision) and ``autocast_device`` ("cuda") are the critic's own. Returns the L1 (detached).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    batch = image.shape[0]
+    with torch.no_grad():
+        masked = torch.cat([mask_input(image, prediction.detach(), valid), mask_input(image, target_onehot, valid)])
+    with torch.autocast(autocast_device, enabled=True) if autocast_device else nullcontext():
+        features = critic(masked)
+    l1 = multiscale_l1([f[:batch] for f in features], [f[batch:] for f in features], scale_weights)
+    critic_loss = -l1  # the critic ascends the L1
+    if grad_scaler is not None:
+        grad_scaler.scale(critic_loss).backward()
+        grad_scaler.step(optimizer)
+        grad_scaler.update()
+    else:
+        critic_loss.backward()
+        optimizer.step()
+    if weight_clip is not None:
+        with torch.no_grad():
+            for parameter in critic.parameters():
+                parameter.clamp_(-weight_clip, weight_clip)
+    return l1.detach()
 
 
 class SegANLocalLogger(MCCLocalLogger):
@@ -136,6 +172,12 @@ class nnUNetTrainerSegAN(ComparisonTrainer):
                                f"parameters\n{self.critic_module}", also_print_to_console=False)
         self.logger.update_config({"segan": settings})
 
+    def loss_settings(self) -> dict:
+        settings = super().loss_settings()
+        settings["name"] = f"{settings['name']} + lambda x SegAN multi-scale L1"
+        settings["settings"].update(self.critic_settings())
+        return settings
+
     def _build_segmentation_loss(self) -> nn.Module:
         """The seed's cross-entropy (binary cross-entropy per region for region datasets), one output."""
         lm = self.label_manager
@@ -168,8 +210,7 @@ class nnUNetTrainerSegAN(ComparisonTrainer):
             segmentation_loss = self.loss(output, target)
         full_output = output[0] if isinstance(output, (list, tuple)) else output
         full_target = target[0] if isinstance(target, list) else target
-        onehot, valid = onehot_target(full_target, full_output.shape[1], lm.has_regions, lm.ignore_label,
-                                      region_ignore_channel=lm.has_regions and lm.has_ignore_label)
+        onehot, valid = self.target_format.onehot(full_target, prediction=full_output, check=False)
         probabilities = torch.sigmoid(full_output.float()) if lm.has_regions else torch.softmax(full_output.float(), 1)
 
         # 1. critic step on the detached prediction: ascend the L1
@@ -275,6 +316,12 @@ class nnUNetTrainerSegANPerLabel(nnUNetTrainerSegAN):
 
 class nnUNetTrainerSegANWeightedCE(ClassFrequencyWeightedCE, nnUNetTrainerSegAN):
     """Class-frequency weighted CE (see ``weighted_ce``) + ``segan_lambda`` * multi-scale L1."""
+
+    def loss_settings(self) -> dict:
+        settings = super().loss_settings()
+        settings["name"] = f"{settings['name']} + lambda x SegAN multi-scale L1"
+        settings["settings"].update(self.critic_settings())
+        return settings
 
     def _build_segmentation_loss(self) -> nn.Module:
         return self._build_weighted_ce()

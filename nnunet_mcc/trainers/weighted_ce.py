@@ -1,100 +1,82 @@
-"""Cross-entropy weighted by each class's marginal voxel frequency in the training set (seed 003).
+"""Cross-entropy weighted by each class's marginal voxel frequency in the fold's training cases (seed 003).
 
-The frequency ``f_c`` of class ``c`` is its share of the labelled voxels over the preprocessed
-training cases of the fold (ignore-label voxels left out; nnU-Net's ``-1`` outside the crop counts
-as background). The weights are inverse frequencies, normalised so the average voxel weight over
-the training set is 1 (the loss keeps the scale of plain CE)::
-
-    w_c = f_c ** -p / sum_j f_j ** (1 - p)        (so that sum_c f_c * w_c = 1)
-
-with ``p = class_weight_power`` (1: inverse frequency as in Chan et al. 2019; 0.5: a milder inverse
-square root; 0: plain CE). A balanced dataset gives ``w_c = 1``. Classes absent from the training
-cases get weight 1 (they never occur as targets).
-
-Region-based datasets (sigmoid outputs): each region is a binary problem, weighted with BCE's
-``pos_weight_r = ((1 - f_r) / f_r) ** p`` so its voxels inside and outside carry equal total weight.
-
-References:
-    R. Chan, M. Rottmann, F. Hüger, P. Schlicht, H. Gottschalk. Application of decision rules for
-    handling class imbalance in semantic segmentation. arXiv:1901.08394, 2019.
+The frequency ``f_c`` of class ``c`` is its share of the labelled voxels over the preprocessed training
+cases of the fold (ignore-label voxels left out; nnU-Net's ``-1`` outside the crop counts as
+background). The weight formulas and the masked BCE live in ``nnunet_mcc.losses.weighted_ce``; this
+module counts the voxels, once per fold and preprocessed data: the counts are cached beside the plans
+(``nnunet_mcc_label_counts_<data identifier>_fold_<f>.json`` in the preprocessed dataset folder) and
+reused by later builds of the loss (``--c``, ``--val``) while the split and the preprocessed files stay
+the same.
 """
 
+import os
 from typing import Optional
 
 import numpy as np
 import torch
-from torch import nn
 from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss
+from torch import nn
 
+from nnunet_mcc.errors import UserError
+from nnunet_mcc.fileio import read_json, write_json
+from nnunet_mcc.losses.weighted_ce import MaskedBCEWithLogits, inverse_frequency_weights, region_pos_weights
 from nnunet_mcc.trainers.base import ComparisonTrainer
 
 
-def inverse_frequency_weights(frequencies, power: float = 1.0) -> np.ndarray:
-    """``w_c = f_c^-p / sum_j f_j^(1-p)`` over the classes present (f > 0); absent classes get 1."""
-    f = np.asarray(frequencies, dtype=np.float64)
-    if f.ndim != 1 or np.any(f < 0) or not np.any(f > 0):
-        raise ValueError(f"frequencies must be a 1D array of non-negative values with one > 0, got {f}")
-    if power < 0:
-        raise ValueError(f"class_weight_power must be >= 0, got {power}")
-    present = f > 0
-    weights = np.ones_like(f)
-    weights[present] = f[present] ** -power / np.sum(f[present] ** (1 - power))
-    return weights
-
-
-def region_pos_weights(frequencies, power: float = 1.0) -> np.ndarray:
-    """BCE ``pos_weight_r = ((1 - f_r) / f_r)^p``; 1 where a region is absent or covers everything."""
-    f = np.asarray(frequencies, dtype=np.float64)
-    weights = np.ones_like(f)
-    usable = (f > 0) & (f < 1)
-    weights[usable] = ((1 - f[usable]) / f[usable]) ** power
-    return weights
-
-
-class MaskedBCEWithLogits(nn.Module):
-    """Binary cross-entropy per region channel, mean over valid voxels x channels.
-
-    With ``ignore_channel`` the target has one more channel, the last marking ignored voxels
-    (nnU-Net's region convention). ``pos_weight``: one weight per region, or None.
-    """
-
-    def __init__(self, pos_weight: Optional[torch.Tensor] = None, ignore_channel: bool = False):
-        super().__init__()
-        self.register_buffer("pos_weight", None if pos_weight is None else torch.as_tensor(pos_weight).float())
-        self.ignore_channel = ignore_channel
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        valid = None
-        if self.ignore_channel:
-            valid = (target[:, -1:] == 0).float()
-            target = target[:, :-1]
-        pos_weight = None
-        if self.pos_weight is not None:
-            pos_weight = self.pos_weight.to(logits.device).view(1, -1, *([1] * (logits.ndim - 2)))
-        loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none",
-                                                              pos_weight=pos_weight)
-        if valid is None:
-            return loss.mean()
-        return (loss * valid).sum() / torch.clip(valid.sum() * loss.shape[1], min=1e-8)
+def _newest_mtime(folder: str) -> float:
+    with os.scandir(folder) as entries:
+        return max((e.stat().st_mtime for e in entries if e.is_file()), default=0.0)
 
 
 class ClassFrequencyWeightedCE:
-    """Mixin for nnU-Net trainers: the frequency-weighted (B)CE of this module, built from the fold's
-    training cases. Settings: ``class_weight_power`` (class attribute)."""
+    """Mixin for nnU-Net trainers: the frequency-weighted (B)CE of ``nnunet_mcc.losses.weighted_ce``, built
+    from the fold's training cases. Settings: ``class_weight_power`` (class attribute)."""
 
     class_weight_power: float = 1.0
 
-    def training_label_frequencies(self) -> np.ndarray:
-        """Share of each label value 0..max over the labelled voxels of this fold's training cases."""
-        labels = self.label_manager.all_labels
-        ignore = self.label_manager.ignore_label
-        n_bins = max(labels + ([ignore] if ignore is not None else [])) + 2  # +1 shift for nnU-Net's -1
-        tr_keys, _ = self.do_split()
+    def _label_count_cache(self) -> Optional[str]:
+        base = getattr(self, "preprocessed_dataset_folder_base", None)
+        if not base:
+            return None
+        identifier = os.path.basename(os.path.normpath(self.preprocessed_dataset_folder))
+        return os.path.join(base, f"nnunet_mcc_label_counts_{identifier}_fold_{self.fold}.json")
+
+    def _count_labels(self, tr_keys, n_bins: int) -> np.ndarray:
         dataset = self.dataset_class(self.preprocessed_dataset_folder, list(tr_keys))
         counts = np.zeros(n_bins, dtype=np.float64)
         for key in dataset.identifiers:
             seg = np.asarray(dataset.load_case(key)[1][:]).astype(np.int64).ravel()
             counts += np.bincount(seg + 1, minlength=n_bins)[:n_bins]
+        return counts
+
+    def training_label_counts(self) -> np.ndarray:
+        """Voxels per label value -1 (outside the crop), 0, 1, ... over this fold's training cases (cached)."""
+        labels = self.label_manager.all_labels
+        ignore = self.label_manager.ignore_label
+        n_bins = max(labels + ([ignore] if ignore is not None else [])) + 2  # +1 shift for nnU-Net's -1
+        tr_keys, _ = self.do_split()
+        cache = self._label_count_cache()
+        key = {"training_cases": sorted(tr_keys), "n_bins": n_bins,
+               "data_mtime": _newest_mtime(self.preprocessed_dataset_folder) if cache else None}
+        if cache and os.path.isfile(cache):
+            try:
+                cached = read_json(cache, "label-count cache")
+                if all(cached.get(k) == v for k, v in key.items()) and len(cached["counts"]) == n_bins:
+                    return np.asarray(cached["counts"], dtype=np.float64)
+            except (UserError, AttributeError, KeyError, TypeError):
+                pass  # an unreadable cache is counted again and rewritten
+        counts = self._count_labels(tr_keys, n_bins)
+        if cache:
+            try:
+                write_json(cache, {**key, "counts": counts.tolist()}, "label-count cache")
+            except UserError as e:
+                self.print_to_log_file(f"Label counts not cached ({e}); they will be counted again next time")
+        return counts
+
+    def training_label_frequencies(self) -> np.ndarray:
+        """Share of each label value 0..max over the labelled voxels of this fold's training cases."""
+        counts = self.training_label_counts().copy()
+        ignore = self.label_manager.ignore_label
         counts[1] += counts[0]  # -1 (outside nnU-Net's crop) is background
         counts = counts[1:]
         if ignore is not None:
@@ -116,6 +98,9 @@ class ClassFrequencyWeightedCE:
             frequencies = label_frequencies[:len(lm.all_labels)]
             weights = inverse_frequency_weights(frequencies, self.class_weight_power)
             kind = "CE weight per class"
+        self.class_weight_record = {"class_weight_power": self.class_weight_power, "kind": kind,
+                                    "class_frequencies": [round(float(f), 8) for f in frequencies],
+                                    "weights": [round(float(w), 6) for w in weights]}
         self.print_to_log_file(f"Class frequencies in the training cases of fold {self.fold}: "
                                f"{np.round(frequencies, 6).tolist()}; {kind} (power {self.class_weight_power}): "
                                f"{np.round(weights, 4).tolist()}")
@@ -128,6 +113,11 @@ class ClassFrequencyWeightedCE:
         if lm.has_regions:
             return MaskedBCEWithLogits(weights, ignore_channel=lm.has_ignore_label)
         return RobustCrossEntropyLoss(weight=weights, ignore_index=lm.ignore_label if lm.has_ignore_label else -100)
+
+    def loss_settings(self) -> dict:
+        settings = super().loss_settings()
+        settings["settings"]["class_weights"] = getattr(self, "class_weight_record", None)
+        return settings
 
 
 class nnUNetTrainerWeightedCE(ClassFrequencyWeightedCE, ComparisonTrainer):

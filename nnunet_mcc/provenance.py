@@ -1,0 +1,71 @@
+"""What each fold's result records about how it was produced (import-light: no torch, no nnU-Net).
+
+Files in a fold folder ``$nnUNet_results/DatasetXXX/<trainer>__<plans>__<configuration>/fold_<f>/``:
+
+* ``debug.json``: nnU-Net's own record of every trainer attribute (as strings), written at the start
+  of every training, stock trainers included. Its ``num_epochs``, ``num_iterations_per_epoch`` and
+  ``num_val_iterations_per_epoch`` are the run's budget.
+* ``nnunet_mcc_provenance.json`` (this package's trainers): the budget and where each value came from,
+  the training settings and the loss settings that change results (GWDL matrix and its source, SegAN
+  lambda, class weights, ...). Written at the start of training and again when a run is resumed.
+* ``nnunet_mcc_log.json`` (this package's trainers): the per-epoch series of nnU-Net's logger and the
+  validation MCC, rewritten after every epoch, so learning curves survive without checkpoints.
+* ``snapshots/epoch_<N>/summary.json`` (this package's trainers, ``NNUNET_MCC_SNAPSHOT_EPOCHS``): nnU-Net's
+  per-case evaluation of the fold's validation cases after epoch N, for "score after N iterations".
+"""
+
+import os
+from typing import Dict, Optional
+
+from nnunet_mcc.errors import UserError
+from nnunet_mcc.fileio import read_json
+
+PROVENANCE_FILE = "nnunet_mcc_provenance.json"
+LOG_FILE = "nnunet_mcc_log.json"
+SNAPSHOT_FOLDER = "snapshots"
+FORMAT = 1
+
+BUDGET_KEYS = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch")
+# nnUNetTrainer.__init__'s values (checked against a real nnUNetTrainer by the tests)
+NNUNET_DEFAULT_BUDGET = {"num_epochs": 1000, "num_iterations_per_epoch": 250, "num_val_iterations_per_epoch": 50}
+
+
+def snapshot_summary(fold_folder: str, epoch: int) -> str:
+    return os.path.join(fold_folder, SNAPSHOT_FOLDER, f"epoch_{epoch}", "summary.json")
+
+
+def budget_from_debug_json(fold_folder: str) -> Dict[str, int]:
+    """The budget nnU-Net recorded in ``debug.json``; UserError when missing, unreadable or incomplete."""
+    path = os.path.join(fold_folder, "debug.json")
+    debug = read_json(path, "nnU-Net's training record")
+    try:
+        return {key: int(debug[key]) for key in BUDGET_KEYS}
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"nnU-Net's training record {path} lacks a whole-number {', '.join(BUDGET_KEYS)}") from None
+
+
+def read_provenance(fold_folder: str) -> Optional[dict]:
+    """``nnunet_mcc_provenance.json`` of a fold, None when the fold has none (a stock trainer's)."""
+    path = os.path.join(fold_folder, PROVENANCE_FILE)
+    if not os.path.isfile(path):
+        return None
+    record = read_json(path, "run record")
+    if not isinstance(record, dict) or not isinstance(record.get("budget"), dict) \
+            or set(BUDGET_KEYS) - set(record["budget"]):
+        raise UserError(f"run record {path} has no complete 'budget' ({', '.join(BUDGET_KEYS)})")
+    return record
+
+
+def recorded_budget(fold_folder: str) -> Dict[str, int]:
+    """The budget a fold was trained with: this package's record, else nnU-Net's ``debug.json``."""
+    record = read_provenance(fold_folder)
+    if record is not None:
+        return {key: int(record["budget"][key]) for key in BUDGET_KEYS}
+    return budget_from_debug_json(fold_folder)
+
+
+def describe_budget(budget: Dict[str, int]) -> str:
+    """``40 epochs x 50 iterations (2000 iterations, 5 validation iterations per epoch)``."""
+    epochs, iterations, val = (budget[k] for k in BUDGET_KEYS)
+    return (f"{epochs} epoch{'s' if epochs != 1 else ''} x {iterations} iterations ({epochs * iterations} "
+            f"iterations, {val} validation iterations per epoch)")
