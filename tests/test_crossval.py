@@ -268,3 +268,17 @@ def test_scripts_skip_folds_that_have_validation_results_only(fake, classes, tmp
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "finished already" in proc.stdout
     assert [(c["fold"], c["flags"]) for c in fake["calls"]()] == [("1", [])]
+
+
+def test_the_package_trainers_plan_their_budget_and_nnunet_trainers_keep_theirs(fake, capsys):
+    """Without stand-ins: nnU-Net's lookup finds nnUNetTrainerMCC (planned_budget) and nnUNetTrainer (none)."""
+    trained(fake["folder"]("nnUNetTrainerMCC", 0), budget=(2, 10, 2))
+    trained(fake["folder"]("nnUNetTrainer", 0), budget=(1000, 250, 50))
+    with pytest.raises(UserError, match=r"nnUNetTrainerMCC fold 0 trained with 2 x 10 \(val 2\), asked for "
+                                        r"3 x 10 \(val 2\)"):
+        crossval("555", CONFIG, ["nnUNetTrainerMCC", "nnUNetTrainer"], folds=[0], device="cpu",
+                 train_command=fake["command"], budget={"epochs": 3, "iterations": 10, "val_iterations": 2})
+    assert "nnUNetTrainer: budget fixed by the trainer class" in capsys.readouterr().out
+    assert crossval("555", CONFIG, ["nnUNetTrainerMCC", "nnUNetTrainer"], folds=[0], device="cpu",
+                    train_command=fake["command"], budget={"epochs": 2, "iterations": 10, "val_iterations": 2}) == 0
+    assert fake["calls"]() == []

@@ -137,7 +137,8 @@ def _run_record(state: results.FoldState, allow_unknown: bool) -> dict:
               "num_val_iterations_per_epoch": budget.num_val_iterations_per_epoch if budget else None,
               "iterations": budget.iterations if budget else None,
               "budget": budget.short() if budget else "unknown",
-              "budget_source": "debug.json" if budget else budget_problem,
+              "budget_source": (results.provenance.PROVENANCE_FILE if provenance else "debug.json") if budget
+              else budget_problem,
               "budget_sources": json.dumps((provenance or {}).get("budget_sources") or {}, sort_keys=True),
               "loss": loss["name"], "loss_settings": json.dumps(loss["settings"], sort_keys=True),
               "versions": json.dumps((provenance or {}).get("versions") or {}, sort_keys=True),

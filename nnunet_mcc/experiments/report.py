@@ -82,6 +82,33 @@ def summary_latex(table: pd.DataFrame, metrics: Sequence[str], trainers: Sequenc
                                         column_format="ll" + "c" * len(trainers))
 
 
+def condense(notes: Sequence[str]) -> List[str]:
+    """``<trainer> fold <f>: <message>`` lines that share their message become one line listing the folds."""
+    import re
+
+    grouped, order = {}, []
+    for note in notes:
+        match = re.match(r"^(\S+) fold (\d+): (.*)$", note)
+        key = match.group(3) if match else note
+        if key not in grouped:
+            grouped[key] = []
+            order.append(key)
+        if match:
+            grouped[key].append((match.group(1), match.group(2)))
+    lines = []
+    for key in order:
+        runs = grouped[key]
+        if len(runs) <= 1:
+            lines.append(f"{runs[0][0]} fold {runs[0][1]}: {key}" if runs else key)
+            continue
+        by_trainer = {}
+        for trainer, fold in runs:
+            by_trainer.setdefault(trainer, []).append(fold)
+        who = "; ".join(f"{t} fold{'s' if len(f) > 1 else ''} {' '.join(f)}" for t, f in by_trainer.items())
+        lines.append(f"{who}: {key}")
+    return lines
+
+
 @dataclass
 class Page:
     """The report page and the tables written beside it."""
@@ -116,7 +143,7 @@ class Page:
             return [f"**Budget of every run:** {int(first['num_epochs'])} epochs x "
                     f"{int(first['num_iterations_per_epoch'])} iterations = {int(first['iterations'])} training "
                     f"iterations, {_count(first['num_val_iterations_per_epoch'], 'validation iteration')} per "
-                    f"epoch (nnU-Net's debug.json of each fold)."]
+                    f"epoch (as recorded in each fold)."]
         lines = ["**Mixed budgets (paired on request, --allow-mixed-budgets):** the runs were trained for different "
                  "lengths, so every difference below mixes the loss with the training budget.", ""]
         frame = self.per_trainer[["trainer", "budget", "iterations"]].rename(
@@ -157,7 +184,7 @@ class Page:
             parts += ["", self._convergence_markdown(), "", "## Loss settings of each run", ""]
             parts += self._settings_lines()
         if self.notes:
-            parts += ["", "## Missing or left out", ""] + [f"- {n}" for n in self.notes]
+            parts += ["", "## Missing or left out", ""] + [f"- {n}" for n in condense(self.notes)]
         return "\n".join(parts)
 
     def _runs_markdown(self) -> str:

@@ -24,16 +24,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from nnunet_mcc import provenance
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.fileio import read_json
-from nnunet_mcc.metrics import mcc_from_counts
+from nnunet_mcc.metrics import mcc_score
 
 FINISHED, UNFINISHED, MISSING = "finished", "unfinished", "missing"
-PROVENANCE_FILE = "nnunet_mcc_provenance.json"
-LOG_FILE = "nnunet_mcc_log.json"
-SNAPSHOT_FOLDER = re.compile(r"^epoch_(\d+)$")
+SNAPSHOT_EPOCH = re.compile(r"^epoch_(\d+)$")
 SNAPSHOT_CHECKPOINT = re.compile(r"^checkpoint_epoch_(\d+)\.pth$")
-BUDGET_FIELDS = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch")
 COUNTS = ("TP", "FP", "FN", "TN")
 
 
@@ -115,7 +113,7 @@ class Budget:
     @classmethod
     def from_mapping(cls, mapping: dict) -> "Budget":
         """From debug.json (values are strings there) or a provenance/planned budget (integers)."""
-        return cls(*(int(str(mapping[k]).strip()) for k in BUDGET_FIELDS))
+        return cls(*(int(str(mapping[k]).strip()) for k in provenance.BUDGET_KEYS))
 
     @property
     def iterations(self) -> int:
@@ -131,41 +129,20 @@ class Budget:
 
 
 def recorded_budget(folder: str) -> Budget:
-    """The budget a fold was trained with, from nnU-Net's ``debug.json`` (this package's provenance file when
-    debug.json is absent); one clear UserError line when neither records it."""
-    debug = os.path.join(folder, "debug.json")
-    if os.path.isfile(debug):
-        content = read_json(debug, "debug.json")
-        try:
-            return Budget.from_mapping(content)
-        except (KeyError, TypeError, ValueError) as e:
-            raise UserError(f"debug.json {debug} does not record the budget ({type(e).__name__}: {e}; needs "
-                            f"{', '.join(BUDGET_FIELDS)})") from None
-    provenance = read_provenance(folder)
-    if provenance and isinstance(provenance.get("budget"), dict):
-        try:
-            return Budget.from_mapping(provenance["budget"])
-        except (KeyError, TypeError, ValueError):
-            pass
-    raise UserError(f"{debug} does not exist: the budget this fold was trained with is unknown (nnU-Net writes "
-                    f"debug.json when a training starts; copy it along with validation/)")
+    """The budget a fold was trained with (``nnunet_mcc.provenance``: this package's record, else nnU-Net's
+    ``debug.json``); one clear UserError line when neither records it."""
+    return Budget.from_mapping(provenance.recorded_budget(folder))
 
 
 def read_provenance(folder: str) -> Optional[dict]:
     """This package's ``nnunet_mcc_provenance.json`` (None for other trainers); UserError when unreadable."""
-    path = os.path.join(folder, PROVENANCE_FILE)
-    if not os.path.isfile(path):
-        return None
-    content = read_json(path, "provenance file")
-    if not isinstance(content, dict):
-        raise UserError(f"provenance file {path} is not a JSON object")
-    return content
+    return provenance.read_provenance(folder)
 
 
-def loss_record(provenance: Optional[dict], debug_folder: Optional[str] = None) -> Dict[str, object]:
+def loss_record(record: Optional[dict], debug_folder: Optional[str] = None) -> Dict[str, object]:
     """``{"name", "settings"}`` of the loss: from the provenance file, else nnU-Net's ``debug.json`` repr."""
-    if provenance and isinstance(provenance.get("loss"), dict):
-        loss = provenance["loss"]
+    if record and isinstance(record.get("loss"), dict):
+        loss = record["loss"]
         return {"name": str(loss.get("name", "?")), "settings": loss.get("settings") or {}}
     if debug_folder:
         try:
@@ -211,12 +188,12 @@ LOG_SERIES = ("mean_fg_dice", "ema_fg_dice", "mean_fg_mcc", "train_losses", "val
 def training_log(folder: str) -> Tuple[Optional[Dict[str, List[float]]], str]:
     """Per-epoch series of a fold and where they came from: ``nnunet_mcc_log.json`` (no torch.load), else the
     ``logging`` of ``checkpoint_final.pth``/``checkpoint_latest.pth``; (None, why) when there is neither."""
-    path = os.path.join(folder, LOG_FILE)
+    path = os.path.join(folder, provenance.LOG_FILE)
     if os.path.isfile(path):
         try:
             content = read_json(path, "training log")
             series = content["series"]
-            return _cut_series(series), LOG_FILE
+            return _cut_series(series), provenance.LOG_FILE
         except (UserError, KeyError, TypeError) as e:
             print(f"warning: {path} is unreadable ({e}); looking for a checkpoint instead", file=sys.stderr)
     for name in ("checkpoint_final.pth", "checkpoint_latest.pth"):
@@ -229,7 +206,7 @@ def training_log(folder: str) -> Tuple[Optional[Dict[str, List[float]]], str]:
                 return _cut_series(checkpoint["logging"]), name
             except Exception as e:  # a broken checkpoint costs its learning curve, not the comparison
                 return None, f"{name} unreadable ({type(e).__name__})"
-    return None, f"no {LOG_FILE} and no checkpoint"
+    return None, f"no {provenance.LOG_FILE} and no checkpoint"
 
 
 def _cut_series(logging: dict) -> Dict[str, List[float]]:
@@ -245,13 +222,13 @@ def _cut_series(logging: dict) -> Dict[str, List[float]]:
 # ---- snapshots --------------------------------------------------------------------------------
 def snapshot_summaries(folder: str) -> Dict[int, str]:
     """epoch -> ``snapshots/epoch_<N>/summary.json`` (validated by the trainer during training)."""
-    root = os.path.join(folder, "snapshots")
+    root = os.path.join(folder, provenance.SNAPSHOT_FOLDER)
     found = {}
     if os.path.isdir(root):
         for name in os.listdir(root):
-            match = SNAPSHOT_FOLDER.match(name)
-            path = os.path.join(root, name, "summary.json")
-            if match and os.path.isfile(path):
+            match = SNAPSHOT_EPOCH.match(name)
+            path = provenance.snapshot_summary(folder, int(match.group(1))) if match else None
+            if path and os.path.isfile(path):
                 found[int(match.group(1))] = path
     return dict(sorted(found.items()))
 
@@ -310,17 +287,15 @@ def scores_from_counts(tp, fp, fn, tn) -> Dict[str, np.ndarray]:
 
     Dice, IoU and MCC are undefined (NaN) when the class is in neither reference nor prediction, as in
     nnU-Net. When exactly one marginal is empty (a present class predicted nowhere, or predicted
-    everywhere) MCC is 0/0 and is scored 0 (no correlation), so that missing a class counts against the
-    trainer instead of being dropped.
+    everywhere) MCC is 0/0 and is scored 0 (``metrics.mcc_score``), so that missing a class counts against
+    the trainer instead of being dropped.
     """
     tp, fp, fn, tn = (np.asarray(v, dtype=np.float64) for v in (tp, fp, fn, tn))
     defined = (tp + fp + fn) > 0
     with np.errstate(invalid="ignore", divide="ignore"):
         dice = np.where(defined, 2 * tp / np.where(defined, 2 * tp + fp + fn, 1), np.nan)
         iou = np.where(defined, tp / np.where(defined, tp + fp + fn, 1), np.nan)
-    mcc = mcc_from_counts(tp, fp, fn, tn)
-    mcc = np.where(defined, np.where(np.isfinite(mcc), mcc, 0.0), np.nan)
-    return {"Dice": dice, "IoU": iou, "MCC": mcc}
+    return {"Dice": dice, "IoU": iou, "MCC": mcc_score(tp, fp, fn, tn)}
 
 
 def case_id(entry: dict, file_ending: str) -> str:
