@@ -27,7 +27,7 @@ from typing import List
 
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.fileio import read_json, write_json
-from nnunet_mcc.knobs import BUDGET_VARIABLES
+from nnunet_mcc.knobs import SCHEDULE_VARIABLES, SEED_VARIABLE
 
 DEFAULT_WORK_DIR = os.path.join("nnunet_mcc_work", "demo")
 DATASET_NAME = "ImbalancedDemo"
@@ -141,7 +141,9 @@ def _set_environment(work: str, device: str, jobs: int) -> None:
         os.makedirs(os.environ[f"nnUNet_{kind}"], exist_ok=True)
     os.environ.setdefault("MPLBACKEND", "agg")
     # progress.png costs seconds per redraw: only the last epoch's (the trainers always draw it)
-    os.environ.setdefault(BUDGET_VARIABLES["plot_every"], "1000000")
+    os.environ.setdefault(SCHEDULE_VARIABLES["plot_every"], "1000000")
+    # seeded runs; with data augmentation in the training process (below, on cpu) a rerun gives the same curves
+    os.environ.setdefault(SEED_VARIABLE, "2026")
     if device == "cpu":
         os.environ["nnUNet_compile"] = "0"
         os.environ.setdefault("nnUNet_n_proc_DA", "1")  # planning needs at least one worker
