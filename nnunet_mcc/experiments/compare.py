@@ -29,6 +29,7 @@ import pandas as pd
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.experiments import convergence, report, results, stats
 from nnunet_mcc.fileio import atomic_folder, read_json
+from nnunet_mcc.provenance import PROVENANCE_FILE
 
 METRICS = ("Dice", "IoU", "MCC")
 TESTED_METRICS = ("Dice", "MCC")
@@ -137,7 +138,7 @@ def _run_record(state: results.FoldState, allow_unknown: bool) -> dict:
               "num_val_iterations_per_epoch": budget.num_val_iterations_per_epoch if budget else None,
               "iterations": budget.iterations if budget else None,
               "budget": budget.short() if budget else "unknown",
-              "budget_source": (results.provenance.PROVENANCE_FILE if provenance else "debug.json") if budget
+              "budget_source": (PROVENANCE_FILE if provenance else "debug.json") if budget
               else budget_problem,
               "budget_sources": json.dumps((provenance or {}).get("budget_sources") or {}, sort_keys=True),
               "loss": loss["name"], "loss_settings": json.dumps(loss["settings"], sort_keys=True),
