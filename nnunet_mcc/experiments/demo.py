@@ -41,7 +41,7 @@ DEFAULT_SPEC = dict(num_cases=25, shape=(64, 64), num_foreground_classes=3, nest
 # BraTS' names for a nested subset of its classes, so trainers that map BraTS settings by name apply
 EVALUATION_REGIONS = {"whole_tumor": [1, 2, 3], "tumor_core": [2, 3]}
 # Measured on a 2-core CPU (one thread per training, data augmentation in the training process): with
-# batch 8 an iteration of the narrow network costs ~0.1 CPU-s. On this dataset most runs' per-epoch
+# batch 8 an iteration of the narrow network costs ~0.08 CPU-s. On this dataset most runs' per-epoch
 # validation pseudo Dice stops rising after 300-400 iterations; some stall on the outer class for a few
 # hundred iterations first. Per run, fixed costs (nnU-Net's final validation with its spawned workers, the
 # last progress.png, trainer set-up) are ~15 CPU-s, so the budget goes mostly into training iterations.
