@@ -5,8 +5,8 @@
    ``evaluation_regions`` named after BraTS (whole tumour = 1+2+3, tumour core = 2+3);
 2. ``nnUNetv2_plan_and_preprocess`` and a narrow 3-stage configuration with batch 8 (``nnunet_mcc.plans``);
 3. five-fold cross-validation of nnU-Net's default loss and one trainer per loss family of this package
-   (``nnunet-mcc crossval``), with a budget at which nearly every run converges on this dataset (the report says which), and snapshots
-   validated during training for the "score after N iterations" table;
+   (``nnunet-mcc crossval``), with a budget at which nearly every run converges on this dataset (the
+   report says which), and snapshots validated during training for the "score after N iterations" table;
 4. ``nnunet-mcc compare``: prints the table, leaves the report in ``<work dir>/report``.
 
 The default finishes within 15 minutes on a 2-core CPU; the flags scale it up on a GPU
