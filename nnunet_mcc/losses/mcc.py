@@ -25,6 +25,26 @@ def soft_mcc(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, tn: torch.Ten
     return numerator / denominator
 
 
+def missed_class_penalty(tp: torch.Tensor, fn: torch.Tensor, hard_tp: torch.Tensor,
+                         floor: float = 1e-30) -> torch.Tensor:
+    """``-log(TP / (TP + FN))``, minus the log of the soft recall, for each class that is present
+    (``TP + FN > 0``) and missed: none of its voxels is predicted as the class (``hard_tp``, the number
+    of its voxels predicted as the class, is 0). 0 for every other class. Elementwise, in float64.
+
+    Once a network stops predicting a class, the probabilities on its voxels saturate near 0 and the
+    soft MCC's gradient with respect to their logits vanishes: the softmax (or sigmoid) Jacobian
+    multiplies the gradient with respect to the probabilities by ``p (1 - p)``, and the MCC's own
+    gradient grows too slowly to make up for it, so the class never comes back. The gradient of
+    ``log TP`` with respect to the logit of each of the class's voxels is ``p_i (1 - p_i) / TP``, which
+    sums to about 1 however far the class has saturated. The recall is floored at ``floor`` (a logit
+    gap of about 70): below it the penalty keeps its value but has no gradient, so gradients stay finite.
+    """
+    with torch.no_grad():
+        gate = (hard_tp == 0) & (tp + fn > 0)
+    recall = tp.double() / (tp + fn).double().clamp_min(1e-12)
+    return torch.where(gate, -torch.log(recall.clamp_min(floor)), torch.zeros_like(recall))
+
+
 class MCCLoss(ConfusionLoss):
     r"""Soft Matthews Correlation Coefficient loss, ``1 - MCC`` of soft confusion counts.
 
@@ -74,14 +94,20 @@ class MCCLoss(ConfusionLoss):
         reduction: as in MONAI: ``"mean"`` (the mean over classes and samples), ``"sum"`` (the sum
             over classes and samples) or ``"none"`` (the per-sample, per-class losses ``(B, K)``, or
             ``(1, K)`` with ``batch=True``, K the scored classes).
+        missed_weight: weight of :func:`missed_class_penalty`, added to the loss of a class that is
+            present in the target (of the batch when pooled, of the sample otherwise) but of which no
+            voxel is predicted as the class (the argmax, or probability > 0.5 for sigmoid regions and a
+            single binary channel). 0 (the default) is the plain soft MCC. With any weight, the loss of
+            every class of which at least one voxel is predicted is exactly ``1 - MCC``, value and
+            gradient bit for bit. ``nnUNetTrainerMCC`` uses 1: docs/mcc_rare_classes.md shows why.
 
     ``forward(x, y, loss_mask=None)``: ``x`` logits ``(B, C, *S)``; ``y`` label map ``(B, 1, *S)`` /
     ``(B, *S)`` or one-hot/regions ``(B, C, *S)``; ``loss_mask`` ``(B, 1, *S)``, 1 where valid (the
     form nnU-Net's compound losses pass, so ``MCCLoss`` fits their Dice slot).
 
     Raises:
-        ValueError: on an unknown ``apply_nonlin`` or ``reduction``, ``eps <= 0``, a non-integer
-            ``ignore_index``, and (in ``forward``) on shapes that do not fit or target values outside
+        ValueError: on an unknown ``apply_nonlin`` or ``reduction``, ``eps <= 0``, ``missed_weight < 0``
+            or set with a custom activation, a non-integer ``ignore_index``, and (in ``forward``) on shapes that do not fit or target values outside
             the classes.
 
     Example:
@@ -96,17 +122,26 @@ class MCCLoss(ConfusionLoss):
 
     def __init__(self, apply_nonlin: Nonlin = "softmax", batch: bool = True, include_background: bool = False,
                  ignore_index: Optional[int] = None, region_ignore_channel: bool = False, eps: float = 1e-20,
-                 ddp: bool = False, check_target: bool = True, reduction: str = "mean"):
+                 ddp: bool = False, check_target: bool = True, reduction: str = "mean",
+                 missed_weight: float = 0.0):
         super().__init__(apply_nonlin, include_background, ignore_index, region_ignore_channel, check_target,
                          reduction)
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps}")
+        if not missed_weight >= 0:
+            raise ValueError(f"missed_weight must be >= 0, got {missed_weight}")
+        if missed_weight and self.nonlin_kind == "custom":
+            raise ValueError("missed_weight needs apply_nonlin 'softmax', 'sigmoid' or None: the hard "
+                             "prediction of a custom activation is unknown")
         self.batch = bool(batch)
         self.eps = float(eps)
         self.ddp = bool(ddp)
+        self.missed_weight = float(missed_weight)
 
-    def confusion(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor] = None):
-        """Soft TP, FP, FN, TN, each (B, K), or (1, K) when pooled (float32, K classes scored)."""
+    def confusion(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor] = None,
+                  hard_tp: bool = False):
+        """Soft TP, FP, FN, TN, each (B, K), or (1, K) when pooled (float32, K classes scored); with
+        ``hard_tp`` also the number of each class's voxels predicted as the class, pooled the same way."""
         probs, onehot, mask = self._probabilities_and_target(x, y, loss_mask)
         if mask is not None:
             probs = probs * mask
@@ -119,13 +154,34 @@ class MCCLoss(ConfusionLoss):
         sum_g = onehot.sum(-1)
         fp, fn = sum_p - tp, sum_g - tp
         tn = n_valid - tp - fp - fn
-        stats = torch.stack((tp, fp, fn, tn))  # (4, B, K)
+        extra = ()
+        if hard_tp:
+            extra = ((self._hard_prediction(probs, probs.shape[1] < x.shape[1]) & (onehot > 0)).sum(-1).float(),)
+        stats = torch.stack((tp, fp, fn, tn) + extra)  # (4 or 5, B, K)
         if self.batch:
             stats = stats.sum(1, keepdim=True)
             if ddp_active(self.ddp):
                 stats = sum_over_ranks(stats)
         return stats.unbind(0)
 
+    def _hard_prediction(self, probs: torch.Tensor, background_dropped: bool) -> torch.Tensor:
+        """Voxels predicted as each scored class (B, K, N): the argmax over all classes (the background's
+        probability is 1 minus the rest when it was dropped), or probability > 0.5 for sigmoid regions
+        and a single binary channel. Masked voxels (probability set to 0) are never predicted."""
+        with torch.no_grad():
+            if self.nonlin_kind == "sigmoid" or (probs.shape[1] == 1 and not background_dropped):
+                return probs > 0.5
+            top = probs.max(1, keepdim=True).values
+            if background_dropped:
+                top = torch.maximum(top, 1 - probs.sum(1, keepdim=True))
+            return (probs >= top) & (probs > 0)
+
     def forward(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        loss = 1 - soft_mcc(*self.confusion(x, y, loss_mask), eps=self.eps)
+        if not self.missed_weight:
+            loss = 1 - soft_mcc(*self.confusion(x, y, loss_mask), eps=self.eps)
+        else:
+            tp, fp, fn, tn, hard_tp = self.confusion(x, y, loss_mask, hard_tp=True)
+            # adding an exact 0 keeps the value and gradient of every class that is found bit for bit
+            penalty = self.missed_weight * missed_class_penalty(tp, fn, hard_tp)
+            loss = 1 - soft_mcc(tp, fp, fn, tn, eps=self.eps) + penalty
         return reduce_per_sample(loss, self.reduction, self.batch, self.ddp)

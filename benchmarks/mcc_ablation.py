@@ -1,0 +1,647 @@
+"""Why does ``nnUNetTrainerMCC`` lose the rarest class? A one-factor-at-a-time ablation on the demo's dataset.
+
+The dataset is the demo's embedded default, fixed here (2D 64x64, 25 cases, three nested classes at
+about 3 %, 1.5 % and 0.5 % of the image), planned by nnU-Net and trained with the demo's narrow
+configuration (``2d_small``: 3 stages, 8 base features). Every variant below changes ONE setting of
+``nnUNetTrainerMCC`` (learning rate, batch-pooled vs per-sample counts, background, ``eps``, the
+missed-class penalty), beside the comparison trainers (nnU-Net's Dice + CE, MCC + CE, CE, Dice). Each run is seeded
+(torch, numpy, random, the same seed per fold for every variant) and runs nnU-Net's own training and
+final validation in a process of its own, with one thread and augmentation in that process.
+
+During training a probe measures, on the first few iterations of every epoch and at full resolution,
+per foreground class: the class's mean predicted probability on its own voxels, the norm of the
+gradient of the loss with respect to the logits (dL/dz_c) and of the soft MCC with respect to the
+probabilities (dL/dp_c), each over the class's voxels and over the rest. The probe reuses the training
+batch and a forward pass without gradient (the network has no dropout and no running statistics), so
+it does not change the run.
+
+    python benchmarks/mcc_ablation.py --quick          # smoke run: 2 variants, 1 fold, a few iterations
+    python benchmarks/mcc_ablation.py                  # the table of docs/mcc_rare_classes.md
+    python benchmarks/mcc_ablation.py --report-only    # rebuild the table from finished runs
+
+Results (``ablation.json``, ``ablation.csv``, ``ablation.md``, ``gradients.json``, ``gradients.md``,
+``gradients.png``) go to the work folder (default ``nnunet_mcc_work/ablation``), with nnU-Net's folders
+and each run's log. Finished runs with the same settings are reused, so an interrupted ablation continues
+where it stopped.
+"""
+
+import argparse
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+DEFAULT_WORK_DIR = os.path.join("nnunet_mcc_work", "ablation")
+QUICK_WORK_DIR = os.path.join("nnunet_mcc_work", "ablation_quick")  # never mixed with the full runs
+DATASET_ID = 991
+DATASET_NAME = "MCCAblation"
+DATASET = f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
+# the demo's embedded default at the time of the ablation, fixed here so that the table stays reproducible
+SPEC = dict(num_cases=25, shape=(64, 64), num_foreground_classes=3, nested=True, foreground_fraction=0.05,
+            class_weights=(0.6, 0.3, 0.1), noise=0.25, bias=0.3, seed=2026,
+            class_names=("edema", "non_enhancing_tumor", "enhancing_tumor"))
+EVALUATION_REGIONS = {"whole_tumor": [1, 2, 3], "tumor_core": [2, 3]}
+BASE_CONFIGURATION, CONFIGURATION = "2d", "2d_small"
+PLANS = "nnUNetPlans"
+SEED = 12345
+
+FULL = dict(epochs=60, iterations=50, val_iterations=10, folds=[0, 1, 2], probe_iterations=4)
+QUICK = dict(epochs=2, iterations=8, val_iterations=2, folds=[0], probe_iterations=2)
+QUICK_VARIANTS = ("MCC", "MCC_missed")
+
+# name -> (trainer class name, what differs from nnUNetTrainerMCC's defaults)
+VARIANTS = {
+    "MCC": ("AblationMCC", "the plain soft MCC (nnUNetTrainerMCC with missed_weight 0): lr 1e-2, "
+                           "batch-pooled counts, background excluded, eps 1e-20"),
+    "MCC_lr1e-3": ("AblationMCC_lr1e3", "initial_lr 1e-3 (nnU-Net v1's MCC trainers)"),
+    "MCC_per_sample": ("AblationMCC_perSample", "counts per sample (batch=False)"),
+    "MCC_with_bg": ("AblationMCC_withBG", "background class scored as well"),
+    "MCC_eps1e-6": ("AblationMCC_eps1e6", "eps 1e-6 under the root (on counts normalised to sum 1)"),
+    "MCC_missed": ("AblationMCC_missed", "-log(soft recall) added for a present class of which no voxel is "
+                                         "predicted (missed_weight 1: nnUNetTrainerMCC's default)"),
+    "DC+CE": ("AblationDCCE", "nnU-Net's Dice + CE (nnUNetTrainerBaseline)"),
+    "MCC+CE": ("AblationMCCCE", "nnUNetTrainerMCC_CE"),
+    "CE": ("AblationCE", "nnU-Net's CE alone (nnUNetTrainerBaselineCE)"),
+    "Dice": ("AblationDice", "nnU-Net's soft Dice alone (nnUNetTrainerBaselineDice)"),
+}
+
+
+# ---- environment -------------------------------------------------------------------------------
+def set_environment(work: str) -> None:
+    """nnU-Net's folders inside the work folder and CPU settings; before nnunetv2 is imported."""
+    for kind in ("raw", "preprocessed", "results"):
+        os.environ[f"nnUNet_{kind}"] = os.path.join(work, f"nnUNet_{kind}")
+        os.makedirs(os.environ[f"nnUNet_{kind}"], exist_ok=True)
+    os.environ.setdefault("MPLBACKEND", "agg")
+    os.environ["nnUNet_compile"] = "0"
+    os.environ["nnUNet_def_n_proc"] = "1"
+    os.environ.setdefault("nnUNet_n_proc_DA", "1")  # planning needs >= 1; the runs set 0 for themselves
+
+
+def prepare(work: str) -> None:
+    """The dataset, nnU-Net's plans and preprocessing, the narrow configuration and the five-fold split."""
+    import json
+
+    from nnunet_mcc.errors import UserError
+    from nnunet_mcc.fileio import read_json, write_json
+    from nnunet_mcc.plans import add_small_configuration, configuration_names, plans_path
+    from nnunet_mcc.synthetic import SyntheticSpec, make_synthetic_dataset
+
+    raw = os.path.join(os.environ["nnUNet_raw"], DATASET)
+    spec = SyntheticSpec(**SPEC)
+    dataset_json_file = os.path.join(raw, "dataset.json")
+    if os.path.isfile(dataset_json_file):
+        existing = read_json(dataset_json_file, "dataset.json")
+        if json.loads(json.dumps(existing.get("synthetic_spec"))) != json.loads(json.dumps(spec.__dict__)):
+            raise UserError(f"{raw} holds another dataset than this ablation's: remove the work folder "
+                            f"{work} or choose another --work-dir")
+    else:
+        print("making the synthetic dataset", flush=True)
+        make_synthetic_dataset(os.environ["nnUNet_raw"], DATASET_ID, DATASET_NAME, spec, overwrite=True)
+        dataset_json = read_json(dataset_json_file, "dataset.json")
+        dataset_json["evaluation_regions"] = EVALUATION_REGIONS
+        write_json(dataset_json_file, dataset_json, "dataset.json")
+    plans = plans_path(os.environ["nnUNet_preprocessed"], DATASET)
+    if not os.path.isdir(os.path.join(os.environ["nnUNet_preprocessed"], DATASET, f"{PLANS}_{BASE_CONFIGURATION}")):
+        print("nnUNetv2_plan_and_preprocess (about a minute)", flush=True)
+        log = os.path.join(work, "plan_and_preprocess.log")
+        command = [os.path.join(os.path.dirname(sys.executable), "nnUNetv2_plan_and_preprocess"), "-d",
+                   str(DATASET_ID), "-c", BASE_CONFIGURATION, "-np", "1"]
+        with open(log, "w") as handle:
+            code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT).returncode
+        if code != 0:
+            raise UserError(f"nnUNetv2_plan_and_preprocess failed (exit {code}); log: {log}")
+    if CONFIGURATION not in configuration_names(plans):
+        add_small_configuration(plans, BASE_CONFIGURATION, CONFIGURATION, n_stages=3, base_features=8)
+    from nnunet_mcc.experiments.crossval import ensure_splits
+
+    ensure_splits(DATASET, BASE_CONFIGURATION, PLANS, [0, 1, 2, 3, 4])
+
+
+# ---- the variants ------------------------------------------------------------------------------
+def trainer_classes() -> Dict[str, type]:
+    """The ablation's trainers, by variant name (built after nnU-Net's paths are set)."""
+    import torch
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+
+    from nnunet_mcc.fileio import write_json
+    from nnunet_mcc.losses import MCCLoss
+    from nnunet_mcc.trainers.baselines import nnUNetTrainerBaseline, nnUNetTrainerBaselineCE, nnUNetTrainerBaselineDice
+    from nnunet_mcc.trainers.mcc import nnUNetTrainerMCC, nnUNetTrainerMCC_CE
+
+    class Probed:
+        """Learning-rate override and the gradient probe (a mixin before the trainer class)."""
+
+        lr: Optional[float] = None
+        probe_iterations = 0
+
+        def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+            super().__init__(plans, configuration, fold, dataset_json, device)
+            if self.lr is not None:
+                self.initial_lr = self.lr
+            self.probe_iterations = int(os.environ.get("MCC_ABLATION_PROBE_ITERATIONS", "0"))
+            self.probe_records: List[dict] = []
+            self._iteration_in_epoch = 0
+
+        def on_train_epoch_start(self):
+            super().on_train_epoch_start()
+            self._iteration_in_epoch = 0
+
+        def train_step(self, batch: dict) -> dict:
+            if self._iteration_in_epoch < self.probe_iterations:
+                self.probe_records.append(self.probe(batch))
+            self._iteration_in_epoch += 1
+            return super().train_step(batch)
+
+        def on_train_end(self):
+            write_json(os.path.join(self.output_folder, "gradient_probe.json"),
+                       {"variant": type(self).__name__, "records": self.probe_records}, "gradient probe")
+            super().on_train_end()
+
+        def seed_mcc(self) -> torch.nn.Module:
+            """The seed's soft MCC on probabilities, with this run's settings (for dL/dp)."""
+            return MCCLoss(None, batch=self.configuration_manager.batch_dice, check_target=False)
+
+        def probe_terms(self) -> Dict[str, torch.nn.Module]:
+            loss = self.loss.loss if isinstance(self.loss, DeepSupervisionWrapper) else self.loss
+            terms = {"loss": loss}
+            for name in ("dc", "ce"):
+                if hasattr(loss, name):
+                    terms[name] = getattr(loss, name)
+            return terms
+
+        def probe(self, batch: dict) -> dict:
+            data = batch["data"].to(self.device, non_blocking=True)
+            target = batch["target"][0] if isinstance(batch["target"], list) else batch["target"]
+            target = target.to(self.device)
+            with torch.no_grad():
+                output = self.network(data)
+            logits = (output[0] if isinstance(output, (list, tuple)) else output).detach().float()
+            labels = target[:, 0].long()
+            probabilities = torch.softmax(logits, 1)
+            record = {"epoch": self.current_epoch, "classes": {}}
+            gradients_z = {}
+            for name, term in self.probe_terms().items():
+                z = logits.clone().requires_grad_(True)
+                value = term(z, target)
+                (gradients_z[name],) = torch.autograd.grad(value, z)
+                record[f"value_{name}"] = float(value.detach())
+            p = probabilities.clone().requires_grad_(True)
+            (gradient_p,) = torch.autograd.grad(self.seed_mcc()(p, target), p)
+            predicted = logits.argmax(1)
+            for c in range(1, logits.shape[1]):
+                own = labels == c
+                rest = ~own
+                entry = {"voxels": int(own.sum()), "predicted_voxels": int((predicted == c).sum()),
+                         "mean_p_own": float(probabilities[:, c][own].mean()) if own.any() else None,
+                         "max_p_own": float(probabilities[:, c][own].max()) if own.any() else None,
+                         "dL_dp_own": float(gradient_p[:, c][own].norm()),
+                         "dL_dp_rest": float(gradient_p[:, c][rest].norm())}
+                for name, g in gradients_z.items():
+                    entry[f"dz_{name}_own"] = float(g[:, c][own].norm())
+                    entry[f"dz_{name}_rest"] = float(g[:, c][rest].norm())
+                    entry[f"dz_{name}_own_sum"] = float(g[:, c][own].sum())
+                record["classes"][str(c)] = entry
+            return record
+
+    class MCCVariant(Probed, nnUNetTrainerMCC):
+        batch: Optional[bool] = None  # None: nnU-Net's batch_dice from the plans
+        include_background = False
+        eps = 1e-20
+        missed_weight = 0.0
+
+        def _mcc_kwargs(self) -> dict:
+            kwargs = super()._mcc_kwargs()
+            if self.batch is not None:
+                kwargs["batch"] = self.batch
+            return kwargs
+
+        def loss_kwargs(self) -> dict:
+            return {**self._mcc_kwargs(), "include_background": self.include_background, "eps": self.eps,
+                    "missed_weight": self.missed_weight}
+
+        def _build_loss(self):
+            return self._wrap_deep_supervision(MCCLoss("softmax", **self.loss_kwargs()))
+
+        def seed_mcc(self):
+            return MCCLoss(None, **{**self.loss_kwargs(), "missed_weight": 0.0})
+
+    class AblationMCC(MCCVariant):
+        pass
+
+    class AblationMCC_lr1e3(MCCVariant):
+        lr = 1e-3
+
+    class AblationMCC_perSample(MCCVariant):
+        batch = False
+
+    class AblationMCC_withBG(MCCVariant):
+        include_background = True
+
+    class AblationMCC_eps1e6(MCCVariant):
+        eps = 1e-6
+
+    class AblationMCC_missed(MCCVariant):
+        missed_weight = 1.0
+
+    class AblationDCCE(Probed, nnUNetTrainerBaseline):
+        pass
+
+    class AblationMCCCE(Probed, nnUNetTrainerMCC_CE):
+        pass
+
+    class AblationCE(Probed, nnUNetTrainerBaselineCE):
+        pass
+
+    class AblationDice(Probed, nnUNetTrainerBaselineDice):
+        pass
+
+    classes = {c.__name__: c for c in (
+        AblationMCC, AblationMCC_lr1e3, AblationMCC_perSample, AblationMCC_withBG, AblationMCC_eps1e6,
+        AblationMCC_missed, AblationDCCE, AblationMCCCE, AblationCE, AblationDice)}
+    return {variant: classes[class_name] for variant, (class_name, _) in VARIANTS.items()}
+
+
+# ---- one run -----------------------------------------------------------------------------------
+def run_folder(variant: str, fold: int) -> str:
+    return os.path.join(os.environ["nnUNet_results"], DATASET,
+                        f"{VARIANTS[variant][0]}__{PLANS}__{CONFIGURATION}", f"fold_{fold}")
+
+
+def worker(variant: str, fold: int) -> int:
+    """Train and validate one (variant, fold) in this process, seeded, on one CPU thread."""
+    import torch
+
+    torch.set_num_threads(1)
+    # the same per fold for every variant: the same initial network and the same first batches
+    seed = int(os.environ.get("MCC_ABLATION_SEED", SEED)) + fold
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    from batchgenerators.utilities.file_and_folder_operations import join, load_json
+
+    trainer_class = trainer_classes()[variant]
+    preprocessed = os.path.join(os.environ["nnUNet_preprocessed"], DATASET)
+    plans = load_json(join(preprocessed, f"{PLANS}.json"))
+    plans["continue_training"] = False  # nnU-Net's trainer pops this key (set by its get_trainer_from_args)
+    dataset_json = load_json(join(preprocessed, "dataset.json"))
+    trainer = trainer_class(plans=plans, configuration=CONFIGURATION, fold=fold, dataset_json=dataset_json,
+                            device=torch.device("cpu"))
+    started = time.time()
+    trainer.run_training()
+    trained = time.time() - started
+    trainer.perform_actual_validation(False)
+    from nnunet_mcc.fileio import write_json
+
+    write_json(os.path.join(trainer.output_folder, "ablation_run.json"),
+               {"variant": variant, "fold": fold, "seed": seed, "training_seconds": round(trained, 1),
+                "total_seconds": round(time.time() - started, 1), "budget": budget_from_environment()},
+               "run record")
+    return 0
+
+
+def budget_from_environment() -> dict:
+    return {"epochs": int(os.environ["NNUNET_MCC_EPOCHS"]), "iterations": int(os.environ["NNUNET_MCC_ITERATIONS"]),
+            "val_iterations": int(os.environ["NNUNET_MCC_VAL_ITERATIONS"]),
+            "probe_iterations": int(os.environ.get("MCC_ABLATION_PROBE_ITERATIONS", "0")),
+            "seed": int(os.environ.get("MCC_ABLATION_SEED", SEED))}
+
+
+def run_is_current(variant: str, fold: int, budget: dict) -> bool:
+    import json
+
+    path = os.path.join(run_folder(variant, fold), "ablation_run.json")
+    if not os.path.isfile(os.path.join(run_folder(variant, fold), "validation", "summary.json")):
+        return False
+    try:
+        with open(path) as f:
+            return json.load(f).get("budget") == budget
+    except (OSError, ValueError):
+        return False
+
+
+def run_all(work: str, variants: Sequence[str], folds: Sequence[int], budget: dict, jobs: int) -> List[str]:
+    """Start the missing runs, ``jobs`` at a time, each a fresh process; return the failures."""
+    import shutil
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", nnUNet_n_proc_DA="0",
+               NNUNET_MCC_EPOCHS=str(budget["epochs"]), NNUNET_MCC_ITERATIONS=str(budget["iterations"]),
+               NNUNET_MCC_VAL_ITERATIONS=str(budget["val_iterations"]),
+               NNUNET_MCC_SAVE_EVERY=str(budget["epochs"]), NNUNET_MCC_PLOT_EVERY=str(budget["epochs"]),
+               MCC_ABLATION_PROBE_ITERATIONS=str(budget["probe_iterations"]), MCC_ABLATION_SEED=str(budget["seed"]))
+    env.pop("NNUNET_MCC_SNAPSHOT_EPOCHS", None)
+    todo = [(v, f) for f in folds for v in variants if not run_is_current(v, f, budget)]
+    logs = os.path.join(work, "logs")
+    os.makedirs(logs, exist_ok=True)
+    print(f"{len(todo)} runs to do ({len(variants) * len(folds) - len(todo)} reused), {jobs} at a time", flush=True)
+    running, failures, started = [], [], time.time()
+    while todo or running:
+        while todo and len(running) < jobs:
+            variant, fold = todo.pop(0)
+            shutil.rmtree(run_folder(variant, fold), ignore_errors=True)
+            log = os.path.join(logs, f"{variant}_fold{fold}.log")
+            handle = open(log, "w")
+            command = [sys.executable, os.path.abspath(__file__), "--work-dir", work, "--worker", variant, str(fold)]
+            running.append((variant, fold, log, handle, time.time(),
+                            subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)))
+        time.sleep(2)
+        for item in list(running):
+            variant, fold, log, handle, t0, process = item
+            if process.poll() is None:
+                continue
+            handle.close()
+            running.remove(item)
+            ok = process.returncode == 0
+            if not ok:
+                failures.append(f"{variant} fold {fold} (exit {process.returncode}, log {log})")
+            print(f"[{time.time() - started:6.0f} s] {variant} fold {fold}: "
+                  f"{'done' if ok else 'FAILED'} in {time.time() - t0:.0f} s", flush=True)
+    return failures
+
+
+# ---- the table ---------------------------------------------------------------------------------
+def plateau(logging: dict) -> dict:
+    """nnU-Net's EMA pseudo Dice at two thirds of training and at the end, and the project's convergence
+    verdict (``nnunet_mcc.experiments.convergence``, the criterion ``compare`` applies) on the raw series."""
+    from nnunet_mcc.experiments.convergence import judge
+
+    ema = logging["ema_fg_dice"]
+    verdict = judge({k: logging.get(k) for k in ("mean_fg_dice", "mean_fg_mcc")})
+    if len(ema) < 2:
+        return {"ema_two_thirds": None, "ema_end": None, "converged": verdict.converged}
+    return {"ema_two_thirds": float(ema[(2 * len(ema)) // 3 - 1]), "ema_end": float(ema[-1]),
+            "converged": verdict.converged, "convergence": verdict.describe()}
+
+
+def collect(variants: Sequence[str], folds: Sequence[int]) -> dict:
+    """Per variant and fold: Dice and MCC per class (mean over the fold's validation cases), plateau, time."""
+    import torch
+
+    from nnunet_mcc.experiments.results import COUNTS, read_summary, scores_from_counts
+    from nnunet_mcc.fileio import read_json
+
+    raw_json = read_json(os.path.join(os.environ["nnUNet_raw"], DATASET, "dataset.json"), "dataset.json")
+    names = {str(v): k for k, v in raw_json["labels"].items() if k != "background"}
+    runs = {}
+    for variant in variants:
+        for fold in folds:
+            folder = run_folder(variant, fold)
+            summary = os.path.join(folder, "validation", "summary.json")
+            if not os.path.isfile(summary):
+                continue
+            rows = read_summary(summary, raw_json["file_ending"], names)
+            per_class = {}
+            for key in sorted(names, key=int):
+                counts = {c: np.array([r[c] for r in rows if r["key"] == key]) for c in COUNTS}
+                scores = scores_from_counts(*(counts[c] for c in COUNTS))
+                per_class[key] = {"Dice": float(np.nanmean(scores["Dice"])), "MCC": float(np.nanmean(scores["MCC"])),
+                                  "never_predicted_cases": int(np.sum(counts["TP"] + counts["FP"] == 0))}
+            checkpoint = torch.load(os.path.join(folder, "checkpoint_final.pth"), map_location="cpu",
+                                    weights_only=False)
+            logging = checkpoint["logging"]
+            record = read_json(os.path.join(folder, "ablation_run.json"), "run record")
+            runs[f"{variant}/{fold}"] = {
+                "variant": variant, "fold": fold, "per_class": per_class,
+                "validation_cases": len({r["case"] for r in rows}),
+                "ema_fg_dice": [float(v) for v in logging["ema_fg_dice"]],
+                "pseudo_mcc_per_class": [[float(x) if x == x else None for x in v]
+                                         for v in logging.get("mcc_per_class_or_region", [])],
+                **plateau(logging), "seconds": record["total_seconds"], "budget": record["budget"]}
+    return runs
+
+
+def summarise(runs: dict, variants: Sequence[str], folds: Sequence[int]) -> List[dict]:
+    rows = []
+    for variant in variants:
+        mine = [runs[f"{variant}/{f}"] for f in folds if f"{variant}/{f}" in runs]
+        if not mine:
+            continue
+        row = {"variant": variant, "setting": VARIANTS[variant][1], "folds": len(mine),
+               "converged": f"{sum(bool(r['converged']) for r in mine)}/{len(mine)}",
+               "ema_two_thirds": float(np.mean([r["ema_two_thirds"] or np.nan for r in mine])),
+               "ema_end": float(np.mean([r["ema_end"] or np.nan for r in mine])),
+               "minutes_per_run": float(np.mean([r["seconds"] for r in mine])) / 60}
+        # a class is lost in a fold when it is predicted in none of the fold's validation cases
+        lost = {key: sum(r["per_class"][key]["never_predicted_cases"] == r["validation_cases"] for r in mine)
+                for key in mine[0]["per_class"]}
+        row["lost"] = ", ".join(f"class {k}: {n}" for k, n in lost.items() if n) or "none"
+        for key in mine[0]["per_class"]:
+            for metric in ("Dice", "MCC"):
+                values = [r["per_class"][key][metric] for r in mine]
+                row[f"{metric}_{key}"] = float(np.mean(values))
+                row[f"{metric}_{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: List[dict], classes: Sequence[str], budget: dict) -> str:
+    from nnunet_mcc.experiments.convergence import CRITERION
+
+    header = ["variant"] + [f"Dice {c}" for c in classes] + [f"MCC {c}" for c in classes] + \
+             ["folds that lost a class", "EMA pseudo Dice at 2/3 -> end", "converged", "min/run"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["variant"]]
+        for metric in ("Dice", "MCC"):
+            cells += [f"{row[f'{metric}_{c}']:.2f} ± {row[f'{metric}_{c}_std']:.2f}" for c in classes]
+        cells += [row["lost"], f"{row['ema_two_thirds']:.2f} -> {row['ema_end']:.2f}", row["converged"],
+                  f"{row['minutes_per_run']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"Mean ± std over {rows[0]['folds'] if rows else 0} folds of each fold's mean over its validation "
+                 f"cases; budget {budget['epochs']} epochs x {budget['iterations']} iterations, narrow configuration "
+                 f"{CONFIGURATION}, CPU, one thread per run. Convergence criterion: {CRITERION}.")
+    return "\n".join(lines) + "\n"
+
+
+def gradient_summary(variants: Sequence[str], folds: Sequence[int]) -> dict:
+    """Per variant, fold, class and epoch: the median over the probed iterations of every probe measure."""
+    from nnunet_mcc.fileio import read_json
+
+    out = {}
+    for variant in variants:
+        for fold in folds:
+            path = os.path.join(run_folder(variant, fold), "gradient_probe.json")
+            if not os.path.isfile(path):
+                continue
+            per_class: Dict[str, Dict[int, Dict[str, list]]] = {}
+            for record in read_json(path, "gradient probe")["records"]:
+                for c, entry in record["classes"].items():
+                    slot = per_class.setdefault(c, {}).setdefault(record["epoch"], {})
+                    for key, value in entry.items():
+                        if value is not None:
+                            slot.setdefault(key, []).append(value)
+            out.setdefault(variant, {})[str(fold)] = {
+                c: {str(e): {k: float(np.median(v)) for k, v in measures.items()}
+                    for e, measures in sorted(epochs.items())}
+                for c, epochs in per_class.items()}
+    return out
+
+
+def saturation_slopes(summary: dict, below: float = 1e-3) -> Dict[str, dict]:
+    """Per variant: least-squares slopes of log10 |dL/dp| and log10 |dL/dz| (the class's own voxels) against
+    log10 of the class's mean probability there, over the epochs in which that probability was below
+    ``below`` (a class the network had stopped predicting). The soft MCC predicts -1/2 and +1/2."""
+    out = {}
+    for variant, folds in summary.items():
+        points = [(m["mean_p_own"], m["dL_dp_own"], m["dz_loss_own"])
+                  for classes in folds.values() for epochs in classes.values() for m in epochs.values()
+                  if m.get("mean_p_own", 1) < below and m.get("dz_loss_own", 0) > 0 and m.get("dL_dp_own", 0) > 0]
+        if len(points) < 5:
+            continue
+        x, dp, dz = (np.log10(np.array(v)) for v in zip(*points))
+        out[variant] = {"points": len(points), "mean_p_own_range": [float(10 ** x.min()), float(10 ** x.max())],
+                        "slope_dL_dp": float(np.polyfit(x, dp, 1)[0]), "slope_dL_dz": float(np.polyfit(x, dz, 1)[0])}
+    return out
+
+
+def gradient_markdown(summary: dict, epochs: Sequence[int] = (0, 1, 2, 5, 10, 20, 40, 59)) -> str:
+    """One table per run and class: the probe's medians at a few epochs. dL/dz is the gradient of the run's
+    own loss with respect to the logits; d(1-MCC)/dp that of the soft MCC with respect to the probabilities
+    (the run's loss for the MCC variants, a reference measured on the others' predictions)."""
+    lines = []
+    for variant, folds in summary.items():
+        for fold, classes in folds.items():
+            for c, per_epoch in classes.items():
+                lines += [f"### {variant}, fold {fold}, class {c}", "",
+                          "| epoch | predicted voxels | mean p (own) | d(1-MCC)/dp (own) | dL/dz (own) | "
+                          "dL/dz (rest) |",
+                          "|---|---|---|---|---|---|"]
+                for e in epochs:
+                    m = per_epoch.get(str(e))
+                    if m is None:
+                        continue
+                    lines.append(f"| {e} | {m['predicted_voxels']:.0f} | {m.get('mean_p_own', float('nan')):.1e} | "
+                                 f"{m['dL_dp_own']:.1e} | {m['dz_loss_own']:.1e} | {m['dz_loss_rest']:.1e} |")
+                lines.append("")
+    return "\n".join(lines)
+
+
+def gradient_plot(summary: dict, path: str, fold: str = "1", c: str = "3",
+                  variants: Sequence[str] = ("MCC", "MCC_missed", "MCC+CE", "Dice")) -> Optional[str]:
+    """Class ``c``'s mean probability on its own voxels and dL/dz there, per epoch, for one fold (log scale)."""
+    import matplotlib
+
+    matplotlib.use("agg")
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from nnunet_mcc.fileio import write_bytes
+
+    shown = [v for v in variants if fold in summary.get(v, {}) and c in summary[v][fold]]
+    if not shown:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3), dpi=90)
+    for variant in shown:
+        per_epoch = summary[variant][fold][c]
+        epochs = sorted(int(e) for e in per_epoch)
+        for ax, key in zip(axes, ("mean_p_own", "dz_loss_own")):
+            ax.semilogy(epochs, [per_epoch[str(e)][key] for e in epochs], label=variant)
+    axes[0].set_title(f"class {c}: mean probability on its voxels", fontsize=9)
+    axes[1].set_title(f"class {c}: |dL/dz| on its voxels", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    from PIL import Image  # matplotlib's own dependency: a 32-colour palette makes the file 4x smaller
+
+    small = io.BytesIO()
+    Image.open(buffer).convert("RGB").convert("P", palette=Image.ADAPTIVE, colors=32).save(small, "PNG", optimize=True)
+    write_bytes(path, small.getvalue(), "gradient plot")
+    return path
+
+
+def report(work: str, variants: Sequence[str], folds: Sequence[int], budget: dict) -> str:
+    import csv
+    import io
+
+    from nnunet_mcc.fileio import write_json, write_text
+
+    runs = collect(variants, folds)
+    rows = summarise(runs, variants, folds)
+    classes = sorted({k for r in runs.values() for k in r["per_class"]}, key=int)
+    table = markdown(rows, classes, budget)
+    settings = {"dataset": SPEC, "configuration": CONFIGURATION, "budget": budget, "folds": list(folds),
+                "seed": f"{budget['seed']} + fold", "variants": {v: VARIANTS[v][1] for v in variants}}
+    write_json(os.path.join(work, "ablation.json"), {"settings": settings, "summary": rows, "runs": runs},
+               "ablation results")
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    write_text(os.path.join(work, "ablation.csv"), buffer.getvalue(), "ablation table")
+    write_text(os.path.join(work, "ablation.md"), table, "ablation table")
+    gradients = gradient_summary(variants, folds)
+    write_json(os.path.join(work, "gradients.json"),
+               {"settings": settings, "saturation_slopes": saturation_slopes(gradients),
+                "per_variant_fold_class_epoch": gradients}, "gradient measurements")
+    write_text(os.path.join(work, "gradients.md"), gradient_markdown(gradients), "gradient tables")
+    gradient_plot(gradients, os.path.join(work, "gradients.png"))
+    return table
+
+
+# ---- command line ------------------------------------------------------------------------------
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="variants:\n" + "\n".join(f"  {k:16s} {v[1]}" for k, v in VARIANTS.items()))
+    parser.add_argument("--work-dir",
+                        help=f"work folder (default ./{DEFAULT_WORK_DIR}, with --quick ./{QUICK_WORK_DIR})")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke run: {', '.join(QUICK_VARIANTS)} on fold 0, {QUICK['epochs']} epochs x "
+                             f"{QUICK['iterations']} iterations (a couple of minutes)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="variants to run (default: all)")
+    parser.add_argument("-f", "--folds", nargs="+", type=int, help=f"folds (default {FULL['folds']})")
+    parser.add_argument("--epochs", type=int, help=f"epochs (default {FULL['epochs']})")
+    parser.add_argument("--iterations", type=int, help=f"iterations per epoch (default {FULL['iterations']})")
+    parser.add_argument("--seed", type=int, default=SEED,
+                        help=f"base seed; fold f runs with seed + f (default {SEED}); use another --work-dir per seed")
+    parser.add_argument("-j", "--jobs", type=int, default=2, help="runs at the same time (default 2, one thread each)")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild the tables from finished runs")
+    parser.add_argument("--worker", nargs=2, metavar=("VARIANT", "FOLD"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    from nnunet_mcc.errors import UserError
+
+    try:
+        work = os.path.abspath(args.work_dir or (QUICK_WORK_DIR if args.quick else DEFAULT_WORK_DIR))
+        set_environment(work)
+        if args.worker:
+            return worker(args.worker[0], int(args.worker[1]))
+        preset = QUICK if args.quick else FULL
+        budget = {"epochs": args.epochs or preset["epochs"], "iterations": args.iterations or preset["iterations"],
+                  "val_iterations": preset["val_iterations"], "probe_iterations": preset["probe_iterations"],
+                  "seed": args.seed}
+        variants = args.variants or (list(QUICK_VARIANTS) if args.quick else list(VARIANTS))
+        folds = args.folds if args.folds is not None else preset["folds"]
+        if any(f < 0 or f > 4 for f in folds):
+            raise UserError(f"--folds: folds are 0-4, got {folds}")
+        if min(budget["epochs"], budget["iterations"], args.jobs) < 1:
+            raise UserError("--epochs, --iterations and --jobs must be positive")
+        started = time.time()
+        failures = []
+        if not args.report_only:
+            prepare(work)
+            failures = run_all(work, variants, folds, budget, args.jobs)
+        print(report(work, variants, folds, budget))
+        print(f"results in {work} (ablation.md, ablation.csv, ablation.json, gradients.json, gradients.md, "
+              f"gradients.png); {(time.time() - started) / 60:.1f} min")
+        for failure in failures:
+            print(f"failed: {failure}", file=sys.stderr)
+        return 1 if failures else 0
+    except UserError as e:
+        print(f"mcc_ablation: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
