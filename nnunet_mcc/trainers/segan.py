@@ -315,13 +315,8 @@ class nnUNetTrainerSegANPerLabel(nnUNetTrainerSegAN):
 
 
 class nnUNetTrainerSegANWeightedCE(ClassFrequencyWeightedCE, nnUNetTrainerSegAN):
-    """Class-frequency weighted CE (see ``weighted_ce``) + ``segan_lambda`` * multi-scale L1."""
-
-    def loss_settings(self) -> dict:
-        settings = super().loss_settings()
-        settings["name"] = f"{settings['name']} + lambda x SegAN multi-scale L1"
-        settings["settings"].update(self.critic_settings())
-        return settings
+    """Class-frequency weighted CE (see ``weighted_ce``) + ``segan_lambda`` * multi-scale L1. Its loss
+    settings: the class weights (from ``ClassFrequencyWeightedCE``) and the critic's (from SegAN)."""
 
     def _build_segmentation_loss(self) -> nn.Module:
         return self._build_weighted_ce()
