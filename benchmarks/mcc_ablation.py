@@ -26,7 +26,6 @@ where it stopped.
 """
 
 import argparse
-import math
 import os
 import random
 import subprocess
@@ -45,7 +44,7 @@ DATASET = f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
 SPEC = dict(num_cases=25, shape=(64, 64), num_foreground_classes=3, nested=True, foreground_fraction=0.05,
             class_weights=(0.6, 0.3, 0.1), noise=0.25, bias=0.3, seed=2026,
             class_names=("edema", "non_enhancing_tumor", "enhancing_tumor"))
-EVALUATION_REGIONS = {"whole_tumor": [1, 2, 3], "tumor_core": [2, 3]}
+NETWORK = dict(n_stages=3, base_features=8)  # nnunet_mcc.plans.add_small_configuration
 BASE_CONFIGURATION, CONFIGURATION = "2d", "2d_small"
 PLANS = "nnUNetPlans"
 SEED = 12345
@@ -84,43 +83,16 @@ def set_environment(work: str) -> None:
 
 
 def prepare(work: str) -> None:
-    """The dataset, nnU-Net's plans and preprocessing, the narrow configuration and the five-fold split."""
-    import json
+    """The dataset, nnU-Net's plans and preprocessing, the narrow configuration and the five-fold split,
+    prepared as the demo prepares its own."""
+    from dataclasses import asdict
 
-    from nnunet_mcc.errors import UserError
-    from nnunet_mcc.fileio import read_json, write_json
-    from nnunet_mcc.plans import add_small_configuration, configuration_names, plans_path
-    from nnunet_mcc.synthetic import SyntheticSpec, make_synthetic_dataset
+    from nnunet_mcc.experiments.demo import prepare_dataset
+    from nnunet_mcc.synthetic import SyntheticSpec
 
-    raw = os.path.join(os.environ["nnUNet_raw"], DATASET)
     spec = SyntheticSpec(**SPEC)
-    dataset_json_file = os.path.join(raw, "dataset.json")
-    if os.path.isfile(dataset_json_file):
-        existing = read_json(dataset_json_file, "dataset.json")
-        if json.loads(json.dumps(existing.get("synthetic_spec"))) != json.loads(json.dumps(spec.__dict__)):
-            raise UserError(f"{raw} holds another dataset than this ablation's: remove the work folder "
-                            f"{work} or choose another --work-dir")
-    else:
-        print("making the synthetic dataset", flush=True)
-        make_synthetic_dataset(os.environ["nnUNet_raw"], DATASET_ID, DATASET_NAME, spec, overwrite=True)
-        dataset_json = read_json(dataset_json_file, "dataset.json")
-        dataset_json["evaluation_regions"] = EVALUATION_REGIONS
-        write_json(dataset_json_file, dataset_json, "dataset.json")
-    plans = plans_path(os.environ["nnUNet_preprocessed"], DATASET)
-    if not os.path.isdir(os.path.join(os.environ["nnUNet_preprocessed"], DATASET, f"{PLANS}_{BASE_CONFIGURATION}")):
-        print("nnUNetv2_plan_and_preprocess (about a minute)", flush=True)
-        log = os.path.join(work, "plan_and_preprocess.log")
-        command = [os.path.join(os.path.dirname(sys.executable), "nnUNetv2_plan_and_preprocess"), "-d",
-                   str(DATASET_ID), "-c", BASE_CONFIGURATION, "-np", "1"]
-        with open(log, "w") as handle:
-            code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT).returncode
-        if code != 0:
-            raise UserError(f"nnUNetv2_plan_and_preprocess failed (exit {code}); log: {log}")
-    if CONFIGURATION not in configuration_names(plans):
-        add_small_configuration(plans, BASE_CONFIGURATION, CONFIGURATION, n_stages=3, base_features=8)
-    from nnunet_mcc.experiments.crossval import ensure_splits
-
-    ensure_splits(DATASET, BASE_CONFIGURATION, PLANS, [0, 1, 2, 3, 4])
+    prepare_dataset(work, DATASET, DATASET_ID, spec, BASE_CONFIGURATION, CONFIGURATION,
+                    {"spec": asdict(spec), "network": NETWORK})
 
 
 # ---- the variants ------------------------------------------------------------------------------
