@@ -45,11 +45,12 @@ EVALUATION_REGIONS = {"whole_tumor": [1, 2, 3], "tumor_core": [2, 3]}
 # validation pseudo Dice stops rising after 300-400 iterations; some stall on the outer class for a few
 # hundred iterations first. Per run, fixed costs (nnU-Net's final validation with its spawned workers, the
 # last progress.png, trainer set-up) are ~15 CPU-s, so the budget goes mostly into training iterations.
-# The default (600 iterations) fits 15 minutes of two cores (measured: 19 of 20 runs converged);
-# --converge (960 iterations) gives slow runs room to finish their climb before the last quarter, the
-# convergence criterion's window (measured: 19 of 20 as well, one SegAN run just above the tolerance).
+# The default (600 iterations) fits 15 minutes of two cores (measured on an idle 2-core machine: 652 s,
+# 19 of 20 runs converged, one SegAN run still rising); --converge (1280 iterations) gives slow runs room
+# to finish their climb before the last quarter, the convergence criterion's window (measured: 1256 s,
+# 20 of 20 converged).
 PROFILES = {"default": dict(epochs=30, iterations=20, val_iterations=3, snapshot_epochs=(10, 20)),
-            "converge": dict(epochs=48, iterations=20, val_iterations=3, snapshot_epochs=(12, 24))}
+            "converge": dict(epochs=64, iterations=20, val_iterations=3, snapshot_epochs=(16, 32))}
 NETWORK = dict(n_stages=3, base_features=8, batch_size=8)
 
 
@@ -201,7 +202,7 @@ def run(args) -> int:
                 "snapshot_epochs": sorted(set(args.snapshot_epochs or [])), "configuration": configuration,
                 "network": None if args.full_network else NETWORK}
     dataset_name = f"Dataset{args.dataset_id:03d}_{DATASET_NAME}"
-    _prepare(work, dataset_name, args.dataset_id, spec, base_configuration, configuration, settings)
+    prepare_dataset(work, dataset_name, args.dataset_id, spec, base_configuration, configuration, settings)
     phase("dataset and planning")
     if args.device == "cpu":
         # data augmentation in the training process: a worker process per training costs more CPU than it saves
@@ -236,9 +237,13 @@ def run(args) -> int:
     return status
 
 
-def _prepare(work: str, dataset_name: str, dataset_id: int, spec, base_configuration: str, configuration: str,
-             settings: dict) -> None:
-    """Dataset, plans and the small configuration; everything is rebuilt when the settings changed."""
+def prepare_dataset(work: str, dataset_name: str, dataset_id: int, spec, base_configuration: str,
+                    configuration: str, settings: dict) -> None:
+    """The synthetic dataset ``spec`` as ``dataset_name`` (with the demo's evaluation regions), nnU-Net's
+    plans and preprocessing of ``base_configuration``, the narrow ``configuration`` when
+    ``settings["network"]`` is set, and the five-fold split. ``settings`` (with ``"spec"`` and
+    ``"network"``) is recorded in ``work``: when it changes, the dataset's folders are rebuilt (only the
+    results when the spec is the same)."""
     from nnunet_mcc.plans import add_small_configuration, configuration_names, plans_path
     from nnunet_mcc.synthetic import make_synthetic_dataset
 
@@ -264,7 +269,8 @@ def _prepare(work: str, dataset_name: str, dataset_id: int, spec, base_configura
             os.remove(settings_file)
     if not os.path.isfile(os.path.join(folders["raw"], "dataset.json")):
         print("making the synthetic dataset")
-        make_synthetic_dataset(os.environ["nnUNet_raw"], dataset_id, DATASET_NAME, spec, overwrite=True)
+        make_synthetic_dataset(os.environ["nnUNet_raw"], dataset_id, dataset_name.split("_", 1)[1], spec,
+                               overwrite=True)
         dataset_json_file = os.path.join(folders["raw"], "dataset.json")
         dataset_json = read_json(dataset_json_file, "dataset.json")
         dataset_json["evaluation_regions"] = EVALUATION_REGIONS
