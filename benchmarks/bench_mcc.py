@@ -2,9 +2,11 @@
 
 nnU-Net shapes: batch 2, 2 and 4 classes, 3D 128^3 and 2D 512^2, with deep supervision (nnU-Net's
 ``DeepSupervisionWrapper`` over 4 scales, weights 1/2^i with the lowest off, as the trainers build it).
-Candidates: our ``MCCLoss`` (what ``nnUNetTrainerMCC`` trains with), our MCC in nnU-Net's compound slot
-(``nnUNetTrainerMCC_CE``), nnU-Net's ``DC_and_CE_loss`` (the reference), and MONAI's ``MCCLoss`` where
-installed. ``quick``: 64^3 and 256^2. Target: MCC at most 1.0x DC_and_CE in time and in memory.
+Candidates: our ``MCCLoss`` as ``nnUNetTrainerMCC`` trains with it (with the missed-class penalty,
+``missed_weight=1``), the plain soft MCC (``missed_weight=0``, for information), our MCC in nnU-Net's
+compound slot (``nnUNetTrainerMCC_CE``), nnU-Net's ``DC_and_CE_loss`` (the reference), and MONAI's
+``MCCLoss`` where installed. ``quick``: 64^3 and 256^2. Target: MCC at most 1.0x DC_and_CE in time and in
+memory.
 """
 
 import os
@@ -34,7 +36,8 @@ def _candidates(classes: int) -> Dict[str, torch.nn.Module]:
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
     candidates = {
-        "MCC": MCCLoss(batch=True, check_target=False),
+        "MCC": MCCLoss(batch=True, check_target=False, missed_weight=1.0),
+        "MCC plain": MCCLoss(batch=True, check_target=False),
         "MCC+CE": DC_and_CE_loss({"batch": True, "check_target": False}, {}, dice_class=MCCLoss),
         "nnU-Net DC_and_CE": DC_and_CE_loss({"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
                                             dice_class=MemoryEfficientSoftDiceLoss),
@@ -74,6 +77,8 @@ def run(quick: bool = False) -> List[dict]:
             ref = "nnU-Net DC_and_CE"
             rows += [row("mcc", case, "time (s, fwd+bwd, median)", seconds["MCC"], ref, seconds[ref], 1.0),
                      row("mcc", case, memory_label(device), peaks["MCC"], ref, peaks[ref], 1.0),
+                     row("mcc", case + " plain soft MCC", "time (s, fwd+bwd, median)", seconds["MCC plain"], ref,
+                         seconds[ref], 1.0, enforced=False),
                      row("mcc", case + " MCC+CE", "time (s, fwd+bwd, median)", seconds["MCC+CE"], ref, seconds[ref],
                          1.0, enforced=False)]
             if "MONAI MCCLoss" in losses:

@@ -107,8 +107,8 @@ class MCCLoss(ConfusionLoss):
 
     Raises:
         ValueError: on an unknown ``apply_nonlin`` or ``reduction``, ``eps <= 0``, ``missed_weight < 0``
-            or set with a custom activation, a non-integer ``ignore_index``, and (in ``forward``) on shapes that do not fit or target values outside
-            the classes.
+            or set with a custom activation, a non-integer ``ignore_index``, and (in ``forward``) on
+            shapes that do not fit or target values outside the classes.
 
     Example:
         >>> import torch

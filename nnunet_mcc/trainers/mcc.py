@@ -14,8 +14,8 @@ class nnUNetTrainerMCC(ComparisonTrainer):
     log of its soft recall (``MCCLoss(missed_weight=...)``). Early in training a rare class is often
     pushed below the others on all its voxels; its probabilities then saturate near 0 and the soft MCC's
     gradient with respect to the logits vanishes with them, so the plain loss never brings it back. On
-    the demo's dataset (classes at 3 %, 1.5 % and 0.5 %) the plain loss lost the 0.5 % class on 2 of 3
-    folds (Dice 0.30 +- 0.53); with the penalty no class was lost and every class scored as with
+    a synthetic 2D dataset with nested classes at 3 %, 1.5 % and 0.5 % of the image, the plain loss lost
+    the 0.5 % class on 2 of 3 folds (Dice 0.30 +- 0.53); with the penalty no class was lost and every class scored as with
     nnU-Net's Dice + CE (0.87 +- 0.02), see docs/mcc_rare_classes.md. For every class the network finds
     on at least one voxel the loss is exactly 1 - soft MCC. A subclass with ``missed_weight = 0`` gives
     the plain loss of the seed. ``nnUNetTrainerMCC_CE`` (MCC + cross-entropy) scored the same on that
