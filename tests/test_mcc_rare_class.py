@@ -204,3 +204,21 @@ def test_trainer_uses_the_penalty_and_mcc_ce_does_not(regions):
 
     assert built_loss(nnUNetTrainerMCC, regions).missed_weight == 1.0
     assert built_loss(nnUNetTrainerMCC_CE, regions).dc.missed_weight == 0.0
+
+
+@pytest.mark.parametrize("include_background", [False, True])
+@pytest.mark.parametrize("batch", [True, False], ids=["pooled", "per_sample"])
+def test_hard_counts_are_the_argmax_hits_of_each_class(include_background, batch):
+    """The gate's count: voxels of each scored class whose argmax over all channels is that class,
+    ignored voxels left out, summed over the batch when pooled."""
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(3, 4, 9, 11, generator=g)
+    y = torch.randint(0, 5, (3, 1, 9, 11), generator=g)  # 4 is the ignore label
+    loss = MCCLoss(include_background=include_background, ignore_index=4, batch=batch)
+    hard = loss.confusion(z, y, hard_tp=True)[4]
+    labels, predicted = y[:, 0], z.argmax(1)
+    expected = torch.stack([((labels == c) & (predicted == c)).flatten(1).sum(1)
+                            for c in range(0 if include_background else 1, 4)], 1).float()
+    if batch:
+        expected = expected.sum(0, keepdim=True)
+    assert torch.equal(hard, expected)

@@ -154,9 +154,7 @@ class MCCLoss(ConfusionLoss):
         sum_g = onehot.sum(-1)
         fp, fn = sum_p - tp, sum_g - tp
         tn = n_valid - tp - fp - fn
-        extra = ()
-        if hard_tp:
-            extra = ((self._hard_prediction(probs, probs.shape[1] < x.shape[1]) & (onehot > 0)).sum(-1).float(),)
+        extra = (self._hard_tp(x, probs, onehot),) if hard_tp else ()
         stats = torch.stack((tp, fp, fn, tn) + extra)  # (4 or 5, B, K)
         if self.batch:
             stats = stats.sum(1, keepdim=True)
@@ -164,17 +162,17 @@ class MCCLoss(ConfusionLoss):
                 stats = sum_over_ranks(stats)
         return stats.unbind(0)
 
-    def _hard_prediction(self, probs: torch.Tensor, background_dropped: bool) -> torch.Tensor:
-        """Voxels predicted as each scored class (B, K, N): the argmax over all classes (the background's
-        probability is 1 minus the rest when it was dropped), or probability > 0.5 for sigmoid regions
-        and a single binary channel. Masked voxels (probability set to 0) are never predicted."""
+    def _hard_tp(self, x: torch.Tensor, probs: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+        """Per sample and scored class (B, K), the number of the class's valid voxels predicted as the
+        class: the largest of all of ``x``'s channels (the background's included, ties counting for
+        each tied class), or probability > 0.5 for sigmoid regions and a single binary channel.
+        ``onehot`` is 0 on masked voxels, so they never count."""
         with torch.no_grad():
-            if self.nonlin_kind == "sigmoid" or (probs.shape[1] == 1 and not background_dropped):
-                return probs > 0.5
-            top = probs.max(1, keepdim=True).values
-            if background_dropped:
-                top = torch.maximum(top, 1 - probs.sum(1, keepdim=True))
-            return (probs >= top) & (probs > 0)
+            if self.nonlin_kind == "sigmoid" or x.shape[1] == 1:
+                return ((probs > 0.5) & (onehot > 0)).sum(-1).float()
+            logits = x.detach().flatten(2)  # softmax keeps the logits' order: their maximum is the argmax
+            predicted = logits[:, x.shape[1] - onehot.shape[1]:] >= logits.amax(1, keepdim=True)
+            return (predicted & (onehot > 0)).sum(-1).float()
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         if not self.missed_weight:
