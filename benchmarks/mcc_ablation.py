@@ -5,7 +5,7 @@ about 3 %, 1.5 % and 0.5 % of the image), planned by nnU-Net and trained with th
 configuration (``2d_small``: 3 stages, 8 base features). Every variant below changes ONE setting of
 ``nnUNetTrainerMCC`` (learning rate, batch-pooled vs per-sample counts, background, ``eps``, the
 missed-class penalty), beside the comparison trainers (nnU-Net's Dice + CE, MCC + CE, CE, Dice). Each run is seeded
-(torch, numpy, random, the same seed per fold for every variant) and runs nnU-Net's own training and
+(``NNUNET_MCC_SEED``, the same seed per fold for every variant) and runs nnU-Net's own training and
 final validation in a process of its own, with one thread and augmentation in that process.
 
 During training a probe measures, on the first few iterations of every epoch and at full resolution,
@@ -27,7 +27,6 @@ where it stopped.
 
 import argparse
 import os
-import random
 import subprocess
 import sys
 import time
@@ -246,17 +245,14 @@ def run_folder(variant: str, fold: int) -> str:
 
 
 def worker(variant: str, fold: int) -> int:
-    """Train and validate one (variant, fold) in this process, seeded, on one CPU thread."""
+    """Train and validate one (variant, fold) in this process, on one CPU thread; the trainer seeds itself
+    from ``NNUNET_MCC_SEED``, which ``run_all`` sets to the base seed + fold."""
     import torch
-
-    torch.set_num_threads(1)
-    # the same per fold for every variant: the same initial network and the same first batches
-    seed = int(os.environ.get("MCC_ABLATION_SEED", SEED)) + fold
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
     from batchgenerators.utilities.file_and_folder_operations import join, load_json
 
+    from nnunet_mcc.fileio import write_json
+
+    torch.set_num_threads(1)
     trainer_class = trainer_classes()[variant]
     preprocessed = os.path.join(os.environ["nnUNet_preprocessed"], DATASET)
     plans = load_json(join(preprocessed, f"{PLANS}.json"))
@@ -268,32 +264,25 @@ def worker(variant: str, fold: int) -> int:
     trainer.run_training()
     trained = time.time() - started
     trainer.perform_actual_validation(False)
-    from nnunet_mcc.fileio import write_json
-
+    budget = {"epochs": trainer.num_epochs, "iterations": trainer.num_iterations_per_epoch,
+              "val_iterations": trainer.num_val_iterations_per_epoch, "probe_iterations": trainer.probe_iterations,
+              "seed": trainer.seed - fold}
     write_json(os.path.join(trainer.output_folder, "ablation_run.json"),
-               {"variant": variant, "fold": fold, "seed": seed, "training_seconds": round(trained, 1),
-                "total_seconds": round(time.time() - started, 1), "budget": budget_from_environment()},
-               "run record")
+               {"variant": variant, "fold": fold, "seed": trainer.seed, "training_seconds": round(trained, 1),
+                "total_seconds": round(time.time() - started, 1), "budget": budget}, "run record")
     return 0
 
 
-def budget_from_environment() -> dict:
-    return {"epochs": int(os.environ["NNUNET_MCC_EPOCHS"]), "iterations": int(os.environ["NNUNET_MCC_ITERATIONS"]),
-            "val_iterations": int(os.environ["NNUNET_MCC_VAL_ITERATIONS"]),
-            "probe_iterations": int(os.environ.get("MCC_ABLATION_PROBE_ITERATIONS", "0")),
-            "seed": int(os.environ.get("MCC_ABLATION_SEED", SEED))}
-
-
 def run_is_current(variant: str, fold: int, budget: dict) -> bool:
-    import json
+    from nnunet_mcc.errors import UserError
+    from nnunet_mcc.fileio import read_json
 
-    path = os.path.join(run_folder(variant, fold), "ablation_run.json")
-    if not os.path.isfile(os.path.join(run_folder(variant, fold), "validation", "summary.json")):
+    folder = run_folder(variant, fold)
+    if not os.path.isfile(os.path.join(folder, "validation", "summary.json")):
         return False
     try:
-        with open(path) as f:
-            return json.load(f).get("budget") == budget
-    except (OSError, ValueError):
+        return read_json(os.path.join(folder, "ablation_run.json"), "run record").get("budget") == budget
+    except UserError:
         return False
 
 
@@ -301,12 +290,16 @@ def run_all(work: str, variants: Sequence[str], folds: Sequence[int], budget: di
     """Start the missing runs, ``jobs`` at a time, each a fresh process; return the failures."""
     import shutil
 
+    from nnunet_mcc.knobs import BUDGET_VARIABLES, SCHEDULE_VARIABLES, SEED_VARIABLE, SNAPSHOT_VARIABLE
+
+    # augmentation in the training process (nnUNet_n_proc_DA=0) makes a seeded run reproducible bit for bit
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", nnUNet_n_proc_DA="0",
-               NNUNET_MCC_EPOCHS=str(budget["epochs"]), NNUNET_MCC_ITERATIONS=str(budget["iterations"]),
-               NNUNET_MCC_VAL_ITERATIONS=str(budget["val_iterations"]),
-               NNUNET_MCC_SAVE_EVERY=str(budget["epochs"]), NNUNET_MCC_PLOT_EVERY=str(budget["epochs"]),
-               MCC_ABLATION_PROBE_ITERATIONS=str(budget["probe_iterations"]), MCC_ABLATION_SEED=str(budget["seed"]))
-    env.pop("NNUNET_MCC_SNAPSHOT_EPOCHS", None)
+               MCC_ABLATION_PROBE_ITERATIONS=str(budget["probe_iterations"]))
+    for key, name in (("epochs", "num_epochs"), ("iterations", "num_iterations_per_epoch"),
+                      ("val_iterations", "num_val_iterations_per_epoch")):
+        env[BUDGET_VARIABLES[name]] = str(budget[key])
+    env.update({variable: str(budget["epochs"]) for variable in SCHEDULE_VARIABLES.values()})  # once, at the end
+    env.pop(SNAPSHOT_VARIABLE, None)
     todo = [(v, f) for f in folds for v in variants if not run_is_current(v, f, budget)]
     logs = os.path.join(work, "logs")
     os.makedirs(logs, exist_ok=True)
@@ -320,7 +313,8 @@ def run_all(work: str, variants: Sequence[str], folds: Sequence[int], budget: di
             handle = open(log, "w")
             command = [sys.executable, os.path.abspath(__file__), "--work-dir", work, "--worker", variant, str(fold)]
             running.append((variant, fold, log, handle, time.time(),
-                            subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)))
+                            subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
+                                             env={**env, SEED_VARIABLE: str(budget["seed"] + fold)})))
         time.sleep(2)
         for item in list(running):
             variant, fold, log, handle, t0, process = item
