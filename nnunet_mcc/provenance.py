@@ -68,4 +68,4 @@ def describe_budget(budget: Dict[str, int]) -> str:
     """``40 epochs x 50 iterations (2000 iterations, 5 validation iterations per epoch)``."""
     epochs, iterations, val = (budget[k] for k in BUDGET_KEYS)
     return (f"{epochs} epoch{'s' if epochs != 1 else ''} x {iterations} iterations ({epochs * iterations} "
-            f"iterations, {val} validation iterations per epoch)")
+            f"iterations, {val} validation iteration{'s' if val != 1 else ''} per epoch)")

@@ -19,7 +19,7 @@ import math
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -123,9 +123,7 @@ class Budget:
         return f"{self.num_epochs} x {self.num_iterations_per_epoch} (val {self.num_val_iterations_per_epoch})"
 
     def __str__(self) -> str:
-        return (f"{self.num_epochs} epochs x {self.num_iterations_per_epoch} iterations "
-                f"({self.iterations} training iterations, {self.num_val_iterations_per_epoch} validation "
-                f"iterations per epoch)")
+        return provenance.describe_budget(asdict(self))
 
 
 def recorded_budget(folder: str) -> Budget:
