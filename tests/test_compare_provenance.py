@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from nnunet_mcc.cli import main as cli_main
+from nnunet_mcc.errors import UserError
 from nnunet_mcc.experiments import convergence
 from nnunet_mcc.experiments.compare import compare
 from test_compare import nnunet_roots
@@ -134,7 +135,8 @@ def test_unconverged_runs_put_the_banner_first_and_mark_the_tests(tree, tmp_path
     result = compare(DATASET, CONFIG, ["A", "B"], folds=[0, 1], output=str(tmp_path / "r"), bootstrap=20,
                      plots=False)
     verdicts = {r["trainer"]: r["converged"] for r in result["trainer_runs"]}
-    assert verdicts == {"A": "yes", "B": "no (0 of 2 folds)"}
+    # the column says what it counts (it said "yes" / "no (0 of 2 folds)": issue 18's unambiguous label)
+    assert verdicts == {"A": "2 of 2 folds converged", "B": "0 of 2 folds converged"}
     lines = result["full_markdown"].splitlines()
     assert lines[2].startswith("> **Not converged: 2 of 4 runs had not plateaued")
     assert "training speed" in lines[2] and "not the final quality" in lines[2]
@@ -175,9 +177,14 @@ def test_loss_settings_that_differ_between_folds_are_flagged(tree, tmp_path):
         write_run(tree, "A", fold, 0)
         write_run(tree, "B", fold, 1, provenance={"name": "GWDL", "settings": {
             "distance_matrix": [[0, 1], [1, 0]], "matrix_source": "label names" if fold == 0 else "0/1"}})
+    # issue 17: folds of one trainer trained with different settings are no longer paired silently (it was a note)
+    with pytest.raises(UserError, match=r"B: 2 different settings \(matrix_source\) in B fold 0"):
+        compare(DATASET, CONFIG, ["A", "B"], folds=[0, 1], output=str(tmp_path / "r"), bootstrap=20, plots=False)
+    assert not (tmp_path / "r").exists()
     result = compare(DATASET, CONFIG, ["A", "B"], folds=[0, 1], output=str(tmp_path / "r"), bootstrap=20,
-                     plots=False)
+                     plots=False, allow_mixed_settings=True)
     assert any(n.startswith("B: loss settings differ between folds (matrix_source") for n in result["notes"])
+    assert any(n.startswith("mixed settings (paired on request, --allow-mixed-settings): B:") for n in result["notes"])
 
 
 def test_score_after_n_iterations_from_snapshot_summaries(tree, tmp_path):
@@ -222,7 +229,7 @@ def test_a_plateau_converges_whatever_the_lagging_ema_says():
         ema.append(0.9 * ema[-1] + 0.1 * v)
     assert ema[-1] - ema[-8] > convergence.TOLERANCE  # nnU-Net's EMA is still rising ...
     verdict = convergence.judge({"mean_fg_dice": raw, "ema_fg_dice": ema}, 50)
-    assert verdict.converged and verdict.window_epochs == 8  # ... the raw series has stopped
+    assert verdict.converged and verdict.window_epochs == 15  # ... the raw series has stopped (window: last half)
 
 
 def test_rising_short_and_missing_curves_do_not_converge():

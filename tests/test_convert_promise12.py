@@ -92,3 +92,25 @@ def test_flipped_label_is_resampled_and_named(promise_src, raw, capsys, tmp_path
     written = read_array(os.path.join(raw, "Dataset502_PROMISE12", "labelsTr", "Case02.nii.gz"))
     np.testing.assert_array_equal(written, cases["Case02"]["label"])
     assert f"note: {seg}: label stored with another geometry than Case02.mhd (axes flipped: y)" in out
+
+
+def test_a_non_ascii_data_file_name_converts(raw, capsys, tmp_path):
+    # SimpleITK writes the header's ElementDataFile in UTF-8 (the bytes the OS opens); read as Latin-1 it
+    # named a missing "CÃ¤se 05.raw", and the space in the name read as a list of several data files
+    from dataset_fixtures import _prostate
+
+    image, label = _prostate((7, 20, 24), np.random.default_rng(5))
+    folder = tmp_path / "src" / "TrainingData_Part1"
+    folder.mkdir(parents=True)
+    for array, name in ((image, "Cäse 05.mhd"), (label, "Cäse 05_segmentation.mhd")):
+        img = sitk.GetImageFromArray(array)
+        img.SetSpacing((0.6, 0.6, 3.0))
+        sitk.WriteImage(img, str(folder / name))
+    assert "ElementDataFile = Cäse 05.raw".encode() in (folder / "Cäse 05.mhd").read_bytes()
+    rc, out, err = convert(capsys, "promise12", tmp_path / "src", "-j", "1")
+    assert rc == 0, err
+    ds = os.path.join(raw, "Dataset502_PROMISE12")
+    (case,) = os.listdir(os.path.join(ds, "labelsTr"))
+    np.testing.assert_array_equal(read_array(os.path.join(ds, "labelsTr", case)), label)
+    np.testing.assert_array_equal(read_array(os.path.join(ds, "imagesTr", case[:-7] + "_0000.nii.gz")), image)
+    verify(ds)

@@ -7,6 +7,7 @@ finish (checkpoint_final.pth + validation/summary.json), fail (exit 3) or be int
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -15,6 +16,8 @@ import pytest
 from nnunet_mcc.cli import main as cli_main
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.experiments.crossval import crossval
+from nnunet_mcc.knobs import split_seed
+from nnunet_mcc.trainers.base import ComparisonTrainer
 
 DATASET = "Dataset555_Fake"
 CONFIG = "2d"
@@ -27,7 +30,8 @@ trainer = args[args.index("-tr") + 1]
 plans = args[args.index("-p") + 1]
 with open(os.environ["FAKE_CALLS"], "a") as f:
     f.write(json.dumps({"trainer": trainer, "fold": fold, "flags": [a for a in args if a in ("--c", "--val")],
-                        "epochs": os.environ.get("NNUNET_MCC_EPOCHS")}) + "\n")
+                        "epochs": os.environ.get("NNUNET_MCC_EPOCHS"),
+                        "jobs": os.environ.get("NNUNET_MCC_JOBS")}) + "\n")
 behaviour = json.loads(os.environ.get("FAKE_BEHAVIOUR", "{}")).get(f"{trainer}:{fold}", "finish")
 folder = os.path.join(os.environ["nnUNet_results"], dataset, f"{trainer}__{plans}__{config}", f"fold_{fold}")
 os.makedirs(folder, exist_ok=True)
@@ -170,7 +174,10 @@ def test_bad_input_is_one_line_and_exit_2(fake, case, capsys):
 
 # ---- budgets: a fold trained with another budget is never skipped or resumed silently -------------------
 class PackageLikeTrainer:
-    """Stands in for this package's trainers: a planned budget from the NNUNET_MCC_* variables."""
+    """Stands in for this package's trainers: a planned budget from the NNUNET_MCC_* variables, the seed rule."""
+
+    trainer_seed = None
+    seed_with_source = classmethod(ComparisonTrainer.seed_with_source.__func__)
 
     @classmethod
     def planned_budget(cls, environ=os.environ):
@@ -187,8 +194,12 @@ class StockLikeTrainer:
 def classes(monkeypatch):
     from nnunet_mcc.experiments import crossval as module
 
-    monkeypatch.setattr(module, "trainer_classes", lambda trainers, required: {
-        t: StockLikeTrainer if t.startswith("Stock") else PackageLikeTrainer for t in trainers})
+    def stand_in(name):
+        if name.startswith("Stock"):
+            return StockLikeTrainer
+        return type(name, (PackageLikeTrainer,), {"trainer_seed": split_seed(name)[1]})
+
+    monkeypatch.setattr(module, "trainer_classes", lambda trainers, required: {t: stand_in(t) for t in trainers})
 
 
 def trained(folder, budget=(2, 10, 2), final=True, checkpoint=False, debug=True):
@@ -282,3 +293,142 @@ def test_the_package_trainers_plan_their_budget_and_nnunet_trainers_keep_theirs(
     assert crossval("555", CONFIG, ["nnUNetTrainerMCC", "nnUNetTrainer"], folds=[0], device="cpu",
                     train_command=fake["command"], budget={"epochs": 2, "iterations": 10, "val_iterations": 2}) == 0
     assert fake["calls"]() == []
+
+
+# ---- seeds: each (trainer, fold) once per seed, as <Trainer>_seed<S> ------------------------------------
+def test_seeds_dry_run_lists_every_trainer_seed_and_fold(fake, classes, capsys):
+    trained(fake["folder"]("A_seed1", 0), budget=(3, 10, 2))
+    assert crossval("555", CONFIG, ["A", "B"], folds=[0, 1], device="cpu", train_command=fake["command"],
+                    budget={"epochs": 3, "iterations": 10, "val_iterations": 2}, seeds=[0, 1], dry_run=True) == 0
+    out = capsys.readouterr().out
+    assert "8 runs: 2 trainer(s) x 2 seed(s) (0 1) x 2 fold(s)" in out
+    for trainer in ("A_seed0", "A_seed1", "B_seed0", "B_seed1"):
+        for fold in (0, 1):
+            state = "skip, trained 3 x 10 (val 2)" if (trainer, fold) == ("A_seed1", 0) else "train"
+            assert f"{trainer} fold {fold}: {state}" in out
+    assert "-tr B_seed1" in out and "-tr A " not in out
+    assert fake["calls"]() == [] and not os.path.exists(os.path.join(fake["roots"]["results"], DATASET,
+                                                                     "nnunet_mcc_crossval_logs"))
+
+
+def test_seeded_runs_train_in_their_own_folders_with_one_line_each(fake, classes, capsys):
+    assert crossval("555", CONFIG, ["A"], folds=[0], device="cpu", train_command=fake["command"], seeds=[2, 0],
+                    jobs=2) == 0
+    calls = fake["calls"]()
+    assert sorted((c["trainer"], c["fold"], c["jobs"]) for c in calls) == [("A_seed0", "0", "2"), ("A_seed2", "0", "2")]
+    assert all(os.path.isfile(os.path.join(fake["folder"](t, 0), "validation", "summary.json"))
+               for t in ("A_seed0", "A_seed2"))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert sorted(line.split(" fold")[0] for line in lines) == ["[1/2] A_seed0", "[2/2] A_seed2"] or \
+        sorted(line.split(" fold")[0] for line in lines) == ["[1/2] A_seed2", "[2/2] A_seed0"]
+    assert all(re.fullmatch(r"\[\d/2\] A_seed[02] fold 0: trained in \d+ s", line) for line in lines), lines
+
+
+def test_scripts_with_seeds_have_one_task_per_trainer_seed_and_fold(fake, classes, tmp_path):
+    script, slurm = str(tmp_path / "runs.sh"), str(tmp_path / "runs.sbatch")
+    assert crossval("555", CONFIG, ["A", "B"], folds=[0, 1], device="cpu", train_command=fake["command"],
+                    seeds=[0, 1, 2], script=script, slurm=slurm, budget={"epochs": 3}) == 0
+    text = open(slurm).read()
+    assert "#SBATCH --array=0-11" in text and len(re.findall(r"-tr [AB]_seed[012] ", text)) == 12 and "NNUNET_MCC_EPOCHS=3" in text
+    env = dict(os.environ, SLURM_ARRAY_TASK_ID="4")  # A, seed 2, fold 0 (trainer, seed, fold order)
+    proc = subprocess.run(["bash", slurm], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [(c["trainer"], c["fold"], c["epochs"]) for c in fake["calls"]()] == [("A_seed2", "0", "3")]
+    assert os.path.isfile(os.path.join(fake["folder"]("A_seed2", 0), "validation", "summary.json"))
+    proc = subprocess.run(["bash", script], capture_output=True, text=True, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    calls = fake["calls"]()
+    assert len(calls) == 11 and {c["jobs"] for c in calls} == {"1"} and "finished already" in proc.stdout
+
+
+@pytest.mark.parametrize("case", ["seed_twice", "negative_seed", "stock_trainer", "seeded_name", "env_seed",
+                                  "class_seed_conflict", "bad_knob"])
+def test_bad_seed_input_is_one_line_exit_2_and_nothing_written(fake, classes, case, capsys, monkeypatch, tmp_path):
+    script = str(tmp_path / "runs.sh")
+    trainers, seeds = ["A"], ["0", "1"]
+    if case == "seed_twice":
+        seeds = ["0", "1", "0"]
+    elif case == "negative_seed":
+        seeds = ["-1"]
+    elif case == "stock_trainer":
+        trainers = ["A", "StockT"]
+    elif case == "seeded_name":
+        trainers = ["A_seed1"]
+    elif case == "env_seed":
+        monkeypatch.setenv("NNUNET_MCC_SEED", "1")
+    elif case == "class_seed_conflict":
+        trainers, seeds = ["A_seed2"], []
+        monkeypatch.setenv("NNUNET_MCC_SEED", "3")
+    elif case == "bad_knob":
+        monkeypatch.setenv("NNUNET_MCC_SAVE_EVERY", "0")
+    args = ["crossval", "-d", "555", "-c", CONFIG, "-tr", *trainers, "-device", "cpu", "--train-command",
+            fake["command"], "--write-script", script] + (["--seeds", *seeds] if seeds else [])
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    expected = {"seed_twice": "lists seed 0 twice", "negative_seed": "integers >= 0, got -1",
+                "stock_trainer": "StockT ignore(s) the seed; for nnU-Net's Dice+CE with the seed and the budget "
+                                 "knobs use nnUNetTrainerBaseline",
+                "seeded_name": "-tr A_seed1 carries a seed already",
+                "env_seed": "--seeds 0 1 with NNUNET_MCC_SEED=1",
+                "class_seed_conflict": "A_seed2 trains with seed 2, but NNUNET_MCC_SEED=3",
+                "bad_knob": "NNUNET_MCC_SAVE_EVERY='0' must be a positive integer"}[case]
+    assert expected in err, err
+    assert fake["calls"]() == [] and not os.path.exists(script) and not os.path.exists(fake["roots"]["results"])
+
+
+def test_a_bad_budget_variable_names_the_trainer():
+    """The trainers' parser raises UserError (not ValueError): the message still names the trainer."""
+    from nnunet_mcc.experiments.crossval import planned_budgets
+    from nnunet_mcc.trainers import nnUNetTrainerMCC
+
+    with pytest.raises(UserError, match=r"^nnUNetTrainerMCC: environment variable NNUNET_MCC_ITERATIONS='x' must be"):
+        planned_budgets({"nnUNetTrainerMCC": nnUNetTrainerMCC, "Stock": StockLikeTrainer},
+                        {"NNUNET_MCC_ITERATIONS": "x"})
+
+
+# ---- progress ---------------------------------------------------------------------------------------
+def test_progress_lines_are_whole_and_numbered_when_runs_finish_together():
+    import threading
+
+    from nnunet_mcc.experiments.crossval import Progress, Run
+
+    lines = []
+    progress = Progress(40, log=lines.append, interactive=False)
+    runs = [Run(f"T_seed{i % 4}", i // 4, "/nonexistent", "train", []) for i in range(40)]
+
+    def finish(r):
+        progress.started(r)
+        progress.finished(r, f"{r.trainer} fold {r.fold}: trained in 1 s")
+
+    threads = [threading.Thread(target=finish, args=(r,)) for r in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [line.split("]")[0] for line in lines] == [f"[{i}/40" for i in range(1, 41)]
+    assert all(re.fullmatch(r"\[\d+/40\] T_seed\d fold \d+: trained in 1 s", line) for line in lines)
+
+
+def test_the_progress_display_shows_the_epochs_of_running_runs(tmp_path, capsys):
+    import time
+
+    from nnunet_mcc.experiments.crossval import Progress, Run
+
+    folder = tmp_path / "fold_2"
+    folder.mkdir()
+    r = Run("nnUNetTrainerMCC_seed1", 2, str(folder), "train", [])
+    other = Run("nnUNetTrainer", 0, str(tmp_path / "none"), "train", [])
+    lines = []
+    progress = Progress(2, log=lines.append, epochs={"nnUNetTrainerMCC_seed1": 10}, interactive=True,
+                        poll_seconds=0.05)
+    progress.started(r)
+    progress.started(other)
+    assert progress.running_text() == "MCC_seed1 f2 starting, nnUNetTrainer f0 starting"
+    (folder / "nnunet_mcc_log.json").write_text(json.dumps({"epochs_completed": 3}))
+    assert progress.running_text() == "MCC_seed1 f2 3/10, nnUNetTrainer f0 starting"
+    time.sleep(0.2)
+    progress.finished(r, "nnUNetTrainerMCC_seed1 fold 2: trained in 5 s")
+    progress.close()
+    assert lines == ["[1/2] nnUNetTrainerMCC_seed1 fold 2: trained in 5 s"]
+    assert "MCC_seed1 f2 3/10" in capsys.readouterr().err  # the bar, on stderr

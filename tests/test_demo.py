@@ -21,7 +21,8 @@ def read_csv(path):
 
 @pytest.mark.e2e
 def test_demo_small_end_to_end(tmp_path):
-    """The main job on a reduced budget: provenance, convergence verdict, snapshots and regions in the report."""
+    """The main job on a reduced budget with two seeds: provenance, seeds, convergence verdict, snapshots and
+    regions in the report."""
     import SimpleITK as sitk
 
     work = tmp_path / "demo"
@@ -29,7 +30,7 @@ def test_demo_small_end_to_end(tmp_path):
     env.update(MPLBACKEND="agg", PYTHONUNBUFFERED="1")
     cmd = [os.path.join(BIN, "nnunet-mcc"), "demo", "--work-dir", str(work), "-tr", "nnUNetTrainerBaseline",
            "nnUNetTrainerMCC", "-f", "0", "1", "--cases", "10", "--epochs", "3", "--iterations", "4",
-           "--val-iterations", "1", "--snapshot-epochs", "2", "--bootstrap", "50", "-j", "2"]
+           "--val-iterations", "1", "--snapshot-epochs", "2", "--bootstrap", "50", "-j", "2", "--seeds", "0", "1"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert f"work folder {work}" in proc.stdout
@@ -40,12 +41,22 @@ def test_demo_small_end_to_end(tmp_path):
     # three epochs are too few to judge: the verdict and the banner come first, with the budget
     page = (report / "report.md").read_text()
     lines = page.splitlines()
-    assert lines[2].startswith("> **Not converged: 4 of 4 runs had not plateaued")
+    assert lines[2].startswith("> **Not converged: 8 of 8 runs had not plateaued")
+    # two seeds: the spread between them is reported, and called a rough estimate
+    assert "**Training noise** measured over 2 seeds per trainer (two seeds: the spread is a rough estimate)" in page
+    assert "nnUNetTrainerMCC vs nnUNetTrainerBaseline (foreground mean Dice): difference" in page
     assert "**Budget of every run:** 3 epochs x 4 iterations = 12 training iterations, 1 validation iteration per epoch" in page
     assert "too short to judge (3 epochs logged, needs 10)" in page
     # provenance of every run: budget and where it came from, the loss, the versions
     runs = read_csv(report / "runs.csv")
-    assert len(runs) == 4 and {r["budget"] for r in runs} == {"3 x 4 (val 1)"}
+    assert len(runs) == 8 and {r["budget"] for r in runs} == {"3 x 4 (val 1)"}
+    assert sorted((r["trainer"], r["run"], r["fold"]) for r in runs) == sorted(
+        (t, f"{t}_seed{s}", str(f)) for t in ("nnUNetTrainerBaseline", "nnUNetTrainerMCC") for s in (0, 1) for f in (0, 1))
+    assert {r["seed"] for r in runs} == {"0", "1"} and {r["deterministic"] for r in runs} == {"True"}
+    # what each run cost, recorded by the trainer and reported per trainer beside the baseline
+    assert all(float(r["cost_wall_seconds"]) > 0 and int(r["cost_train_iterations"]) == 12 for r in runs)
+    cost = {r["trainer"]: r for r in read_csv(report / "cost.csv")}
+    assert set(cost) == {"nnUNetTrainerBaseline", "nnUNetTrainerMCC"}
     mcc_run = next(r for r in runs if r["trainer"] == "nnUNetTrainerMCC")
     assert mcc_run["loss"] != "unknown" and mcc_run["loss_settings"] not in ("", "{}")
     assert "NNUNET_MCC_EPOCHS" in mcc_run["budget_sources"] and "nnunetv2" in mcc_run["versions"]
@@ -55,14 +66,14 @@ def test_demo_small_end_to_end(tmp_path):
 
     rows = read_csv(report / "per_case.csv")
     final = [r for r in rows if r["stage"] == "final"]
-    # 2 trainers x 4 validation cases (folds 0 and 1 of 10 cases) x (3 labels + 2 evaluation regions)
-    assert len(final) == 2 * 4 * 5
+    # 2 trainers x 2 seeds x 4 validation cases (folds 0 and 1 of 10 cases) x (3 labels + 2 evaluation regions)
+    assert len(final) == 2 * 2 * 4 * 5
     assert {r["class_or_region"] for r in final} == {"edema", "non_enhancing_tumor", "enhancing_tumor",
                                                      "whole_tumor", "tumor_core"}
     # the whole-tumour region recomputed from the exported prediction and nnU-Net's reference segmentation
     row = next(r for r in final if r["class_or_region"] == "whole_tumor" and r["trainer"] == "nnUNetTrainerMCC")
     dataset = "Dataset990_ImbalancedDemo"
-    fold = work / "nnUNet_results" / dataset / "nnUNetTrainerMCC__nnUNetPlans__2d_small" / f"fold_{row['fold']}"
+    fold = work / "nnUNet_results" / dataset / f"{row['run']}__nnUNetPlans__2d_small" / f"fold_{row['fold']}"
     reference = work / "nnUNet_preprocessed" / dataset / "gt_segmentations" / f"{row['case']}.nii.gz"
     pred = np.isin(sitk.GetArrayFromImage(sitk.ReadImage(str(fold / "validation" / f"{row['case']}.nii.gz"))),
                    [1, 2, 3])

@@ -234,3 +234,24 @@ def test_low_precision_extreme_logits_and_large_patch_are_finite(dtype):
         loss.backward()
         assert torch.isfinite(loss) and torch.isfinite(x.grad.float()).all()
     assert MCCLoss()(onehot_logits(y, 2, 6e4).to(dtype), y).item() == pytest.approx(0.0, abs=1e-5)
+
+
+# ---------------------------------------------------------------- a softmax over one channel
+def test_softmax_over_one_channel_is_refused_and_binary_modes_still_work():
+    from nnunetv2.utilities.helpers import softmax_helper_dim1
+
+    x = torch.randn(2, 1, 6, 6, requires_grad=True)
+    y = (torch.rand(2, 1, 6, 6) > 0.7).long()
+    # softmax over 1 channel is 1 everywhere: before the check, a constant loss 1 with zero gradient
+    for nonlin in ("softmax", softmax_helper_dim1):
+        for kwargs in ({}, {"missed_weight": 1.0} if nonlin == "softmax" else {}, {"batch": False}):
+            with pytest.raises(ValueError, match=r"softmax over a 1-channel prediction.*sigmoid"):
+                MCCLoss(nonlin, **kwargs)(x, y)
+    # binary mode (sigmoid logits or probabilities) and 2-channel softmax are unchanged
+    for nonlin, prediction in (("sigmoid", x), (None, torch.sigmoid(x))):
+        loss = MCCLoss(nonlin)(prediction, y.float())
+        loss.backward()
+        assert torch.isfinite(loss) and x.grad.abs().sum() > 0
+        x.grad = None
+    two = torch.cat([-x, x], 1)
+    assert MCCLoss("softmax")(two, y).item() == pytest.approx(MCCLoss("sigmoid")(2 * x, y.float()).item(), abs=1e-5)

@@ -61,6 +61,20 @@ def kind(path: str) -> Optional[str]:
     return None
 
 
+def header_text(raw: bytes) -> str:
+    """One line of a text header as a string whose data-file name opens the file the header names.
+
+    ITK passes the bytes of ``ElementDataFile`` / ``data file`` to the OS unchanged, so they are decoded
+    as the OS decodes file names (``os.fsdecode``: UTF-8 with surrogate escapes on Linux and macOS,
+    which gives back the same bytes on ``open``), not as Latin-1 (``Cäse 05.raw`` written in UTF-8 would
+    read ``CÃ¤se 05.raw``). Bytes the file-system encoding cannot decode fall back to Latin-1.
+    """
+    try:
+        return os.fsdecode(raw)
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
 def metaimage_header(path: str) -> Tuple[Dict[str, str], int]:
     """({field: value}, bytes up to the end of the ElementDataFile line) of a MetaImage header."""
     fields: Dict[str, str] = {}
@@ -68,7 +82,7 @@ def metaimage_header(path: str) -> Tuple[Dict[str, str], int]:
     with open(path, "rb") as f:
         for raw in _header_lines(f):
             size += len(raw)
-            line = raw.decode("latin-1").strip()
+            line = header_text(raw).strip()
             if "=" in line:
                 key, value = line.split("=", 1)
                 fields[key.strip().lower()] = value.strip()
@@ -99,7 +113,8 @@ def _metaimage(path: str) -> Payload:
     if data_file.upper() == "LOCAL":
         data_path, offset = path, header_end
     else:
-        if data_file.upper().startswith("LIST") or "%" in data_file or len(data_file.split()) > 1:
+        # ITK reads several files only for LIST or a %-pattern; any other value is one file name, spaces and all
+        if data_file.upper().startswith("LIST") or "%" in data_file:
             raise Unverifiable("data split over several files (ElementDataFile = "
                                f"{data_file.split()[0]})")
         data_path = os.path.join(os.path.dirname(path), data_file)
@@ -156,7 +171,7 @@ def _nrrd(path: str) -> Payload:
             raise ValueError("not a NRRD header (no NRRD magic)")
         for raw in _header_lines(f):
             size += len(raw)
-            line = raw.decode("latin-1").rstrip("\r\n")
+            line = header_text(raw).rstrip("\r\n")
             if not line.strip():
                 break
             if line.startswith("#") or ":=" in line or ":" not in line:

@@ -12,9 +12,18 @@ correction. Runs of different budgets are not paired unless asked for (``--allow
 run's convergence is judged from its logged curves (``convergence.py``) and a comparison with any
 unconverged run says first that it measures training speed, not final quality.
 
+Training seeds: a trainer's runs are its seed folders ``<trainer>_seed<S>`` when it has any (else its
+unsuffixed folder); each case's score is averaged over the seeds before the paired tests, the spread over
+seeds is reported beside the fold spread, and a pair is "above training noise" only when the Holm-corrected
+test passes and the mean difference exceeds 2 sqrt((s_A^2 + s_B^2) / n_seeds). Different seed sets between
+trainers (``--allow-mixed-seeds``) and different settings identities within a trainer
+(``--allow-mixed-settings``) are refused like mixed budgets. Collapsed classes (Dice 0 on every validation
+case that has them) and the recorded training cost are reported per run and trainer.
+
 Written into the report folder (replaced as a whole, never half-written): ``per_case.csv``,
-``summary_table.{md,csv,tex}``, ``wilcoxon.csv``, ``bootstrap_ranks.csv``, ``runs.csv`` (budget, settings,
-convergence per fold), ``learning_curves.csv``, ``snapshots.csv``, ``plots/`` and ``report.md``.
+``summary_table.{md,csv,tex}``, ``wilcoxon.csv``, ``bootstrap_ranks.csv``, ``runs.csv`` (seed, budget,
+settings, convergence, collapsed classes, cost per run), ``cost.csv``, ``collapsed.csv``,
+``learning_curves.csv``, ``snapshots.csv``, ``plots/`` and ``report.md``.
 """
 
 import argparse
@@ -50,6 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-mixed-budgets", action="store_true",
                         help="pair runs trained with different budgets (epochs, iterations per epoch, validation "
                              "iterations) or an unknown one; the budgets are then shown first in the report")
+    parser.add_argument("--allow-mixed-seeds", action="store_true",
+                        help="pair trainers whose training seeds differ (their seed folders <trainer>_seed<S>, or "
+                             "the seed an unsuffixed folder records); the seeds are then shown first in the report")
+    parser.add_argument("--allow-mixed-settings", action="store_true",
+                        help="pair the folds and seeds of a trainer although they were trained with different "
+                             "loss settings (their recorded identity); the differences are listed in the report")
     parser.add_argument("--no-plots", action="store_true", help="skip the plots")
     parser.add_argument("--no-snapshots", action="store_true",
                         help="leave out the 'score after N iterations' table of the snapshot validations")
@@ -59,7 +74,8 @@ def run(args) -> int:
     comparison = compare(args.dataset, args.configuration, args.trainers, plans=args.plans, folds=args.folds,
                          baseline=args.baseline, output=args.output, bootstrap=args.bootstrap,
                          plots=not args.no_plots, snapshots=not args.no_snapshots,
-                         allow_mixed_budgets=args.allow_mixed_budgets)
+                         allow_mixed_budgets=args.allow_mixed_budgets, allow_mixed_seeds=args.allow_mixed_seeds,
+                         allow_mixed_settings=args.allow_mixed_settings)
     print(comparison["markdown"])
     print(f"\nReport folder: {comparison['output']}")
     return 0
@@ -79,6 +95,7 @@ class Collected:
     curves: pd.DataFrame          # tidy per-epoch series: trainer, fold, epoch, iterations, series, value
     regions: Dict[str, tuple]
     notes: List[str] = field(default_factory=list)
+    collapsed: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per run and collapsed class/region
 
 
 def _check_trainer_folders(results_root: str, dataset_name: str, trainers: Sequence[str], plans: str,
@@ -89,7 +106,8 @@ def _check_trainer_folders(results_root: str, dataset_name: str, trainers: Seque
                         f"nnunet-mcc crossval)")
     for trainer in trainers:
         folder = results.trainer_folder(results_root, dataset_name, trainer, plans, configuration)
-        if not os.path.isdir(folder):
+        runs, _ = results.seed_runs(results_root, dataset_name, trainer, plans, configuration)
+        if not os.path.isdir(folder) and runs[0][1] is None:
             suffix = f"__{plans}__{configuration}"
             present = sorted(n[: -len(suffix)] for n in os.listdir(dataset_results) if n.endswith(suffix))
             raise UserError(f"trainer {trainer!r} has no results folder {folder} (trainers with results for "
@@ -124,15 +142,24 @@ def _run_record(state: results.FoldState, allow_unknown: bool) -> dict:
         budget_problem = None
     except UserError as e:
         if not allow_unknown:
-            raise UserError(f"{state.trainer} fold {state.fold}: {e}; compare pairs runs of one budget only "
+            raise UserError(f"{state.run} fold {state.fold}: {e}; compare pairs runs of one budget only "
                             f"(--allow-mixed-budgets accepts an unknown one)") from None
         budget, budget_problem = None, str(e)
     provenance = results.read_provenance(state.folder)
     loss = results.loss_record(provenance, state.folder)
     series, log_source = results.training_log(state.folder)
+    per_class = series.pop(results.PER_CLASS_SERIES, None) if series else None
     per_epoch = budget.num_iterations_per_epoch if budget else None
     verdict = convergence.judge(series, per_epoch)
-    record = {"trainer": state.trainer, "fold": state.fold, "folder": state.folder,
+    training = (provenance or {}).get("training") if isinstance((provenance or {}).get("training"), dict) else {}
+    if state.seed is not None:
+        seed, seed_source = state.seed, "folder name"
+    elif training.get("seed") is not None:
+        seed, seed_source = training.get("seed"), f"{PROVENANCE_FILE} ({training.get('seed_source') or 'recorded'})"
+    else:
+        seed, seed_source = None, "unrecorded"
+    record = {"trainer": state.trainer, "run": state.run, "seed": seed, "seed_source": seed_source,
+              "deterministic": training.get("deterministic"), "fold": state.fold, "folder": state.folder,
               "num_epochs": budget.num_epochs if budget else None,
               "num_iterations_per_epoch": per_epoch,
               "num_val_iterations_per_epoch": budget.num_val_iterations_per_epoch if budget else None,
@@ -147,14 +174,21 @@ def _run_record(state: results.FoldState, allow_unknown: bool) -> dict:
               "epochs_logged": verdict.epochs, "converged": verdict.status, "convergence": verdict.describe()}
     for name in convergence.SERIES:
         record[f"projected_gain_{name}"] = verdict.gains.get(name, float("nan"))
+    cost = results.training_cost(state.folder)
+    for key in results.COST_KEYS:
+        record[f"cost_{key}"] = cost[key]
     record["_series"] = series
+    record["_per_class"] = per_class
     record["_budget"] = budget
+    record["_provenance"] = provenance
+    record["_loss"] = loss
     return record
 
 
 def collect(dataset: str, configuration: str, trainers: Sequence[str], plans: str = "nnUNetPlans",
             folds: Sequence[int] = (0, 1, 2, 3, 4), snapshots: bool = True,
-            allow_mixed_budgets: bool = False) -> Collected:
+            allow_mixed_budgets: bool = False, allow_mixed_seeds: bool = False,
+            allow_mixed_settings: bool = False) -> Collected:
     """Read every finished fold; raise UserError for unusable input (nothing is written)."""
     if len(set(trainers)) != len(trainers):
         raise UserError(f"-tr lists a trainer twice: {' '.join(trainers)}")
@@ -168,9 +202,16 @@ def collect(dataset: str, configuration: str, trainers: Sequence[str], plans: st
     if not finished:
         raise UserError(f"no finished fold (validation/summary.json) for {', '.join(trainers)} on {dataset_name} "
                         f"{configuration} folds {' '.join(map(str, folds))}")
-    notes = [f"{s.trainer} fold {s.fold}: {s.status}" for s in states if s.status != results.FINISHED]
+    notes = [f"{s.run} fold {s.fold}: {s.status}" for s in states if s.status != results.FINISHED]
+    for trainer in trainers:
+        runs, unsuffixed = results.seed_runs(results_root, dataset_name, trainer, plans, configuration)
+        if unsuffixed:
+            notes.append(f"{trainer}: its seed folders ({', '.join(r for r, _ in runs)}) are its runs; the unsuffixed "
+                         f"folder {trainer}__{plans}__{configuration} is not used")
     records = [_run_record(s, allow_mixed_budgets) for s in finished]
     _check_budgets(records, allow_mixed_budgets)
+    notes += _check_seeds(records, trainers, allow_mixed_seeds)
+    notes += _check_settings(records, trainers, allow_mixed_settings)
 
     count_rows, curve_rows = [], []
     for state, record in zip(finished, records):
@@ -193,42 +234,166 @@ def collect(dataset: str, configuration: str, trainers: Sequence[str], plans: st
             if stage == SNAPSHOT:
                 iterations = read_json(path, what).get("iterations", iterations)
             for row in rows:
-                row.update(trainer=state.trainer, fold=state.fold, stage=stage, epoch=epoch, iterations=iterations)
+                row.update(trainer=state.trainer, run=state.run, seed=_seed_text(record["seed"]), fold=state.fold,
+                           stage=stage, epoch=epoch, iterations=iterations)
             count_rows += rows
         if record["_series"]:
             series = record["_series"]
             for name, values in series.items():
                 for epoch, value in enumerate(values, start=1):
-                    curve_rows.append({"trainer": state.trainer, "fold": state.fold, "epoch": epoch,
+                    curve_rows.append({"trainer": state.trainer, "run": state.run, "fold": state.fold, "epoch": epoch,
                                        "iterations": epoch * per_epoch if per_epoch else None, "series": name,
                                        "value": value})
         else:
-            notes.append(f"{state.trainer} fold {state.fold}: {record['log_problem']}: no learning curve, "
+            notes.append(f"{state.run} fold {state.fold}: {record['log_problem']}: no learning curve, "
                          f"convergence not judged")
         unvalidated = sorted(set(results.snapshot_checkpoints(state.folder)) - set(state.snapshots))
         if snapshots and unvalidated:
             names = ", ".join(f"checkpoint_epoch_{e}.pth" for e in unvalidated)
-            notes.append(f"{state.trainer} fold {state.fold}: {names} not validated (no snapshots/epoch_<N>/"
+            notes.append(f"{state.run} fold {state.fold}: {names} not validated (no snapshots/epoch_<N>/"
                          f"summary.json; validate with nnUNetv2_predict -chk and nnU-Net's evaluation, or let "
                          f"this package's trainers do it during training)")
     if snapshots:
         notes += _snapshot_notes(finished)
     notes += _settings_notes(records)
-    runs = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in records])
     counts = pd.DataFrame(count_rows)
     scores = results.scores_from_counts(*(counts[c] for c in results.COUNTS))
     for metric in METRICS:
         counts[metric] = scores[metric]
-    curves = pd.DataFrame(curve_rows, columns=["trainer", "fold", "epoch", "iterations", "series", "value"])
+    collapsed = collapsed_classes(counts, records)
+    for r in records:
+        own = collapsed[(collapsed["run"] == r["run"]) & (collapsed["fold"] == r["fold"])] if len(collapsed) else []
+        r["collapsed"] = "; ".join(f"{c['class_or_region']} ({c['when']})" for _, c in own.iterrows()) \
+            if len(own) else ""
+    runs = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in records])
+    runs["seed"] = pd.array([r["seed"] for r in records], dtype="Int64")
+    curves = pd.DataFrame(curve_rows, columns=["trainer", "run", "fold", "epoch", "iterations", "series", "value"])
     return Collected(dataset_name, results_root, configuration, plans, list(trainers), states, runs, counts, curves,
-                     context["regions"], notes)
+                     context["regions"], notes, collapsed)
+
+
+def _seed_text(seed) -> str:
+    return "unrecorded" if seed is None else str(seed)
+
+
+def _run_label(record: dict) -> str:
+    return f"{record['run']} fold {record['fold']}"
+
+
+def _check_seeds(records: List[dict], trainers: Sequence[str], allow_mixed: bool) -> List[str]:
+    """Trainers are compared over the same training seeds: their seed folders' seeds, or for an unsuffixed
+    folder the seed(s) its folds record. A single run whose seed was not recorded matches any single run.
+    Otherwise refused unless ``allow_mixed`` (then a note says which seeds each trainer has)."""
+    seeds = {t: sorted({r["seed"] for r in records if r["trainer"] == t}, key=lambda v: (v is None, v or 0))
+             for t in trainers}
+    seeds = {t: v for t, v in seeds.items() if v}
+
+    def compatible(a, b) -> bool:
+        return a == b or (len(a) == len(b) == 1 and None in a + b)
+
+    listed = list(seeds.items())
+    mixed = any(not compatible(a, b) for i, (_, a) in enumerate(listed) for _, b in listed[i + 1:])
+    if not mixed:
+        return []
+    text = "; ".join(f"{t}: {' '.join(_seed_text(v) for v in s)}" for t, s in seeds.items())
+    if not allow_mixed:
+        raise UserError(f"the trainers were trained with different seeds ({text}): their differences would mix "
+                        f"the loss with training noise of different draws. Train every trainer with the same seeds "
+                        f"(folders <trainer>_seed<S>), or pass --allow-mixed-seeds to pair them anyway")
+    return [f"mixed seeds (paired on request, --allow-mixed-seeds): {text}"]
+
+
+def _flatten(value, prefix: str = "") -> Dict[str, str]:
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: json.dumps(value, sort_keys=True)}
+
+
+def _check_settings(records: List[dict], trainers: Sequence[str], allow_mixed: bool) -> List[str]:
+    """Every fold and seed of one trainer must have been trained with the same settings identity
+    (``results.settings_identity``: the recorded ``identity``, else the loss settings without the per-fold
+    class weights); otherwise refused unless ``allow_mixed`` (then a note lists the differences)."""
+    problems = []
+    for trainer in trainers:
+        own = [r for r in records if r["trainer"] == trainer]
+        if not own:
+            continue
+        identities = results.settings_identity([(r["_provenance"], r["_loss"]) for r in own])
+        groups: Dict[str, List[dict]] = {}
+        flat: Dict[str, Dict[str, str]] = {}
+        for r, (identity, source) in zip(own, identities):
+            key = json.dumps(identity, sort_keys=True, default=str)
+            groups.setdefault(key, []).append(r)
+            flat[key] = _flatten(identity)
+            r["identity_source"] = source
+            r["identity"] = key
+        if len(groups) < 2:
+            continue
+        keys = sorted({k for f in flat.values() for k in f if len({f.get(k) for f in flat.values()}) > 1})
+        parts = []
+        for key, runs in groups.items():
+            shown = ", ".join(_run_label(r) for r in runs[:4]) + (f" and {len(runs) - 4} more" if len(runs) > 4 else "")
+            values = ", ".join(f"{k}={_short(flat[key].get(k, 'absent'))}" for k in keys[:3])
+            parts.append(f"{shown} ({values})")
+        problems.append(f"{trainer}: {len(groups)} different settings ({', '.join(keys)}) in {' vs '.join(parts)}")
+    if not problems:
+        return []
+    if not allow_mixed:
+        raise UserError(f"runs of one trainer were trained with different settings, {'; '.join(problems)}: pairing "
+                        f"them would mix settings. Compare runs of one setting, or pass --allow-mixed-settings")
+    return [f"mixed settings (paired on request, --allow-mixed-settings): {p}" for p in problems]
+
+
+def _short(text: str, width: int = 40) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def collapsed_classes(counts: pd.DataFrame, records: Sequence[dict]) -> pd.DataFrame:
+    """Runs (trainer, seed, fold) in which a class or region collapsed: Dice 0 on every validation case where
+    it is present (reference non-empty), at the end of training. When: from the run's per-epoch pseudo Dice
+    per class (``dice_per_class_or_region``, in the order of the summary's labels/regions), the epoch after
+    which it stayed at or below 1e-3 to the end, or "never learned" (never above it)."""
+    columns = ["trainer", "run", "seed", "fold", "class_or_region", "kind", "cases_present", "status", "epoch",
+               "iterations", "when"]
+    final = counts[(counts["stage"] == FINAL) & counts["kind"].isin(["label", "region"])]
+    present = final[(final["TP"] + final["FN"]) > 0]
+    if present.empty:
+        return pd.DataFrame(columns=columns)
+    keys = ["trainer", "run", "seed", "fold", "class_or_region", "kind", "key"]
+    grouped = present.groupby(keys, sort=False)["Dice"].agg(cases_present="count",
+                                                            collapsed=lambda v: bool((v == 0).all()))
+    by_run = {(r["run"], r["fold"]): r for r in records}
+    rows = []
+    for (trainer, run, seed, fold, name, kind, key), entry in grouped[grouped["collapsed"]].iterrows():
+        record = by_run[(run, fold)]
+        status, epoch = "no per-class curve", None
+        per_class = record.get("_per_class")
+        if kind == "label" and per_class:
+            order = list(dict.fromkeys(final.loc[(final["run"] == run) & (final["fold"] == fold) &
+                                                 (final["kind"] == "label"), "key"]))
+            index = order.index(key)
+            status, epoch = convergence.collapse_epoch([e[index] if index < len(e) else None for e in per_class])
+        elif kind == "region":
+            status = "no per-epoch curve for evaluation regions"
+        per_epoch = record["num_iterations_per_epoch"]
+        iterations = epoch * per_epoch if epoch and per_epoch else None
+        when = {"collapsed": f"collapsed after epoch {epoch}" + (f" ({iterations} it.)" if iterations else ""),
+                "never learned": "never learned",
+                "not at the end": "pseudo Dice still above 0 at the last epoch"}.get(status, status)
+        rows.append({"trainer": trainer, "run": run, "seed": seed, "fold": fold, "class_or_region": name,
+                     "kind": kind, "cases_present": int(entry["cases_present"]), "status": status, "epoch": epoch,
+                     "iterations": iterations, "when": when})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _check_budgets(records: List[dict], allow_mixed: bool) -> None:
     """Runs are paired only when they share one budget (epochs, iterations per epoch, validation iterations)."""
     budgets: Dict[Optional[results.Budget], List[str]] = {}
     for r in records:
-        budgets.setdefault(r["_budget"], []).append(f"{r['trainer']} fold {r['fold']}")
+        budgets.setdefault(r["_budget"], []).append(_run_label(r))
     if len(budgets) <= 1 or allow_mixed:
         return
     parts = []
@@ -246,7 +411,7 @@ def _snapshot_notes(finished: Sequence[results.FoldState]) -> List[str]:
     if not epochs:
         return ["no snapshot validations (snapshots/epoch_<N>/summary.json): no 'score after N iterations' table "
                 "(train with crossval --snapshot-epochs)"]
-    return [f"{s.trainer} fold {s.fold}: no snapshot validation after epoch(s) "
+    return [f"{s.run} fold {s.fold}: no snapshot validation after epoch(s) "
             f"{' '.join(str(e) for e in epochs if e not in s.snapshots)}"
             for s in finished if set(epochs) - set(s.snapshots)]
 
@@ -278,11 +443,11 @@ def class_order(counts: pd.DataFrame) -> List[str]:
 def tidy_scores(counts: pd.DataFrame) -> pd.DataFrame:
     """One row per trainer, fold, stage, case, class/region and metric, plus the per-case foreground mean
     over the labels (nnU-Net's labels or regions; NaN-aware: the labels defined for that case)."""
-    ids = ["trainer", "fold", "stage", "epoch", "iterations", "case", "class_or_region", "kind"]
+    ids = ["trainer", "run", "seed", "fold", "stage", "epoch", "iterations", "case", "class_or_region", "kind"]
     long = counts.melt(id_vars=ids, value_vars=list(METRICS), var_name="metric", value_name="value")
     labels = long[long["kind"] == "label"]
     if labels["class_or_region"].nunique() > 1:
-        keys = ["trainer", "fold", "stage", "epoch", "iterations", "case", "metric"]
+        keys = ["trainer", "run", "seed", "fold", "stage", "epoch", "iterations", "case", "metric"]
         fg = labels.groupby(keys, dropna=False, sort=False)["value"].mean().reset_index()
         fg["class_or_region"], fg["kind"] = FOREGROUND_MEAN, "mean"
         long = pd.concat([long, fg[long.columns]], ignore_index=True)
@@ -290,18 +455,44 @@ def tidy_scores(counts: pd.DataFrame) -> pd.DataFrame:
 
 
 def common_cases(final: pd.DataFrame, trainers: Sequence[str]) -> List[str]:
-    per_trainer = final.groupby("trainer")["case"].agg(set)
-    cases = set.intersection(*[per_trainer.get(t, set()) for t in trainers]) if trainers else set()
-    return sorted(cases)
+    """The cases every trainer has, in every one of its runs (seeds): each case is then averaged over the same
+    seeds."""
+    keys = ["trainer", "run"] if "run" in final.columns else ["trainer"]
+    per_run = final.groupby(keys)["case"].agg(set)
+    cases = None
+    for trainer in trainers:
+        own = [v for k, v in per_run.items() if (k[0] if isinstance(k, tuple) else k) == trainer]
+        for found in own or [set()]:
+            cases = set(found) if cases is None else cases & found
+    return sorted(cases or set())
 
 
-def summary_table(final: pd.DataFrame, trainers: Sequence[str], classes: Sequence[str]) -> pd.DataFrame:
-    """Per metric, class/region and trainer: mean and std over cases, and the std of the fold means."""
+def seed_average(final_runs: pd.DataFrame) -> pd.DataFrame:
+    """Each case's score averaged over the trainer's runs (seeds): one row per trainer, case, class/region and
+    metric (NaN-aware: the seeds in which the score is defined); ``n_seeds`` says over how many."""
+    keys = ["trainer", "case", "class_or_region", "kind", "metric"]
+    return final_runs.groupby(keys, sort=False, dropna=False).agg(
+        value=("value", "mean"), fold=("fold", "min"), n_seeds=("run", "nunique")).reset_index()
+
+
+def seed_spread(final_runs: pd.DataFrame) -> pd.DataFrame:
+    """Per metric, class/region and trainer: the number of runs (seeds) and the std (ddof=1) over them of each
+    run's mean score over all compared cases (NaN with one seed: not measured)."""
+    keys = ["metric", "class_or_region", "trainer"]
+    per_seed = final_runs.groupby(keys + ["run"])["value"].mean()
+    return per_seed.groupby(level=keys).agg(n_seeds="count", std_seeds="std")
+
+
+def summary_table(final: pd.DataFrame, trainers: Sequence[str], classes: Sequence[str],
+                  final_runs: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+    """Per metric, class/region and trainer: mean and std over cases (of the seed-averaged case scores), the
+    std of the fold means and the std over seeds of the mean over all cases."""
     keys = ["metric", "class_or_region", "trainer"]
     over_cases = final.groupby(keys)["value"].agg(n_cases="count", mean="mean", std_cases="std")
     fold_means = final.groupby(keys + ["fold"])["value"].mean()
     over_folds = fold_means.groupby(level=keys).agg(n_folds="count", mean_of_fold_means="mean", std_folds="std")
-    table = over_cases.join(over_folds).reset_index()
+    spread = seed_spread(final_runs if final_runs is not None else final.assign(run=final["trainer"]))
+    table = over_cases.join(over_folds).join(spread).reset_index()
     table["best"] = table["mean"].notna() & (table["mean"] == table.groupby(["metric", "class_or_region"])[
         "mean"].transform("max"))
     return _ordered(table, trainers, classes)
@@ -320,9 +511,14 @@ def _wide(final: pd.DataFrame) -> pd.DataFrame:
     return final.set_index(["metric", "class_or_region", "case", "trainer"])["value"].unstack("trainer")
 
 
-def paired_tests(final: pd.DataFrame, trainers: Sequence[str], baseline: str, classes: Sequence[str]) -> pd.DataFrame:
-    """Wilcoxon signed-rank test of every trainer against the baseline on the same cases, Holm-corrected over
-    all comparisons (trainers x classes) of a metric."""
+def paired_tests(final: pd.DataFrame, trainers: Sequence[str], baseline: str, classes: Sequence[str],
+                 table: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+    """Wilcoxon signed-rank test of every trainer against the baseline on the same cases (each case's score
+    averaged over the trainer's seeds), Holm-corrected over all comparisons (trainers x classes) of a metric.
+
+    With ``table`` (``summary_table``), each pair is also judged against training noise: "above training
+    noise" when the Holm-corrected test passes and |mean_A - mean_B| > 2 sqrt(s_A^2/n_A + s_B^2/n_B), s the
+    std over seeds of a trainer's mean score (``stats.noise_threshold``); None when a spread is unmeasured."""
     wide = _wide(final)
     rows = []
     for metric in TESTED_METRICS:
@@ -342,22 +538,46 @@ def paired_tests(final: pd.DataFrame, trainers: Sequence[str], baseline: str, cl
             entry["p_holm"] = adjusted
             entry["significant_0.05"] = bool(np.isfinite(adjusted) and adjusted < 0.05)
         rows += block
-    return pd.DataFrame(rows, columns=["metric", "class_or_region", "trainer", "baseline", "n_pairs",
-                                       "median_difference", "p", "p_holm", "significant_0.05"])
+    columns = ["metric", "class_or_region", "trainer", "baseline", "n_pairs", "median_difference", "p", "p_holm",
+               "significant_0.05"]
+    if table is None:
+        return pd.DataFrame(rows, columns=columns)
+    index = table.set_index(["metric", "class_or_region", "trainer"])
+    empty = pd.Series({"mean": np.nan, "std_seeds": np.nan, "n_seeds": 0})
+    for row in rows:
+        own, base = (index.loc[key] if key in index.index else empty for key in (
+            (row["metric"], row["class_or_region"], row["trainer"]),
+            (row["metric"], row["class_or_region"], row["baseline"])))
+        row["mean_difference"] = float(own["mean"] - base["mean"])
+        row["std_seeds"], row["std_seeds_baseline"] = float(own["std_seeds"]), float(base["std_seeds"])
+        row["n_seeds"], row["n_seeds_baseline"] = (int(v) if pd.notna(v) else 0 for v in (own["n_seeds"],
+                                                                                          base["n_seeds"]))
+        row["noise_threshold"] = stats.noise_threshold(row["std_seeds"], row["n_seeds"], row["std_seeds_baseline"],
+                                                       row["n_seeds_baseline"])
+        row["above_training_noise"] = (bool(row["significant_0.05"] and abs(row["mean_difference"]) >
+                                            row["noise_threshold"]) if np.isfinite(row["noise_threshold"]) else None)
+    return pd.DataFrame(rows, columns=columns + ["mean_difference", "std_seeds", "std_seeds_baseline", "n_seeds",
+                                                 "n_seeds_baseline", "noise_threshold", "above_training_noise"])
 
 
-def rank_stability(final: pd.DataFrame, trainers: Sequence[str], classes: Sequence[str],
+def rank_stability(final_runs: pd.DataFrame, trainers: Sequence[str], classes: Sequence[str],
                    n_samples: int) -> pd.DataFrame:
-    wide = _wide(final)
+    """Bootstrap rank distribution over the cases and, per trainer, its seeds (``stats.bootstrap_ranks_over_seeds``)."""
+    if "run" not in final_runs.columns:
+        final_runs = final_runs.assign(run=final_runs["trainer"])
     rows = []
     for metric in TESTED_METRICS:
         for c in classes:
-            if (metric, c) not in wide.index.droplevel("case"):
+            sub = final_runs[(final_runs["metric"] == metric) & (final_runs["class_or_region"] == c)]
+            if sub.empty:
                 continue
-            scores = wide.loc[(metric, c)].reindex(columns=list(trainers)).to_numpy(dtype=float)
-            if scores.size == 0:
-                continue
-            ranks = stats.bootstrap_ranks(scores, n_samples=n_samples)
+            wide = sub.pivot_table(index="case", columns=["trainer", "run"], values="value", aggfunc="first",
+                                   dropna=False)
+            cases = sorted(sub["case"].unique())
+            wide = wide.reindex(index=cases)
+            scores = [wide[t].to_numpy(dtype=float).T if t in wide.columns.get_level_values(0)
+                      else np.full((1, len(cases)), np.nan) for t in trainers]
+            ranks = stats.bootstrap_ranks_over_seeds(scores, n_samples=n_samples)
             for i, t in enumerate(trainers):
                 rows.append({"metric": metric, "class_or_region": c, "trainer": t, "rank": int(ranks["full_rank"][i]),
                              "mean_bootstrap_rank": float(ranks["mean_rank"][i]),
@@ -385,7 +605,8 @@ def snapshot_table(tidy: pd.DataFrame, cases: Sequence[str], classes: Sequence[s
 
 
 def trainer_runs(runs: pd.DataFrame, trainers: Sequence[str]) -> pd.DataFrame:
-    """One row per trainer: budget(s), loss, settings and the convergence verdict over its folds."""
+    """One row per trainer: seeds, budget(s), loss, settings, the convergence verdict over its runs (folds x
+    seeds) and the classes that collapsed in some of its runs."""
     rows = []
     for trainer in trainers:
         own = runs[runs["trainer"] == trainer]
@@ -393,34 +614,72 @@ def trainer_runs(runs: pd.DataFrame, trainers: Sequence[str]) -> pd.DataFrame:
             continue
         judged = own[own["converged"].isin([convergence.YES, convergence.NO])]
         n_yes = int((own["converged"] == convergence.YES).sum())
+        n_runs = own["run"].nunique() if "run" in own else 1
+        what = "folds" if n_runs == 1 else "runs (folds x seeds)"
         if len(judged) == 0:
             verdict = "not judged (" + ", ".join(sorted(set(own["converged"]))) + ")"
-        elif n_yes == len(own):
-            verdict = "yes"
         else:
-            verdict = f"no ({n_yes} of {len(own)} folds)"
+            verdict = f"{n_yes} of {len(own)} {what} converged"
+        collapsed = {}
+        for text in own.get("collapsed", pd.Series(dtype=object)).fillna(""):
+            for name in {part.split(" (")[0] for part in text.split("; ") if part}:
+                collapsed[name] = collapsed.get(name, 0) + 1
+        seeds = " ".join(dict.fromkeys(str(int(s)) if s is not None and pd.notna(s) else "unrecorded"
+                                       for s in own.get("seed", pd.Series([None] * len(own)))))
         settings = own["loss_settings"].iloc[0]
-        rows.append({"trainer": trainer, "folds": len(own), "budget": " / ".join(dict.fromkeys(own["budget"])),
+        rows.append({"trainer": trainer, "seeds": seeds, "n_seeds": n_runs, "folds": own["fold"].nunique(),
+                     "runs": len(own), "budget": " / ".join(dict.fromkeys(own["budget"])),
                      "iterations": " / ".join(str(int(v)) if pd.notna(v) else "unknown"
                                               for v in dict.fromkeys(own["iterations"])),
                      "loss": own["loss"].iloc[0],
                      "settings": results.settings_text(json.loads(settings)) if settings else "",
-                     "converged": verdict, "all_converged": n_yes == len(own)})
+                     "converged": verdict, "all_converged": n_yes == len(own),
+                     "collapsed": "; ".join(f"{c} in {n} of {len(own)} runs" for c, n in collapsed.items())})
     return pd.DataFrame(rows)
+
+
+def cost_table(runs: pd.DataFrame, trainers: Sequence[str], baseline: str) -> pd.DataFrame:
+    """Per trainer, the mean over its runs (folds and seeds) of the recorded training cost (``cost`` of
+    ``nnunet_mcc_log.json``), and the ratio of wall time, iterations/s and peak memory to the baseline's."""
+    rows = []
+    for trainer in trainers:
+        own = runs[runs["trainer"] == trainer]
+        if own.empty:
+            continue
+        row = {"trainer": trainer, "runs": len(own)}
+        for key in ("wall_seconds", "iterations_per_second", "peak_memory_mb"):
+            values = pd.to_numeric(own.get(f"cost_{key}", pd.Series(dtype=float)), errors="coerce")
+            row[key] = float(values.mean()) if values.notna().any() else float("nan")
+            row[f"runs_with_{key}"] = int(values.notna().sum())
+        for key in ("device", "peak_memory_kind", "jobs", "torch_threads"):
+            values = [str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+                      for v in own.get(f"cost_{key}", pd.Series(dtype=object)) if v is not None and pd.notna(v)]
+            row[key] = " / ".join(dict.fromkeys(values)) if values else None
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    base = table.set_index("trainer").loc[baseline] if baseline in set(table["trainer"]) else None
+    for key in ("wall_seconds", "iterations_per_second", "peak_memory_mb"):
+        reference = base[key] if base is not None else float("nan")
+        table[f"{key}_vs_baseline"] = table[key] / reference if np.isfinite(reference) and reference else float("nan")
+    return table
 
 
 # ---- the whole comparison ---------------------------------------------------------------------
 def compare(dataset: str, configuration: str, trainers: Sequence[str], plans: str = "nnUNetPlans",
             folds: Sequence[int] = (0, 1, 2, 3, 4), baseline: Optional[str] = None, output: Optional[str] = None,
             bootstrap: int = 1000, plots: bool = True, snapshots: bool = True,
-            allow_mixed_budgets: bool = False) -> dict:
+            allow_mixed_budgets: bool = False, allow_mixed_seeds: bool = False,
+            allow_mixed_settings: bool = False) -> dict:
     trainers = list(trainers)
     baseline = baseline or trainers[0]
     if baseline not in trainers:
         raise UserError(f"--baseline {baseline!r} is not one of the compared trainers ({' '.join(trainers)})")
     if bootstrap < 1:
         raise UserError(f"--bootstrap must be a positive number of samples, got {bootstrap}")
-    data = collect(dataset, configuration, trainers, plans, folds, snapshots, allow_mixed_budgets)
+    data = collect(dataset, configuration, trainers, plans, folds, snapshots, allow_mixed_budgets, allow_mixed_seeds,
+                   allow_mixed_settings)
     output = os.path.abspath(output or os.path.join(data.results_root, data.dataset_name,
                                                     f"nnunet_mcc_comparison_{plans}_{configuration}"))
     missing = [t for t in trainers if t not in set(data.runs["trainer"])]
@@ -433,30 +692,34 @@ def compare(dataset: str, configuration: str, trainers: Sequence[str], plans: st
     notes = list(data.notes)
     if len(cases) < len(all_cases):
         notes.append(f"{len(all_cases) - len(cases)} of {len(all_cases)} cases are left out because not every "
-                     f"trainer has them: {' '.join(sorted(set(all_cases) - set(cases)))}")
+                     f"trainer (in every seed) has them: {' '.join(sorted(set(all_cases) - set(cases)))}")
     if not cases:
         raise UserError("no case has results from every compared trainer (their finished folds do not overlap)")
-    final = final_all[final_all["case"].isin(cases)]
+    final_runs = final_all[final_all["case"].isin(cases)]
+    final = seed_average(final_runs)
     classes = class_order(data.counts)
-    table = summary_table(final, trainers, classes)
-    tests = paired_tests(final, trainers, baseline, classes)
-    ranks = rank_stability(final, trainers, classes, bootstrap)
+    table = summary_table(final, trainers, classes, final_runs)
+    tests = paired_tests(final, trainers, baseline, classes, table)
+    ranks = rank_stability(final_runs, trainers, classes, bootstrap)
     snap = snapshot_table(tidy, cases, classes)
     per_trainer = trainer_runs(data.runs, trainers)
+    costs = cost_table(data.runs, trainers, baseline)
     unconverged = set(per_trainer.loc[~per_trainer["all_converged"], "trainer"])
     if len(tests):
         tests["caveat_not_converged"] = tests["trainer"].isin(unconverged) | tests["baseline"].isin(unconverged)
     page = report.Page(data.dataset_name, configuration, plans, trainers, baseline, classes, cases,
                        sorted({s.fold for s in data.states}), data.runs, per_trainer, table, tests, ranks, snap,
-                       notes, allow_mixed_budgets)
+                       notes, allow_mixed_budgets, costs, data.collapsed)
     markdown = page.markdown(full=True)
     _write_report(output, data, tidy, page, markdown, plots)
     return {"output": output, "markdown": page.markdown(full=False), "full_markdown": markdown,
             "table": table.to_dict("records"), "tests": tests.to_dict("records"), "ranks": ranks.to_dict("records"),
             "snapshots": snap.to_dict("records"), "runs": data.runs.to_dict("records"),
             "trainer_runs": per_trainer.to_dict("records"), "cases": cases, "classes": classes, "notes": notes,
+            "cost": costs.to_dict("records"), "collapsed": data.collapsed.to_dict("records"),
             "frames": {"counts": data.counts, "tidy": tidy, "table": table, "tests": tests, "ranks": ranks,
-                       "snapshots": snap, "runs": data.runs, "curves": data.curves}}
+                       "snapshots": snap, "runs": data.runs, "curves": data.curves, "final": final,
+                       "final_runs": final_runs, "cost": costs, "collapsed": data.collapsed}}
 
 
 def _write_report(output: str, data: Collected, tidy: pd.DataFrame, page: "report.Page", markdown: str,
@@ -465,7 +728,8 @@ def _write_report(output: str, data: Collected, tidy: pd.DataFrame, page: "repor
     with atomic_folder(output, "comparison report") as tmp:
         per_case = data.counts.copy()
         per_case["epoch"] = per_case["epoch"].astype("Int64")
-        columns = ["trainer", "fold", "stage", "epoch", "iterations", "case", "class_or_region", "key", "kind",
+        columns = ["trainer", "run", "seed", "fold", "stage", "epoch", "iterations", "case", "class_or_region", "key",
+                   "kind",
                    *results.COUNTS, *METRICS]
         report.write_frame(os.path.join(tmp, "per_case.csv"), per_case[columns])
         report.write_frame(os.path.join(tmp, "summary_table.csv"), page.table)
@@ -475,13 +739,17 @@ def _write_report(output: str, data: Collected, tidy: pd.DataFrame, page: "repor
             report.write_frame(os.path.join(tmp, "wilcoxon.csv"), page.tests)
         report.write_frame(os.path.join(tmp, "bootstrap_ranks.csv"), page.ranks)
         report.write_frame(os.path.join(tmp, "runs.csv"), data.runs)
+        if len(page.cost):
+            report.write_frame(os.path.join(tmp, "cost.csv"), page.cost)
+        if len(page.collapsed):
+            report.write_frame(os.path.join(tmp, "collapsed.csv"), page.collapsed)
         if len(data.curves):
             report.write_frame(os.path.join(tmp, "learning_curves.csv"), data.curves)
         if len(page.snapshots):
             report.write_frame(os.path.join(tmp, "snapshots.csv"), page.snapshots)
         if plots:
             os.makedirs(os.path.join(tmp, "plots"))
-            final = tidy[(tidy["stage"] == FINAL) & tidy["case"].isin(page.cases)]
+            final = seed_average(tidy[(tidy["stage"] == FINAL) & tidy["case"].isin(page.cases)])
             for metric in TESTED_METRICS:
                 report.plot_distributions(os.path.join(tmp, "plots", f"per_case_{metric.lower()}.png"),
                                           final[final["metric"] == metric], page.trainers, page.classes, metric)

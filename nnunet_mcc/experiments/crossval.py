@@ -15,7 +15,12 @@ such fold is named in one line with both budgets and nothing runs (exit status 2
 and trains it again. nnU-Net's own trainers have a budget fixed by their class: they are not checked, and
 the budget options do not apply to them.
 
-A failed run does not stop the others; failures are listed at the end and the exit status is 1.
+With ``--seeds 0 1 2`` each (trainer, fold) is trained once per seed, as the run of the seeded variant
+``<Trainer>_seed<S>`` (its own ``<Trainer>_seed<S>__<plans>__<configuration>/fold_<f>``); only this package's
+trainers read a seed.
+
+A failed run does not stop the others; failures are listed at the end and the exit status is 1. Progress:
+one line per finished run, or one progress bar with the running runs' epochs when stderr is a terminal.
 Instead of training here, ``--write-script`` writes the same logic as a shell script and ``--slurm`` as a
 SLURM job array with one task per run (the same state checks run inside each task).
 
@@ -36,12 +41,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
+from nnunet_mcc import provenance
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.experiments import results
-from nnunet_mcc.fileio import os_error_cause, write_json, write_text
-from nnunet_mcc.knobs import BUDGET_VARIABLES, SNAPSHOT_VARIABLE
+from nnunet_mcc.fileio import os_error_cause, read_json, write_json, write_text
+from nnunet_mcc.knobs import (BUDGET_VARIABLES, JOBS_VARIABLE, SEED_VARIABLE, SNAPSHOT_VARIABLE,
+                              TORCH_THREADS_VARIABLE, TRAIN_COMMAND_VARIABLE, check_environment, seed_from_env,
+                              seed_variant_name, split_seed)
 
-TRAIN_COMMAND_VARIABLE = "NNUNET_MCC_TRAIN_COMMAND"
 BUDGET_OPTIONS = {"epochs": BUDGET_VARIABLES["num_epochs"], "iterations": BUDGET_VARIABLES["num_iterations_per_epoch"],
                   "val_iterations": BUDGET_VARIABLES["num_val_iterations_per_epoch"]}
 TRAIN, RESUME, VALIDATE, SKIP = "train", "resume", "validate", "skip"
@@ -53,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-tr", "--trainers", nargs="+", required=True, help="trainer class names")
     parser.add_argument("-f", "--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="folds (default 0-4)")
     parser.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
+    parser.add_argument("--seeds", nargs="+", type=int, metavar="S",
+                        help="train each (trainer, fold) once per seed, as <Trainer>_seed<S> (this package's "
+                             "trainers only)")
     parser.add_argument("-device", "--device", default="cuda", choices=("cuda", "cpu", "mps"),
                         help="nnUNetv2_train's -device (default: cuda)")
     parser.add_argument("--npz", action="store_true", help="also save validation probabilities (nnU-Net's --npz)")
@@ -86,7 +96,7 @@ def run(args) -> int:
                     device=args.device, npz=args.npz, jobs=args.jobs, budget=budget,
                     snapshot_epochs=args.snapshot_epochs, train_command=args.train_command,
                     in_process=args.in_process, dry_run=args.dry_run, retrain_mismatched=args.retrain_mismatched,
-                    script=args.write_script, slurm=args.slurm, slurm_options=args.slurm_option)
+                    script=args.write_script, slurm=args.slurm, slurm_options=args.slurm_option, seeds=args.seeds)
 
 
 def train_executable(train_command: Optional[str] = None) -> List[str]:
@@ -110,7 +120,9 @@ class Run:
     action: str
     command: List[str]
     recorded: Optional[results.Budget] = None   # the budget an existing fold was trained with
-    mismatch: Optional[str] = None              # why its record does not match the asked budget
+    mismatch: Optional[str] = None              # why its record does not match the asked budget or settings
+    aside_tag: Optional[str] = None             # the suffix of its folder when moved aside
+    note: Optional[str] = None                  # what could not be checked
 
 
 def budget_environment(budget: Optional[Dict[str, Optional[int]]], snapshot_epochs: Optional[Sequence[int]]) -> Dict:
@@ -200,35 +212,130 @@ def planned_budgets(classes: Dict[str, Optional[type]], env: Dict[str, str]) -> 
         method = getattr(cls, "planned_budget", None) if cls is not None else None
         try:
             planned[name] = results.Budget.from_mapping(method(environ=env)) if method is not None else None
-        except ValueError as e:  # an NNUNET_MCC_* variable that is not a positive whole number
+        except (ValueError, UserError) as e:  # an NNUNET_MCC_* variable that is not a positive whole number
             raise UserError(f"{name}: {e}") from None
     return planned
 
 
-def check_budgets(runs: Sequence[Run], planned: Dict[str, Optional[results.Budget]]) -> List[Run]:
+def check_seeds(trainers: Sequence[str], seeds: Optional[Sequence[int]]) -> None:
+    """``--seeds``: distinct, non-negative, and not with a -tr name that carries a seed already."""
+    if seeds is None:
+        return
+    if not seeds:
+        raise UserError("--seeds needs at least one seed")
+    negative = [s for s in seeds if s < 0]
+    if negative:
+        raise UserError(f"--seeds must be integers >= 0, got {' '.join(map(str, negative))}")
+    twice = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    if twice:
+        raise UserError(f"--seeds lists seed {' '.join(map(str, twice))} twice: {' '.join(map(str, seeds))}")
+    seeded = [t for t in trainers if split_seed(t)[1] is not None]
+    if seeded:
+        raise UserError(f"-tr {' '.join(seeded)} carries a seed already (_seed<S>): give either seeded trainer names "
+                        f"or --seeds with the unseeded names ({' '.join(split_seed(t)[0] for t in seeded)})")
+
+
+def seedable(classes: Dict[str, Optional[type]]) -> None:
+    """With ``--seeds``: every trainer must read its seed (this package's trainers; nnU-Net's own ignore it)."""
+    unknown = [name for name, cls in classes.items() if cls is None]
+    if unknown:
+        raise UserError(f"--seeds: trainer(s) {', '.join(unknown)} not found by nnU-Net's lookup; --seeds needs "
+                        f"this package's trainers, which read the seed")
+    stock = [name for name, cls in classes.items() if not hasattr(cls, "seed_with_source")]
+    if stock:
+        raise UserError(f"--seeds applies to this package's trainers only: {', '.join(stock)} ignore(s) the seed; "
+                        f"for nnU-Net's Dice+CE with the seed and the budget knobs use nnUNetTrainerBaseline")
+
+
+def check_seed_environment(classes: Dict[str, Optional[type]], env: Dict[str, str],
+                           seeds: Optional[Sequence[int]]) -> None:
+    """A trainer whose name carries a seed must not meet another ``NNUNET_MCC_SEED`` (the trainer would refuse
+    to start): one line before anything runs."""
+    from_env = seed_from_env(env)
+    if seeds and from_env is not None and set(seeds) != {from_env}:
+        raise UserError(f"--seeds {' '.join(map(str, seeds))} with {SEED_VARIABLE}={from_env} in the environment: "
+                        f"each run's seed comes from its trainer name (_seed<S>); unset {SEED_VARIABLE}")
+    for name, cls in classes.items():
+        method = getattr(cls, "seed_with_source", None) if cls is not None else None
+        if method is not None:
+            method(environ=env)  # UserError naming the trainer, the class seed and the variable
+
+
+def run_trainers(trainers: Sequence[str], seeds: Optional[Sequence[int]]) -> List[str]:
+    """The trainer of each run: ``trainers`` as given, or each one once per seed (``<Trainer>_seed<S>``)."""
+    if not seeds:
+        return list(trainers)
+    return [seed_variant_name(t, s) for t in trainers for s in seeds]
+
+
+def planned_identities(classes: Dict[str, Optional[type]], env: Dict[str, str], dataset_name: str
+                       ) -> Dict[str, Optional[dict]]:
+    """The loss settings that are part of a run's identity (``identity_settings`` of this package's trainers) for
+    a new run of each trainer under ``env``; None for nnU-Net's own trainers. A bad setting (a distance matrix
+    file that does not fit, an unknown critic mode) is a UserError naming the trainer, before anything runs."""
+    dataset_json = None
+    planned = {}
+    for name, cls in classes.items():
+        method = getattr(cls, "identity_settings", None) if cls is not None else None
+        if method is None:
+            planned[name] = None
+            continue
+        if dataset_json is None:  # nnU-Net copies it there when it preprocesses
+            path = os.path.join(results.nnunet_folder("preprocessed"), dataset_name, "dataset.json")
+            dataset_json = read_json(path, "dataset.json") if os.path.isfile(path) else {}
+        try:
+            planned[name] = json.loads(json.dumps(method(dataset_json, environ=env)))  # as recorded
+        except UserError as e:
+            raise UserError(f"{name}: {e}") from None
+    return planned
+
+
+def _identity_difference(recorded: dict, asked: dict) -> str:
+    keys = sorted(k for k in set(recorded) | set(asked) if recorded.get(k) != asked.get(k))
+    return ", ".join(f"{k} {json.dumps(recorded.get(k))} -> {json.dumps(asked.get(k))}" for k in keys)
+
+
+def check_budgets(runs: Sequence[Run], planned: Dict[str, Optional[results.Budget]],
+                  identities: Optional[Dict[str, Optional[dict]]] = None) -> List[Run]:
     """Record each existing fold's budget in its Run and return the runs trained with another budget than
-    ``planned`` (or an unknown one). Folds to be trained from the start are not checked."""
+    ``planned`` (or an unknown one), or with other loss settings than ``identities`` (or unknown ones, when the
+    trainer's settings are not empty). Folds to be trained from the start are not checked."""
     mismatched = []
     for r in runs:
         asked = planned.get(r.trainer)
-        if r.action == TRAIN or asked is None:
+        if r.action == TRAIN:
             continue
-        try:
-            r.recorded = results.recorded_budget(r.folder)
-        except UserError as e:
-            r.mismatch = f"budget unknown ({e})"
-        else:
-            if r.recorded != asked:
-                r.mismatch = f"trained with {r.recorded.short()}, asked for {asked.short()} (epochs x iterations)"
+        if asked is not None:
+            try:
+                r.recorded = results.recorded_budget(r.folder)
+            except UserError as e:
+                r.mismatch, r.aside_tag = f"budget unknown ({e})", "budget_unknown"
+            else:
+                if r.recorded != asked:
+                    r.mismatch = f"trained with {r.recorded.short()}, asked for {asked.short()} (epochs x iterations)"
+                    r.aside_tag = (f"budget_{r.recorded.num_epochs}x{r.recorded.num_iterations_per_epoch}x"
+                                   f"{r.recorded.num_val_iterations_per_epoch}")
+        settings = (identities or {}).get(r.trainer)
+        record = results.read_provenance(r.folder) if not r.mismatch and settings else None
+        if record is None and not r.mismatch and settings:
+            r.note = "no run record (nnunet_mcc_provenance.json): its loss settings cannot be checked"
+        elif record is not None:
+            recorded_settings = record.get("identity")
+            if recorded_settings is None:
+                r.mismatch = ("loss settings unknown (no 'identity' in its run record: trained before they were "
+                              "recorded, or by another trainer)")
+            elif recorded_settings != settings:
+                r.mismatch = f"trained with other loss settings ({_identity_difference(recorded_settings, settings)})"
+            r.aside_tag = "settings" if r.mismatch else None
         if r.mismatch:
             mismatched.append(r)
     return mismatched
 
 
-def aside_name(folder: str, recorded: Optional[results.Budget]) -> str:
-    """A free name beside ``folder`` saying why it was moved: ``fold_0.budget_2x50x5`` (or ``.budget_unknown``)."""
-    tag = (f"budget_{recorded.num_epochs}x{recorded.num_iterations_per_epoch}x"
-           f"{recorded.num_val_iterations_per_epoch}") if recorded else "budget_unknown"
+def aside_name(folder: str, tag: Optional[str]) -> str:
+    """A free name beside ``folder`` saying why it was moved: ``fold_0.budget_2x50x5``, ``.budget_unknown`` or
+    ``.settings`` (then ``.settings.2``, ...)."""
+    tag = tag or "budget_unknown"
     candidate, n = f"{folder}.{tag}", 1
     while os.path.lexists(candidate):
         n += 1
@@ -260,8 +367,10 @@ def crossval(dataset: str, configuration: str, trainers: Sequence[str], folds: S
              budget: Optional[Dict[str, Optional[int]]] = None, snapshot_epochs: Optional[Sequence[int]] = None,
              train_command: Optional[str] = None, in_process: bool = False, dry_run: bool = False,
              retrain_mismatched: bool = False, script: Optional[str] = None, slurm: Optional[str] = None,
-             slurm_options: Sequence[str] = (), check_trainers: Optional[bool] = None, log=print) -> int:
-    """Returns 0 when every run is finished, 1 when some failed (listed at the end)."""
+             slurm_options: Sequence[str] = (), check_trainers: Optional[bool] = None,
+             seeds: Optional[Sequence[int]] = None, log=print) -> int:
+    """Returns 0 when every run is finished, 1 when some failed (listed at the end). With ``seeds`` every trainer is
+    trained once per seed, as ``<Trainer>_seed<S>``."""
     if jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {jobs}")
     extra_env = budget_environment(budget, snapshot_epochs)
@@ -271,9 +380,17 @@ def crossval(dataset: str, configuration: str, trainers: Sequence[str], folds: S
     if retrain_mismatched and (script or slurm):
         raise UserError("--retrain-mismatched moves fold folders aside here: run it without --write-script/--slurm "
                         "(or move the folders aside yourself)")
+    check_seeds(trainers, seeds)
     dataset_name = check_inputs(dataset, configuration, trainers, folds, plans)
     env = dict(os.environ, **extra_env)
-    classes = trainer_classes(trainers, required=(not custom) if check_trainers is None else check_trainers)
+    check_environment(env)  # every NNUNET_MCC_* knob the runs will read, before anything starts
+    required = (not custom) if check_trainers is None else check_trainers
+    classes = trainer_classes(trainers, required=required)
+    if seeds:
+        seedable(classes)
+        trainers = run_trainers(trainers, seeds)
+        classes = trainer_classes(trainers, required=True)  # the seeded variants, found as nnUNetv2_train will
+    check_seed_environment(classes, env, seeds)
     planned = planned_budgets(classes, env)
     fixed = [t for t in trainers if classes[t] is not None and planned[t] is None]
     if fixed and any(k in extra_env for k in BUDGET_OPTIONS.values()):
@@ -282,15 +399,19 @@ def crossval(dataset: str, configuration: str, trainers: Sequence[str], folds: S
     executable = train_executable(train_command)
     if (script or slurm) and not custom:
         executable = ["nnUNetv2_train"]  # scripts run elsewhere (a cluster node): name nnU-Net's command
+    identities = planned_identities(classes, env, dataset_name)
     runs = plan_runs(dataset_name, configuration, trainers, folds, plans, device, npz, executable)
-    mismatched = check_budgets(runs, planned)
+    mismatched = check_budgets(runs, planned, identities)
+    for r in runs:
+        if r.note:
+            log(f"note: {r.trainer} fold {r.fold}: {r.note}")
     if mismatched and not retrain_mismatched:
         listed = "; ".join(f"{r.trainer} fold {r.fold} {r.mismatch}" for r in mismatched)
-        raise UserError(f"{len(mismatched)} fold(s) were not trained with the budget asked for, nothing was run: "
-                        f"{listed}. Ask for their budget (--epochs/--iterations/--val-iterations), or pass "
-                        f"--retrain-mismatched to move them aside and train them again")
+        raise UserError(f"{len(mismatched)} fold(s) were not trained with the budget and loss settings asked for, "
+                        f"nothing was run: {listed}. Ask for their budget (--epochs/--iterations/--val-iterations) "
+                        f"and settings, or pass --retrain-mismatched to move them aside and train them again")
     for r in mismatched:
-        target = aside_name(r.folder, r.recorded)
+        target = aside_name(r.folder, r.aside_tag)
         if dry_run:
             log(f"{r.trainer} fold {r.fold}: {r.mismatch}: would be moved aside to {os.path.basename(target)}")
         else:
@@ -308,6 +429,9 @@ def crossval(dataset: str, configuration: str, trainers: Sequence[str], folds: S
                 log(f"wrote {path} ({len(runs)} runs)")
         return 0
     pending = [r for r in runs if r.action != SKIP]
+    if seeds and dry_run:
+        log(f"{len(runs)} runs: {len(runs) // (len(seeds) * len(folds))} trainer(s) x {len(seeds)} seed(s) "
+            f"({' '.join(map(str, seeds))}) x {len(folds)} fold(s)")
     for r in runs:
         if dry_run or r.action == SKIP:
             trained = f", trained {r.recorded.short()}" if r.recorded else ""
@@ -326,18 +450,21 @@ def crossval(dataset: str, configuration: str, trainers: Sequence[str], folds: S
     os.makedirs(log_folder, exist_ok=True)
     started = time.time()
     failures = []
+    run_env = dict(env, **{JOBS_VARIABLE: str(jobs)})  # recorded in each run's cost
+    epochs = {t: (b.num_epochs if b is not None else None) for t, b in planned.items()}
+    progress = Progress(len(pending), log, epochs)
 
-    def execute(index_run):
-        index, r = index_run
+    def execute(r: Run) -> None:
         log_file = os.path.join(log_folder, f"{r.trainer}__{plans}__{configuration}_fold_{r.fold}.log")
-        log(f"[{index}/{len(pending)}] {r.trainer} fold {r.fold}: {r.action} ...")
+        progress.started(r)
         t0 = time.time()
         if workers is None:
             with open(log_file, "a") as handle:
                 handle.write(f"$ {shlex.join(r.command)}\n")
                 handle.flush()
                 try:
-                    code = subprocess.run(r.command, env=env, stdout=handle, stderr=subprocess.STDOUT).returncode
+                    code = subprocess.run(r.command, env=run_env, stdout=handle,
+                                          stderr=subprocess.STDOUT).returncode
                 except OSError as e:
                     handle.write(f"cannot start: {e}\n")
                     code = 127
@@ -345,21 +472,22 @@ def crossval(dataset: str, configuration: str, trainers: Sequence[str], folds: S
             code = workers.train(r, log_file, dataset_name, configuration, plans, device, npz)
         finished = results.fold_status(r.folder) == results.FINISHED
         if code == 0 and finished:
-            log(f"[{index}/{len(pending)}] {r.trainer} fold {r.fold}: done in {time.time() - t0:.0f} s")
+            progress.finished(r, f"{r.trainer} fold {r.fold}: {DONE[r.action]} in {time.time() - t0:.0f} s")
         else:
             reason = f"exit status {code}" if code != 0 else "no validation/summary.json afterwards"
             failures.append((r, reason, log_file))
-            log(f"[{index}/{len(pending)}] {r.trainer} fold {r.fold}: FAILED ({reason}), log: {log_file}")
+            progress.finished(r, f"{r.trainer} fold {r.fold}: FAILED ({reason}), log: {log_file}")
 
-    workers = WorkerPool(env, torch_threads=1 if (jobs > 1 and device == "cpu") else 0) if in_process else None
+    workers = WorkerPool(run_env, torch_threads=1 if (jobs > 1 and device == "cpu") else 0) if in_process else None
     try:
         if jobs == 1:
-            for item in enumerate(pending, start=1):
-                execute(item)
+            for r in pending:
+                execute(r)
         else:
             with ThreadPoolExecutor(max_workers=jobs) as pool:
-                list(pool.map(execute, enumerate(pending, start=1)))
+                list(pool.map(execute, pending))
     finally:
+        progress.close()
         if workers is not None:
             workers.close()
     log(f"{len(pending) - len(failures)} of {len(pending)} runs finished in {time.time() - started:.0f} s "
@@ -372,11 +500,100 @@ def crossval(dataset: str, configuration: str, trainers: Sequence[str], folds: S
     return 0
 
 
+DONE = {TRAIN: "trained", RESUME: "resumed and trained", VALIDATE: "validated"}
+
+
+class Progress:
+    """What a person reads while the runs go on.
+
+    When stderr is not a terminal (CI, SLURM logs, tests): one plain line per finished run,
+    ``[3/20] nnUNetTrainerMCC_seed1 fold 2: trained in 41 s``, written whole under one lock, so parallel
+    runs never interleave. On a terminal: one tqdm bar over the runs, with the epochs of the running ones
+    read from their ``nnunet_mcc_log.json`` (``epochs_completed``) every second by a small thread; the
+    finished lines are printed above it.
+    """
+
+    def __init__(self, total: int, log=print, epochs: Optional[Dict[str, Optional[int]]] = None,
+                 interactive: Optional[bool] = None, poll_seconds: float = 1.0):
+        self.total, self.log, self.epochs, self.done = total, log, epochs or {}, 0
+        self.lock = threading.Lock()
+        self.running: Dict[int, tuple] = {}  # id(run) -> (run, start time)
+        self.interactive = _stderr_is_terminal() if interactive is None else interactive
+        self.bar = None
+        if self.interactive:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="run", desc="crossval", file=sys.stderr, dynamic_ncols=True)
+            self.stop = threading.Event()
+            self.poller = threading.Thread(target=self._poll, args=(poll_seconds,), daemon=True)
+            self.poller.start()
+
+    def started(self, r: Run) -> None:
+        with self.lock:
+            self.running[id(r)] = (r, time.time())
+
+    def finished(self, r: Run, text: str) -> None:
+        with self.lock:
+            self.running.pop(id(r), None)
+            self.done += 1
+            line = f"[{self.done}/{self.total}] {text}"
+            if self.bar is None:
+                self.log(line)
+            else:
+                with self.bar.external_write_mode():
+                    self.log(line)
+                self.bar.update(1)
+
+    def running_text(self) -> str:
+        """``MCC_seed1 f2 12/50, GWDL f0 3/50``: the running runs and their completed epochs."""
+        with self.lock:
+            running = list(self.running.values())
+        parts = []
+        for r, since in running:
+            name = r.trainer[len("nnUNetTrainer"):] if r.trainer.startswith("nnUNetTrainer") and \
+                r.trainer != "nnUNetTrainer" else r.trainer
+            done = _epochs_completed(r.folder, since)
+            total = self.epochs.get(r.trainer)
+            state = {VALIDATE: "validating"}.get(r.action) or (
+                "starting" if done is None else f"{done}/{total}" if total else f"epoch {done}")
+            parts.append(f"{name} f{r.fold} {state}")
+        return ", ".join(parts)
+
+    def _poll(self, seconds: float) -> None:
+        while not self.stop.wait(seconds):
+            self.bar.set_postfix_str(self.running_text(), refresh=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.stop.set()
+            self.poller.join()
+            self.bar.close()
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _epochs_completed(folder: str, since: float) -> Optional[int]:
+    """``epochs_completed`` of a fold's training log written since ``since`` (an older one is a former run's)."""
+    path = os.path.join(folder, provenance.LOG_FILE)
+    try:
+        if os.stat(path).st_mtime < since - 1:
+            return None
+        with open(path) as handle:
+            return int(json.load(handle)["epochs_completed"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # not written yet, or being rewritten right now
+
+
 class WorkerPool:
     """One ``train_worker`` process per calling thread, started on first use and restarted if it dies."""
 
     def __init__(self, env: Dict[str, str], torch_threads: int = 0):
-        self.env = dict(env, NNUNET_MCC_TORCH_THREADS=str(torch_threads))
+        self.env = dict(env, **{TORCH_THREADS_VARIABLE: str(torch_threads)})
         self.local = threading.local()
         self.all: List[subprocess.Popen] = []
         self.lock = threading.Lock()
@@ -451,6 +668,8 @@ def shell_script(runs: Sequence[Run], extra_env: Dict[str, str], slurm_options: 
     lines += ["# written by `nnunet-mcc crossval`: nnU-Net's folders must be set in the environment",
               "set -u", ': "${nnUNet_raw:?}" "${nnUNet_preprocessed:?}" "${nnUNet_results:?}"']
     lines += [f"export {k}={shlex.quote(v)}" for k, v in extra_env.items()]
+    if slurm_options is None:
+        lines.append(f"export {JOBS_VARIABLE}=1  # one run at a time (recorded in each run's cost)")
     lines.append(_RUN_FUNCTION)
     # the state is checked when the script runs, so the commands are written without --c/--val
     commands = [[c for c in r.command if c not in ("--c", "--val")] for r in runs]

@@ -49,8 +49,11 @@ EVALUATION_REGIONS = {"whole_tumor": [1, 2, 3], "tumor_core": [2, 3]}
 # 19 of 20 runs converged, one SegAN run still rising); --converge (1280 iterations) gives slow runs room
 # to finish their climb before the last quarter, the convergence criterion's window (measured: 1256 s,
 # 20 of 20 converged).
-PROFILES = {"default": dict(epochs=30, iterations=20, val_iterations=3, snapshot_epochs=(10, 20)),
-            "converge": dict(epochs=64, iterations=20, val_iterations=3, snapshot_epochs=(16, 32))}
+# The default trains every (trainer, fold) once, seeded by NNUNET_MCC_SEED (2026 unless set): its report says
+# that training noise was not measured. --converge trains each three times (seeded variants <Trainer>_seed<S>),
+# so compare can tell a difference between losses from the spread between seeds.
+PROFILES = {"default": dict(epochs=30, iterations=20, val_iterations=3, snapshot_epochs=(10, 20), seeds=None),
+            "converge": dict(epochs=64, iterations=20, val_iterations=3, snapshot_epochs=(16, 32), seeds=(0, 1, 2))}
 NETWORK = dict(n_stages=3, base_features=8, batch_size=8)
 
 
@@ -72,6 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--snapshot-epochs", nargs="*", type=int,
                         help="validate the networks also after these epochs, during training ('score after N "
                              "iterations' table; default: the profile's; none: --snapshot-epochs with no value)")
+    parser.add_argument("--seeds", nargs="+", type=int,
+                        help="train every (trainer, fold) once per seed, as <Trainer>_seed<S> (default: the profile's: "
+                             "one run seeded by NNUNET_MCC_SEED, or 0 1 2 with --converge)")
     parser.add_argument("-device", "--device", default="cpu", choices=("cpu", "cuda", "mps"))
     parser.add_argument("-j", "--jobs", type=int,
                         help="trainings at the same time (default: cores + 1 on cpu, one thread each; 1 otherwise)")
@@ -84,10 +90,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap samples for rank stability")
 
 
-# nnU-Net's default loss (Dice + CE, the baseline) and one trainer per loss family of the package; the
-# variants (MCC + CE, GWDL + CE, weighted CE, BraTS preset, per-label critics, ...) need more time than a
-# converged five-fold comparison on two cores leaves: -tr or --all-trainers add them
-DEMO_TRAINERS = ("nnUNetTrainerBaseline", "nnUNetTrainerMCC", "nnUNetTrainerGWDL", "nnUNetTrainerSegAN")
+# nnU-Net's default loss (Dice + CE, the baseline) and one trainer per loss family of the package, each the
+# family's member that did best in the ablations (benchmarks/ablation.py, docs/gwdl.md and docs/segan.md): the
+# MCC with its missed-class gate; GWDL + CE (GWDL alone, even gated, lost a label in some folds); the critic
+# over nnU-Net's Dice + CE (over CE, the seed's objective, it was still far from converged at this budget).
+# The other variants need more time than a converged five-fold comparison on two cores leaves: -tr or
+# --all-trainers add them
+DEMO_TRAINERS = ("nnUNetTrainerBaseline", "nnUNetTrainerMCC", "nnUNetTrainerGWDL_CE", "nnUNetTrainerSegANDiceCE")
 
 
 def default_trainers(everything: bool = False) -> List[str]:
@@ -102,16 +111,21 @@ def default_trainers(everything: bool = False) -> List[str]:
 
 def _profile_text(name: str) -> str:
     p = PROFILES[name]
-    return f"{p['epochs']} epochs x {p['iterations']} iterations, snapshots after {' and '.join(map(str, p['snapshot_epochs']))}"
+    seeds = f", seeds {' '.join(map(str, p['seeds']))}" if p["seeds"] else ", one seed"
+    return (f"{p['epochs']} epochs x {p['iterations']} iterations, snapshots after "
+            f"{' and '.join(map(str, p['snapshot_epochs']))}{seeds}")
 
 
 def _apply_profile(args) -> None:
     """Options not given take the chosen profile's values."""
     profile = PROFILES["converge" if args.converge else "default"]
-    for name in ("epochs", "iterations", "val_iterations", "snapshot_epochs"):
+    for name in ("epochs", "iterations", "val_iterations", "snapshot_epochs", "seeds"):
         if getattr(args, name) is None:
             value = profile[name]
             setattr(args, name, list(value) if isinstance(value, tuple) else value)
+    from nnunet_mcc.experiments.crossval import check_seeds
+
+    check_seeds([], args.seeds)
 
 
 def _check_args(args) -> None:
@@ -135,7 +149,7 @@ def _check_args(args) -> None:
     args.snapshot_epochs = sorted({e for e in args.snapshot_epochs or [] if e < args.epochs})
 
 
-def _set_environment(work: str, device: str, jobs: int) -> None:
+def _set_environment(work: str, device: str, jobs: int, seeded_names: bool = False) -> None:
     """nnU-Net's folders inside the work folder, and CPU settings; before nnunetv2 is imported (it reads
     its paths at import time)."""
     for kind in ("raw", "preprocessed", "results"):
@@ -144,8 +158,10 @@ def _set_environment(work: str, device: str, jobs: int) -> None:
     os.environ.setdefault("MPLBACKEND", "agg")
     # progress.png costs seconds per redraw: only the last epoch's (the trainers always draw it)
     os.environ.setdefault(SCHEDULE_VARIABLES["plot_every"], "1000000")
-    # seeded runs; with data augmentation in the training process (below, on cpu) a rerun gives the same curves
-    os.environ.setdefault(SEED_VARIABLE, "2026")
+    # seeded runs; with data augmentation in the training process (below, on cpu) a rerun gives the same curves;
+    # with --seeds every run's seed is in its trainer's name
+    if not seeded_names:
+        os.environ.setdefault(SEED_VARIABLE, "2026")
     if device == "cpu":
         os.environ["nnUNet_compile"] = "0"
         os.environ.setdefault("nnUNet_n_proc_DA", "1")  # planning needs at least one worker
@@ -175,7 +191,7 @@ def run(args) -> int:
     # on cpu one more job than cores: part of each run waits for nnU-Net's validation workers to start
     jobs = args.jobs or ((os.cpu_count() or 1) + 1 if args.device == "cpu" else 1)
     os.makedirs(work, exist_ok=True)
-    _set_environment(work, args.device, jobs)
+    _set_environment(work, args.device, jobs, seeded_names=bool(args.seeds))
     print(f"nnunet-mcc demo: work folder {work}")
     from nnunet_mcc.trainers import trainer_class
 
@@ -208,21 +224,22 @@ def run(args) -> int:
         # data augmentation in the training process: a worker process per training costs more CPU than it saves
         os.environ["nnUNet_n_proc_DA"] = "0"
     budget = settings["budget"]
-    print(f"[{clock[-1][0] - clock[0][0]:.0f} s] cross-validation: {len(trainers)} trainers x {len(args.folds)} folds, "
+    seeds = f" x {len(args.seeds)} seeds" if args.seeds else ""
+    print(f"[{clock[-1][0] - clock[0][0]:.0f} s] cross-validation: {len(trainers)} trainers x {len(args.folds)} folds{seeds}, "
           f"{args.epochs} epochs x {args.iterations} iterations (batch {NETWORK['batch_size']}"
           f"{', full network' if args.full_network else ''}), {jobs} at a time on {args.device}")
     from nnunet_mcc.experiments.crossval import crossval
 
     status = crossval(dataset_name, configuration, trainers, folds=args.folds, device=args.device, jobs=jobs,
                       budget=budget, snapshot_epochs=args.snapshot_epochs or None, check_trainers=False,
-                      in_process=True)
+                      in_process=True, seeds=args.seeds)
     phase("cross-validation (training, snapshot and final validation)")
     print(f"[{clock[-1][0] - clock[0][0]:.0f} s] comparison")
     from nnunet_mcc.experiments import results
     from nnunet_mcc.experiments.compare import compare
 
     states = results.survey(os.environ["nnUNet_results"], dataset_name, trainers, "nnUNetPlans", configuration,
-                            args.folds)
+                            args.folds)  # each trainer's seed runs, found by their names
     usable = [t for t in trainers if any(s.trainer == t and s.status == results.FINISHED for s in states)]
     if not usable:
         raise UserError("no training finished: see the logs listed above")

@@ -3,7 +3,7 @@ numbers come from compare.py's DataFrames; files are written through ``nnunet_mc
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -50,8 +50,14 @@ def latex_escape(text: str) -> str:
 
 
 def score_cell(entry, bold: str = "**") -> str:
-    """``mean ± sd over cases (± sd over fold means)``, the best of its row in bold."""
-    text = f"{fmt(entry['mean'])} ± {fmt(entry['std_cases'])} (± {fmt(entry['std_folds'])})"
+    """``mean ± sd over cases (± sd over fold means)``, with several seeds ``(± sd folds, ± sd seeds)``; the
+    best of its row in bold."""
+    n_seeds = entry.get("n_seeds", 1)
+    if pd.notna(n_seeds) and n_seeds > 1:
+        text = (f"{fmt(entry['mean'])} ± {fmt(entry['std_cases'])} (± {fmt(entry['std_folds'])} folds, "
+                f"± {fmt(entry['std_seeds'])} seeds)")
+    else:
+        text = f"{fmt(entry['mean'])} ± {fmt(entry['std_cases'])} (± {fmt(entry['std_folds'])})"
     return f"{bold}{text}{bold}" if entry["best"] else text
 
 
@@ -128,6 +134,8 @@ class Page:
     snapshots: pd.DataFrame
     notes: List[str]
     mixed_budgets_allowed: bool
+    cost: pd.DataFrame = field(default_factory=pd.DataFrame)
+    collapsed: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def headline(self) -> str:
@@ -160,18 +168,79 @@ class Page:
                 f"speed), not the final quality of the losses; significance marks carry that caveat "
                 f"({CAVEAT_MARK})."]
 
+    @property
+    def seed_counts(self) -> List[int]:
+        if "n_seeds" not in self.per_trainer:
+            return [1]
+        return sorted({int(n) for n in self.per_trainer["n_seeds"]})
+
+    def noise_lines(self) -> List[str]:
+        """Whether training noise was measured, the rule, and per trainer against the baseline (headline class)
+        whether its difference is above it."""
+        counts = self.seed_counts
+        if counts == [1]:
+            lines = ["**Training noise not measured:** every trainer was trained with one seed, so no difference "
+                     "below can be told from seed-to-seed variation (train each trainer with several seeds, "
+                     "result folders `<trainer>_seed<S>`, to measure it)."]
+        else:
+            seeds = " / ".join(map(str, counts))
+            lines = [f"**Training noise** measured over {seeds} seeds per trainer"
+                     + (" (two seeds: the spread is a rough estimate)" if min(counts) == 2 else "")
+                     + ". Each case's score is averaged over a trainer's seeds before the tests. A difference is "
+                       "**above training noise** when the Holm-corrected Wilcoxon test passes (p < 0.05) and "
+                       "|mean_A - mean_B| > 2 sqrt((s_A^2 + s_B^2) / n_seeds), s = std over seeds of a trainer's "
+                       "mean score over all cases."]
+            if min(counts) == 1:
+                lines.append("Some trainers have one seed only: their pairs are not judged against training noise.")
+        tests = self.tests[self.tests["class_or_region"] == self.headline] if len(self.tests) else self.tests
+        for _, t in tests.iterrows() if len(tests) else []:
+            lines.append(f"- {t['trainer']} vs {t['baseline']} ({self.headline} {t['metric']}): "
+                         + self.pair_verdict(t))
+        return lines
+
+    @staticmethod
+    def pair_verdict(t) -> str:
+        diff = t.get("mean_difference", float("nan"))
+        text = f"difference {diff:+.3f}, p (Holm) {fmt_p(t['p_holm'])}" if pd.notna(diff) else \
+            f"p (Holm) {fmt_p(t['p_holm'])}"
+        above = t.get("above_training_noise")
+        if above is None or (isinstance(above, float) and math.isnan(above)):
+            verdict = "significant" if t["significant_0.05"] else "not significant"
+            return f"{text}: {verdict}; training noise not measured"
+        threshold = fmt(t["noise_threshold"])
+        if above:
+            return f"{text}, noise threshold {threshold}: **above training noise**"
+        if t["significant_0.05"]:
+            return f"{text}, noise threshold {threshold}: significant but within training noise"
+        return f"{text}, noise threshold {threshold}: not significant"
+
+    def collapsed_lines(self) -> List[str]:
+        if self.collapsed is None or not len(self.collapsed):
+            return []
+        shown = "; ".join(f"{c['run']} fold {c['fold']}: {c['class_or_region']} ({c['when']})"
+                          for _, c in self.collapsed.head(8).iterrows())
+        more = f" and {len(self.collapsed) - 8} more (collapsed.csv)" if len(self.collapsed) > 8 else ""
+        return [f"**Collapsed classes** (Dice 0 on every validation case that has the class): {shown}{more}."]
+
     def markdown(self, full: bool = True) -> str:
         """The report page; ``full=False`` (what is printed) keeps only the headline row of the tests."""
         parts = [f"# Loss comparison: {self.dataset_name}, {self.configuration} ({self.plans})", ""]
-        parts += self.banner() + [""] + self.budget_lines() + [""]
+        parts += self.banner() + [""] + self.noise_lines() + [""]
+        collapsed = self.collapsed_lines()
+        parts += collapsed + ([""] if collapsed else [])
+        parts += self.budget_lines() + [""]
+        spread = "(± std of the fold means" + (", ± std over seeds of the mean" if self.seed_counts != [1] else "")
         parts.append(f"{len(self.cases)} cross-validation cases (folds {' '.join(map(str, self.folds))}) that every "
-                     f"trainer has. Cells: mean ± std over cases (± std of the fold means); best in bold.")
+                     f"trainer has. Cells: mean ± std over cases {spread}); best in bold.")
         parts += ["", "## Runs", "", self._runs_markdown()]
+        if self.cost is not None and len(self.cost):
+            parts += ["", "## Cost", ""] + self._cost_markdown()
         for metric in ("Dice", "MCC"):
             parts += ["", f"## {metric}", "", summary_markdown(self.table, metric, self.trainers, self.classes)]
         if len(self.trainers) > 1 and len(self.tests):
             parts += self._tests_markdown(full)
-            parts += ["", f"## Rank stability ({self.headline}, bootstrap over cases)", ""]
+            over = "cases" if self.seed_counts == [1] else "cases and each trainer's seeds"
+            parts += ["", f"## Rank stability ({self.headline}, bootstrap over {over})", ""]
             ranks = self.ranks[self.ranks["class_or_region"] == self.headline]
             shown = pd.DataFrame({"metric": ranks["metric"], "trainer": ranks["trainer"], "rank": ranks["rank"],
                                   "mean bootstrap rank": ranks["mean_bootstrap_rank"].map(lambda v: fmt(v, 2)),
@@ -179,6 +248,13 @@ class Page:
             parts.append(shown.to_markdown(index=False))
         if len(self.snapshots):
             parts += self._snapshots_markdown()
+        if full and self.collapsed is not None and len(self.collapsed):
+            parts += ["", "## Collapsed classes", "", "Dice 0 on every validation case where the class or region is "
+                      "present; when: the epoch after which the per-epoch pseudo Dice of that class stayed at or "
+                      f"below {convergence.COLLAPSE_THRESHOLD:g} to the end, or never learned (never above it).", ""]
+            frame = self.collapsed[["trainer", "seed", "fold", "class_or_region", "cases_present", "when"]]
+            parts.append(frame.rename(columns={"class_or_region": "class / region",
+                                               "cases_present": "cases with it"}).to_markdown(index=False))
         parts += ["", "## Convergence", "", f"Criterion: {convergence.CRITERION}."]
         if full:
             parts += ["", self._convergence_markdown(), "", "## Loss settings of each run", ""]
@@ -188,9 +264,35 @@ class Page:
         return "\n".join(parts)
 
     def _runs_markdown(self) -> str:
-        frame = self.per_trainer[["trainer", "folds", "budget", "loss", "settings", "converged"]].rename(
-            columns={"budget": "epochs x iterations (val)"})
+        columns = [c for c in ("trainer", "seeds", "folds", "budget", "loss", "settings", "converged", "collapsed")
+                   if c in self.per_trainer]
+        frame = self.per_trainer[columns].rename(columns={"budget": "epochs x iterations (val)",
+                                                          "converged": "converged (criterion below)"})
+        if "collapsed" in frame:
+            frame["collapsed"] = frame["collapsed"].replace("", "none")
         return frame.to_markdown(index=False)
+
+    def _cost_markdown(self) -> List[str]:
+        """Per trainer, mean over its runs of the recorded cost; n/a where not recorded."""
+        c = self.cost
+
+        def ratio(v) -> str:
+            return f"{v:.2f}x" if pd.notna(v) and math.isfinite(v) else "n/a"
+
+        frame = pd.DataFrame({
+            "trainer": c["trainer"], "device": c["device"].fillna("n/a"),
+            "wall time (s)": c["wall_seconds"].map(lambda v: fmt(v, 0)),
+            f"vs {self.baseline}": c["wall_seconds_vs_baseline"].map(ratio),
+            "iterations/s": c["iterations_per_second"].map(lambda v: fmt(v, 2)),
+            "it/s vs baseline": c["iterations_per_second_vs_baseline"].map(ratio),
+            "peak memory (MB)": [f"{fmt(v, 0)}" + (f" ({k})" if k and fmt(v, 0) != "n/a" else "")
+                                 for v, k in zip(c["peak_memory_mb"], c["peak_memory_kind"])],
+            "memory vs baseline": c["peak_memory_mb_vs_baseline"].map(ratio),
+            "jobs x threads": [f"{j or 'n/a'} x {t or 'n/a'}" for j, t in zip(c["jobs"], c["torch_threads"])],
+        })
+        return ["Mean over each trainer's runs (folds and seeds) of the cost recorded in `nnunet_mcc_log.json`; "
+                "wall time depends on how many runs shared the machine (jobs x threads).", "",
+                frame.to_markdown(index=False)]
 
     def _tests_markdown(self, full: bool) -> List[str]:
         caveat = "caveat_not_converged" in self.tests and self.tests["caveat_not_converged"].any()
@@ -210,6 +312,11 @@ class Page:
                               "trainer": shown["trainer"], "pairs": shown["n_pairs"],
                               "median diff": shown["median_difference"].map(fmt), "p": shown["p"].map(fmt_p),
                               "p (Holm)": shown.apply(mark, axis=1) if len(shown) else []})
+        if "above_training_noise" in shown:
+            frame["mean diff"] = shown["mean_difference"].map(fmt)
+            frame["noise threshold"] = shown["noise_threshold"].map(fmt)
+            frame["above training noise"] = [("not measured" if v is None or (isinstance(v, float) and math.isnan(v))
+                                              else "yes" if v else "no") for v in shown["above_training_noise"]]
         parts.append(frame.to_markdown(index=False))
         if not full:
             parts.append(f"\n(only '{self.headline}' shown; every class and region: report.md, wilcoxon.csv)")
@@ -236,12 +343,18 @@ class Page:
         for trainer in self.trainers:
             own = self.runs[self.runs["trainer"] == trainer]
             for (loss, settings), group in own.groupby(["loss", "loss_settings"], sort=False):
-                folds = " ".join(str(f) for f in group["fold"])
-                lines.append(f"- {trainer} (folds {folds}): {loss}; settings `{settings}`")
+                folds = " ".join(str(f) for f in sorted(set(group["fold"])))
+                runs = list(dict.fromkeys(group["run"])) if "run" in group else [trainer]
+                who = trainer if runs == [trainer] else ", ".join(runs)
+                lines.append(f"- {who} (folds {folds}): {loss}; settings `{settings}`")
         return lines
 
     def _convergence_markdown(self) -> str:
-        frame = self.runs[["trainer", "fold", "epochs_logged", "converged", "convergence", "log_source"]].copy()
+        columns = [c for c in ("trainer", "seed", "fold", "epochs_logged", "converged", "convergence", "log_source")
+                   if c in self.runs]
+        frame = self.runs[columns].copy()
+        if "seed" in frame:
+            frame["seed"] = frame["seed"].map(lambda v: "unrecorded" if v is None or pd.isna(v) else str(int(v)))
         frame["log_source"] = frame["log_source"].fillna("none")
         return frame.rename(columns={"epochs_logged": "epochs logged", "log_source": "curve from"}).to_markdown(
             index=False)
@@ -322,7 +435,7 @@ def plot_learning_curves(path: str, curves: pd.DataFrame, trainers: Sequence[str
             if own.empty:
                 continue
             color = f"C{i % 10}"
-            for _, fold in own.groupby("fold"):
+            for _, fold in own.groupby(["run", "fold"] if "run" in own else ["fold"]):
                 ax.plot(fold[x], fold["value"], color=color, alpha=0.25, linewidth=1)
             mean = own.groupby(x)["value"].mean()
             ax.plot(mean.index, mean.to_numpy(), color=color, linewidth=2.5, label=trainer, marker="o", markersize=3)

@@ -30,6 +30,10 @@ from nnunet_mcc.fileio import read_json
 from nnunet_mcc.metrics import mcc_score
 
 FINISHED, UNFINISHED, MISSING = "finished", "unfinished", "missing"
+SEED_NAME = re.compile(r"^(?P<base>.+)_seed(?P<seed>0|[1-9][0-9]*)$")
+# loss settings computed from each training fold's data (weighted CE's class weights): they differ between the
+# folds of one setting legitimately, so they are no part of a run's settings identity
+PER_FOLD_SETTINGS = ("class_weights",)
 SNAPSHOT_EPOCH = re.compile(r"^epoch_(\d+)$")
 SNAPSHOT_CHECKPOINT = re.compile(r"^checkpoint_epoch_(\d+)\.pth$")
 COUNTS = ("TP", "FP", "FN", "TN")
@@ -87,6 +91,41 @@ def load_plans_checked(dataset_name: str, plans: str, configuration: str) -> dic
 def trainer_folder(results_root: str, dataset_name: str, trainer: str, plans: str, configuration: str) -> str:
     """nnU-Net's ``<trainer>__<plans>__<configuration>`` folder (as its ``get_output_folder``, for any root)."""
     return os.path.join(results_root, dataset_name, f"{trainer}__{plans}__{configuration}")
+
+
+def split_seed(name: str) -> Tuple[str, Optional[int]]:
+    """``T_seed3`` -> ``("T", 3)``; any other name -> ``(name, None)``. ``nnunet_mcc.knobs.split_seed`` (the one
+    naming rule, shared with crossval and the trainers; import-light) when present, else the same rule here
+    (seed suffix last, no leading zeros)."""
+    try:
+        from nnunet_mcc.knobs import split_seed as shared
+    except ImportError:
+        shared = None
+    if shared is not None:
+        return shared(name)
+    match = SEED_NAME.match(name)
+    return (match.group("base"), int(match.group("seed"))) if match else (name, None)
+
+
+def seed_runs(results_root: str, dataset_name: str, trainer: str, plans: str,
+              configuration: str) -> Tuple[List[Tuple[str, Optional[int]]], bool]:
+    """The runs of ``trainer``: its seed folders ``<trainer>_seed<S>__<plans>__<configuration>`` as
+    ``[(folder trainer name, S), ...]`` sorted by S when there are any, else ``[(trainer, None)]`` (the
+    unsuffixed folder, one run). Also whether an unsuffixed folder exists beside seed folders (then unused)."""
+    dataset_results = os.path.join(results_root, dataset_name)
+    suffix = f"__{plans}__{configuration}"
+    seeded = []
+    if os.path.isdir(dataset_results):
+        for name in os.listdir(dataset_results):
+            if not name.endswith(suffix) or not os.path.isdir(os.path.join(dataset_results, name)):
+                continue
+            base, seed = split_seed(name[: -len(suffix)])
+            if seed is not None and base == trainer:
+                seeded.append((name[: -len(suffix)], seed))
+    if not seeded:
+        return [(trainer, None)], False
+    unsuffixed = os.path.isdir(trainer_folder(results_root, dataset_name, trainer, plans, configuration))
+    return sorted(seeded, key=lambda r: r[1]), unsuffixed
 
 
 def fold_folder(results_root: str, dataset_name: str, trainer: str, plans: str, configuration: str, fold) -> str:
@@ -155,6 +194,23 @@ def loss_record(record: Optional[dict], debug_folder: Optional[str] = None) -> D
     return {"name": "unknown", "settings": {}}
 
 
+def settings_identity(records: Sequence[Tuple[Optional[dict], Dict[str, object]]]) -> List[Tuple[dict, str]]:
+    """The settings identity of each of one trainer's runs, from ``(provenance, loss_record)`` pairs, and where
+    it came from: the recorded ``identity`` when every run records one; else (older records) the loss's name,
+    deep supervision and settings without the ones computed from each fold's data (``PER_FOLD_SETTINGS``)."""
+    if records and all(isinstance((p or {}).get("identity"), dict) for p, _ in records):
+        return [(dict(p["identity"]), "identity") for p, _ in records]
+    out = []
+    for p, loss in records:
+        recorded = (p or {}).get("loss") if isinstance((p or {}).get("loss"), dict) else {}
+        identity = {"loss": loss["name"]}
+        if "deep_supervision" in recorded:
+            identity["deep_supervision"] = recorded["deep_supervision"]
+        identity.update({k: v for k, v in (loss["settings"] or {}).items() if k not in PER_FOLD_SETTINGS})
+        out.append((identity, "loss settings"))
+    return out
+
+
 def settings_text(settings: dict, width: int = 60) -> str:
     """One short line for a settings dict (matrices and long lists abbreviated)."""
     parts = []
@@ -181,6 +237,9 @@ def _short_number(value) -> str:
 
 # ---- training logs ----------------------------------------------------------------------------
 LOG_SERIES = ("mean_fg_dice", "ema_fg_dice", "mean_fg_mcc", "train_losses", "val_losses")
+PER_CLASS_SERIES = "dice_per_class_or_region"  # nnU-Net's per-epoch pseudo Dice, one list per epoch
+COST_KEYS = ("device", "wall_seconds", "train_iterations", "iterations_per_second", "jobs", "torch_threads",
+             "peak_memory_mb", "peak_memory_kind")
 
 
 def training_log(folder: str) -> Tuple[Optional[Dict[str, List[float]]], str]:
@@ -208,13 +267,34 @@ def training_log(folder: str) -> Tuple[Optional[Dict[str, List[float]]], str]:
 
 
 def _cut_series(logging: dict) -> Dict[str, List[float]]:
-    """The series, each cut to the epochs the pseudo Dice was logged for (NaN where a series is absent)."""
+    """The series, each cut to the epochs the pseudo Dice was logged for (NaN where a series is absent); the
+    per-class pseudo Dice (``PER_CLASS_SERIES``, a list per epoch) too when logged."""
     epochs = len(logging.get("mean_fg_dice", []))
     out = {}
     for key in LOG_SERIES:
         values = list(logging.get(key) or [])[:epochs]
         out[key] = [float("nan") if v is None else float(v) for v in values] + [float("nan")] * (epochs - len(values))
+    per_class = logging.get(PER_CLASS_SERIES)
+    if isinstance(per_class, (list, tuple)) and per_class:
+        try:
+            out[PER_CLASS_SERIES] = [[float("nan") if v is None else float(v) for v in
+                                      (epoch if isinstance(epoch, (list, tuple)) else [epoch])]
+                                     for epoch in list(per_class)[:epochs]]
+        except (TypeError, ValueError):
+            pass  # an unreadable per-class series costs the collapse timing only
     return out
+
+
+def training_cost(folder: str) -> Dict[str, object]:
+    """The ``cost`` record of ``nnunet_mcc_log.json`` (``COST_KEYS``, each None when not recorded)."""
+    path = os.path.join(folder, provenance.LOG_FILE)
+    cost = {}
+    if os.path.isfile(path):
+        try:
+            cost = read_json(path, "training log").get("cost") or {}
+        except (UserError, AttributeError):
+            cost = {}
+    return {key: cost.get(key) if isinstance(cost, dict) else None for key in COST_KEYS}
 
 
 # ---- snapshots --------------------------------------------------------------------------------
@@ -352,13 +432,21 @@ class FoldState:
     status: str
     folder: str
     snapshots: Dict[int, str] = field(default_factory=dict)
+    seed: Optional[int] = None     # from the folder name (``<trainer>_seed<S>``); None for an unsuffixed folder
+    run: str = ""                  # the folder's trainer name (``<trainer>`` or ``<trainer>_seed<S>``)
+
+    def __post_init__(self):
+        self.run = self.run or self.trainer
 
 
 def survey(results_root: str, dataset_name: str, trainers: Sequence[str], plans: str, configuration: str,
            folds: Sequence[int]) -> List[FoldState]:
+    """Every (trainer, seed run, fold): a trainer's seed folders when it has any, else its unsuffixed folder."""
     states = []
     for trainer in trainers:
-        for fold in folds:
-            folder = fold_folder(results_root, dataset_name, trainer, plans, configuration, fold)
-            states.append(FoldState(trainer, fold, fold_status(folder), folder, snapshot_summaries(folder)))
+        for run, seed in seed_runs(results_root, dataset_name, trainer, plans, configuration)[0]:
+            for fold in folds:
+                folder = fold_folder(results_root, dataset_name, run, plans, configuration, fold)
+                states.append(FoldState(trainer, fold, fold_status(folder), folder, snapshot_summaries(folder),
+                                        seed, run))
     return states

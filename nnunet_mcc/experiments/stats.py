@@ -6,7 +6,10 @@
   p_(i) -> max_{j<=i} min(1, (m-j+1) p_(j)).
 * Rank stability as in nnU-Net's paper and challengeR (Wiesenfarth et al. 2021): draw the cases with
   replacement, rank the trainers by their mean score on each bootstrap sample, report how often each
-  trainer takes each rank.
+  trainer takes each rank. With several training seeds per trainer (``bootstrap_ranks_over_seeds``) each
+  sample also draws every trainer's seeds with replacement, so the ranks carry training noise too.
+* Training noise: a difference is "above training noise" when it exceeds twice its standard error from
+  the seed spread, 2 * sqrt(s_A^2 / n_A + s_B^2 / n_B) (``noise_threshold``).
 """
 
 import warnings
@@ -96,3 +99,50 @@ def bootstrap_ranks(scores: np.ndarray, n_samples: int = 1000, seed: int = 0) ->
     return {"full_rank": full, "frequency": frequency / n_samples, "mean_rank": rank_sum / n_samples,
             "kendall_tau": float(np.nanmedian(taus)) if taus else 1.0}
 
+
+
+def bootstrap_ranks_over_seeds(runs: Sequence[np.ndarray], n_samples: int = 1000,
+                               seed: int = 0) -> Dict[str, np.ndarray]:
+    """``bootstrap_ranks`` for trainers trained with several seeds: ``runs[t]`` is seeds x cases (the same cases,
+    in the same order, for every trainer). Each sample draws the cases with replacement (shared by all
+    trainers: they are paired) and, per trainer, its seeds with replacement (independent: seed S of two
+    trainers are unrelated networks); a trainer's score is the mean over the drawn seeds and cases. With one
+    seed per trainer this is ``bootstrap_ranks`` of the case scores."""
+    from scipy.stats import kendalltau
+
+    runs = [np.atleast_2d(np.asarray(r, dtype=float)) for r in runs]
+    if all(r.shape[0] == 1 for r in runs):
+        return bootstrap_ranks(np.stack([r[0] for r in runs], axis=1), n_samples=n_samples, seed=seed)
+    n_cases = runs[0].shape[1]
+    n_trainers = len(runs)
+    if n_cases == 0 or n_trainers == 0 or any(r.shape[1] != n_cases for r in runs):
+        raise ValueError("bootstrap ranks need the same cases (at least one) for every trainer")
+    rng = np.random.default_rng(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        full = ranks_by_mean(np.stack([np.nanmean(r, axis=0) for r in runs], axis=1))
+    frequency = np.zeros((n_trainers, n_trainers))
+    taus = []
+    rank_sum = np.zeros(n_trainers)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(n_samples):
+            cases = rng.integers(0, n_cases, n_cases)
+            sample = np.stack([np.nanmean(r[rng.integers(0, r.shape[0], r.shape[0])][:, cases], axis=0) for r in runs],
+                              axis=1)
+            ranks = ranks_by_mean(sample)
+            frequency[np.arange(n_trainers), ranks - 1] += 1
+            rank_sum += ranks
+            if n_trainers > 1:
+                tau = kendalltau(full, ranks).statistic
+                taus.append(1.0 if not np.isfinite(tau) and np.array_equal(full, ranks) else tau)
+    return {"full_rank": full, "frequency": frequency / n_samples, "mean_rank": rank_sum / n_samples,
+            "kendall_tau": float(np.nanmedian(taus)) if taus else 1.0}
+
+
+def noise_threshold(s_a: float, n_a: int, s_b: float, n_b: int) -> float:
+    """2 x the standard error of a difference of two trainers' means over seeds: 2 sqrt(s_a^2/n_a + s_b^2/n_b)
+    (= 2 sqrt((s_a^2 + s_b^2)/n) for n seeds each); NaN when either spread is unmeasured (one seed)."""
+    if not (n_a and n_b) or not (np.isfinite(s_a) and np.isfinite(s_b)):
+        return float("nan")
+    return float(2.0 * np.sqrt(s_a ** 2 / n_a + s_b ** 2 / n_b))

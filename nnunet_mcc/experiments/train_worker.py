@@ -14,7 +14,9 @@ import traceback
 
 def main() -> int:
     status = os.fdopen(os.dup(1), "w", buffering=1)
-    threads = int(os.environ.get("NNUNET_MCC_TORCH_THREADS", "0") or 0)
+    from nnunet_mcc.knobs import TORCH_THREADS_VARIABLE
+
+    threads = int(os.environ.get(TORCH_THREADS_VARIABLE, "0") or 0)
     import torch
     from nnunetv2.run.run_training import run_training
 

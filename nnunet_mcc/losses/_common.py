@@ -114,11 +114,25 @@ class ConfusionLoss(nn.Module):
     def target_format(self, num_channels: int) -> TargetFormat:
         return TargetFormat(num_channels, self.ignore_index, self.region_ignore_channel)
 
+    def check_channels(self, x: torch.Tensor) -> torch.Tensor:
+        """Raise ValueError unless ``x`` is ``(batch, channels, *spatial)`` with channels the activation can use.
+
+        A softmax over one channel is 1 at every voxel: the loss would be a constant with zero gradient and a
+        training would learn nothing without a word. One foreground channel is binary (sigmoid) mode.
+        """
+        check_prediction(x)
+        if self.nonlin_kind == "softmax" and x.shape[1] == 1:
+            raise ValueError(f"{type(self).__name__}: softmax over a 1-channel prediction {tuple(x.shape)} is 1 at "
+                             "every voxel, so the loss is constant with zero gradient. For one binary foreground "
+                             "channel use apply_nonlin='sigmoid' (binary mode; None for probabilities), or give "
+                             "the prediction one channel per class, background included")
+        return x
+
     def _probabilities_and_target(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor]):
         """Return float32 probabilities (B, K, N), the target as a float one-hot (B, K, N) and the valid
         mask (B, 1, N) or None, with K the scored channels (background dropped here when excluded)."""
-        onehot, valid = self.target_format(check_prediction(x).shape[1]).onehot(y, loss_mask, prediction=x,
-                                                                                check=self.check_target)
+        self.check_channels(x)
+        onehot, valid = self.target_format(x.shape[1]).onehot(y, loss_mask, prediction=x, check=self.check_target)
         # float32 from here on: the sums must not overflow or lose mass under fp16/bf16 autocast
         x = x.float()
         probs = self.nonlin(x) if self.nonlin is not None else x

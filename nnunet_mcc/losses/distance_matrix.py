@@ -9,7 +9,7 @@ by name, then checked against the rules the loss relies on (:func:`validate_dist
 Sources, in the order :func:`resolve_distance_matrix` tries them:
 
 1. a JSON file keyed by label names (the trainers take its path from the environment variable
-   ``NNUNET_MCC_GWDL_MATRIX`` or from a trainer variant), or a named preset (``"brats"``);
+   ``NNUNET_MCC_GWDL_MATRIX`` or from a trainer variant), or a named preset (``"brats"``, ``"zero_one"``);
 2. a label hierarchy in dataset.json (``"evaluation_regions"``: region name -> label values,
    regions nested or disjoint), turned into tree distances (:func:`hierarchy_distance_matrix`);
 3. otherwise the 0/1 matrix (with two labels the loss is then the foreground soft Dice loss; with
@@ -22,7 +22,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-MATRIX_ENV_VARIABLE = "NNUNET_MCC_GWDL_MATRIX"
+from nnunet_mcc.knobs import GWDL_MATRIX_VARIABLE as MATRIX_ENV_VARIABLE
 
 # Fidon et al. 2017, BraTS label space (values 0..4 of the BraTS 2013-2015 ground truth)
 BRATS_LABEL_NAMES = ("background", "necrosis", "edema", "non_enhancing_tumor", "enhancing_tumor")
@@ -33,8 +33,10 @@ BRATS_MATRIX = (
     (1.0, 0.2, 0.6, 0.0, 0.5),
     (1.0, 0.5, 0.7, 0.5, 0.0),
 )
-PRESETS: Dict[str, Tuple[Sequence[str], Sequence[Sequence[float]]]] = {
+# name -> (label names, matrix), or None for a matrix that fits any label set
+PRESETS: Dict[str, Optional[Tuple[Sequence[str], Sequence[Sequence[float]]]]] = {
     "brats": (BRATS_LABEL_NAMES, BRATS_MATRIX),
+    "zero_one": None,  # zero_one_matrix: every wrong label costs 1
 }
 
 
@@ -201,6 +203,8 @@ def preset_matrix(name: str, label_names: Sequence[str]) -> np.ndarray:
     """A shipped matrix mapped onto the dataset's labels by name (the dataset may use a subset of them)."""
     if name not in PRESETS:
         raise DistanceMatrixError(f"unknown distance matrix preset {name!r}; presets: {sorted(PRESETS)}")
+    if PRESETS[name] is None:
+        return zero_one_matrix(len(label_names))
     names, rows = PRESETS[name]
     unknown = [n for n in label_names if n not in names]
     if unknown:

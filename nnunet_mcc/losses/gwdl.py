@@ -6,6 +6,7 @@ import torch
 
 from nnunet_mcc.losses._common import ConfusionLoss, Nonlin, ddp_active, reduce_per_sample, sum_over_ranks
 from nnunet_mcc.losses.distance_matrix import validate_distance_matrix
+from nnunet_mcc.losses.mcc import missed_class_penalty
 from nnunet_mcc.losses.targets import check_prediction
 
 WEIGHTINGS = ("default", "GDL")
@@ -71,6 +72,18 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
     lets backward recompute the probabilities instead of storing them. Everything runs in float32,
     also under autocast.
 
+    **Missed labels.** With ``missed_weight = w > 0``, each foreground label l that is present (in the
+    sample, or in the batch when pooled) and of which no voxel is predicted as l (the argmax) adds
+    :math:`-w \log(TP_l / V_l)`, minus the log of the label's soft recall
+    (:math:`TP_l = \sum_{i: g_i = l} m_i\, p_{i,l}`, :math:`V_l` its valid voxels), to the loss; every
+    other label adds an exact 0. A label that is rare and close to another in ``M`` costs little to
+    miss: once the network gives its voxels to the neighbour, the label's probability saturates near 0
+    and the softmax Jacobian (:math:`dW/dx_l = p_l (M_{g,l} - W)`) takes away the gradient that could
+    bring it back. The gradient of :math:`\log TP_l` with respect to the logits of the label's voxels
+    sums to about 1 however far it has saturated (the gate of ``MCCLoss``,
+    :func:`nnunet_mcc.losses.mcc.missed_class_penalty`). Whenever every present label has at least one
+    predicted voxel the loss is Fidon et al.'s, value and gradient bit for bit (docs/gwdl.md).
+
     References: L. Fidon et al., "Generalised Wasserstein Dice Score for Imbalanced Multi-class
     Segmentation using Holistic Convolutional Networks", BrainLes 2017 (eq. 6-9); S. Tilborghs et al.,
     arXiv:2007.15546 (GDL weighting).
@@ -91,6 +104,7 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
         reduction: as in MONAI: ``"mean"`` (over samples), ``"sum"`` or ``"none"`` (the per-sample
             losses ``(B,)``, or ``(1,)`` with ``batch=True``; the score is one number over all classes,
             so there is no per-class value).
+        missed_weight: weight of the missed-label term above (0, the default: the paper's loss).
 
     ``forward(x, y, loss_mask=None)``: ``x`` logits ``(B, K, *S)``; ``y`` label map ``(B, 1, *S)`` /
     ``(B, *S)`` or one-hot ``(B, K, *S)``; ``loss_mask`` ``(B, 1, *S)``, nonzero where valid (the form
@@ -101,7 +115,7 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
 
     Raises:
         ValueError: sigmoid activation, an unknown ``weighting`` or ``reduction``, ``smooth < 0``, a
-            matrix breaking a rule (:class:`DistanceMatrixError`), and (in ``forward``) a prediction whose
+            matrix breaking a rule (:class:`DistanceMatrixError`), ``missed_weight < 0``, and (in ``forward``) a prediction whose
             channels differ from the matrix's size, shapes that do not fit or labels outside 0..K-1.
 
     Example:
@@ -114,7 +128,7 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
 
     def __init__(self, distance_matrix, apply_nonlin: Nonlin = "softmax", weighting: str = "default",
                  batch: bool = False, ignore_index: Optional[int] = None, smooth: float = 1e-5, ddp: bool = False,
-                 check_target: bool = True, reduction: str = "mean"):
+                 check_target: bool = True, reduction: str = "mean", missed_weight: float = 0.0):
         super().__init__(apply_nonlin, True, ignore_index, False, check_target, reduction)
         if self.nonlin_kind == "sigmoid":
             raise ValueError("apply_nonlin: the Generalized Wasserstein Dice loss needs softmax probabilities of "
@@ -123,6 +137,8 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
         if not smooth >= 0:
             raise ValueError(f"smooth must be >= 0, got {smooth}")
+        if not missed_weight >= 0:
+            raise ValueError(f"missed_weight must be >= 0, got {missed_weight}")
         if isinstance(distance_matrix, torch.Tensor):
             distance_matrix = distance_matrix.detach().cpu().double().numpy()
         matrix = validate_distance_matrix(distance_matrix, source="distance_matrix")
@@ -133,6 +149,7 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
         self.batch = bool(batch)
         self.smooth = float(smooth)
         self.ddp = bool(ddp)
+        self.missed_weight = float(missed_weight)
 
     def _labels_and_weights(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor]):
         """Label map (B, N) int64 and voxel weights (B, N) float32 (None when every voxel counts)."""
@@ -140,8 +157,11 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
                                                                     check=self.check_target)
         return labels.flatten(1), None if valid is None else valid.to(torch.float32).flatten(1)
 
-    def statistics(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor] = None):
-        """Per-label voxel counts V and sums of W over each label's voxels S, each (B, K), or (1, K) pooled."""
+    def statistics(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor] = None,
+                   recall: bool = False):
+        """Per-label voxel counts V and sums of W over each label's voxels S, each (B, K), or (1, K) pooled.
+        With ``recall`` also each label's soft true positives (the sum of its probability over its own
+        voxels) and hard true positives (its voxels whose argmax is the label), pooled the same way."""
         if check_prediction(x).shape[1] != self.num_classes:
             raise ValueError(f"prediction has {x.shape[1]} channels but the distance matrix is "
                              f"{self.num_classes} x {self.num_classes}")
@@ -159,18 +179,29 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
             counts = torch.ones_like(w) if weights is None else weights
             if weights is not None:
                 w = w * weights
+            per_voxel = [counts, w] + (list(self._true_label_hits(x, labels, counts)) if recall else [])
             zeros = torch.zeros(w.shape[0], self.num_classes, device=w.device, dtype=torch.float32)
-            per_label_w = zeros.scatter_add(1, labels, w)
-            per_label_n = zeros.scatter_add(1, labels, counts)
-            stats = torch.stack((per_label_n, per_label_w), 1)  # (B, 2, K)
+            stats = torch.stack([zeros.scatter_add(1, labels, v) for v in per_voxel], 1)  # (B, 2 or 4, K)
             if self.batch:
                 stats = stats.sum(0, keepdim=True)
                 if ddp_active(self.ddp):
                     stats = sum_over_ranks(stats)
-        return stats[:, 0], stats[:, 1]
+        return stats.unbind(1)
+
+    def _true_label_hits(self, x: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor):
+        """Per voxel (B, N), masked voxels 0: the probability of the true label, and 1 where the true label
+        is the argmax (ties count). ``x``: float32 logits (B, K, N), or probabilities without softmax."""
+        true_x = x.gather(1, labels.unsqueeze(1)).squeeze(1)
+        if self.nonlin_kind == "softmax":
+            p_true = torch.exp(true_x - torch.logsumexp(x, 1))
+        else:
+            p_true = true_x if self.nonlin is None else self.nonlin(x).gather(1, labels.unsqueeze(1)).squeeze(1)
+        with torch.no_grad():  # softmax keeps the order: the largest logit is the argmax
+            hit = (true_x >= x.detach().amax(1)).to(torch.float32) * counts
+        return p_true * counts, hit
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        volumes, errors = self.statistics(x, y, loss_mask)
+        volumes, errors, *hits = self.statistics(x, y, loss_mask, recall=bool(self.missed_weight))
         if self.weighting == "default":
             alpha = torch.ones_like(volumes)
             alpha[:, 0] = 0
@@ -180,7 +211,13 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
             error_sum = (alpha * errors).sum(-1)
         true_positives = (alpha * (volumes - errors)).sum(-1)
         score = (2 * true_positives + self.smooth) / (2 * true_positives + error_sum + self.smooth)
-        loss = reduce_per_sample((1 - score).unsqueeze(-1), self.reduction, self.batch, self.ddp)
+        loss = 1 - score
+        if hits:
+            soft_tp, hard_tp = (h[:, 1:] for h in hits)  # the foreground labels
+            # an exact 0 for every label that is found keeps the paper's value and gradient bit for bit
+            penalty = missed_class_penalty(soft_tp, volumes[:, 1:] - soft_tp, hard_tp).sum(-1)
+            loss = loss + (self.missed_weight * penalty).to(loss.dtype)
+        loss = reduce_per_sample(loss.unsqueeze(-1), self.reduction, self.batch, self.ddp)
         return loss.squeeze(-1) if self.reduction == "none" else loss
 
 

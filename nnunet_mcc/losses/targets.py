@@ -146,7 +146,8 @@ class TargetFormat:
             check_binary_values(y)
         return y, valid, is_label_map
 
-    @torch.no_grad()
+    # no_grad as a ``with`` block, not a decorator: torch.compile cannot trace a decorated method of a
+    # TargetFormat built inside the compiled loss (a graph break at every call)
     def onehot(self, y: torch.Tensor, loss_mask: Optional[torch.Tensor] = None,
                prediction: Optional[torch.Tensor] = None, check: bool = True
                ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -155,15 +156,16 @@ class TargetFormat:
         Raises:
             ValueError: wrong shapes, label values outside the classes, or non-binary one-hot values.
         """
-        y, valid, is_label_map = self._split(y, loss_mask, prediction, check)
-        if not is_label_map:
-            return y.float(), valid
-        if self.num_channels == 1:  # a binary channel read from a {0, 1} label map
-            return (y == 1).float(), valid
-        onehot = torch.zeros((y.shape[0], self.num_channels, *y.shape[2:]), device=y.device, dtype=torch.float32)
-        return onehot.scatter_(1, y.long(), 1.0), valid
+        with torch.no_grad():
+            y, valid, is_label_map = self._split(y, loss_mask, prediction, check)
+            if not is_label_map:
+                return y.float(), valid
+            if self.num_channels == 1:  # a binary channel read from a {0, 1} label map
+                return (y == 1).float(), valid
+            onehot = torch.zeros((y.shape[0], self.num_channels, *y.shape[2:]), device=y.device,
+                                 dtype=torch.float32)
+            return onehot.scatter_(1, y.long(), 1.0), valid
 
-    @torch.no_grad()
     def labels(self, y: torch.Tensor, loss_mask: Optional[torch.Tensor] = None,
                prediction: Optional[torch.Tensor] = None, check: bool = True
                ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -172,10 +174,11 @@ class TargetFormat:
         Raises:
             ValueError: as :meth:`onehot`.
         """
-        y, valid, is_label_map = self._split(y, loss_mask, prediction, check)
-        return (y.long() if is_label_map else y.argmax(1, keepdim=True)), valid
+        with torch.no_grad():
+            y, valid, is_label_map = self._split(y, loss_mask, prediction, check)
+            return (y.long() if is_label_map else y.argmax(1, keepdim=True)), valid
 
-    @torch.no_grad()
     def valid(self, y: torch.Tensor, loss_mask: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
         """Only the valid-voxel mask (B, 1, *S), or None when every voxel counts."""
-        return self._split(y, loss_mask, None, check=False)[1]
+        with torch.no_grad():
+            return self._split(y, loss_mask, None, check=False)[1]

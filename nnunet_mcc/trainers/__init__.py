@@ -1,8 +1,9 @@
 """nnU-Net trainers of this package, found by nnU-Net's ``-tr`` lookup through ``nnunet_ext/``.
 
 Each module of this package lists its main trainers in a module-level ``TRAINERS`` list; this file
-collects them. Short variants in nnU-Net's style (``<name>_5epochs``, any number of epochs) are built
-on first use by the module-level ``__getattr__`` below. Every name is unique against nnunetv2's own
+collects them. Short variants in nnU-Net's style (``<name>_5epochs``, any number of epochs) and seeded
+variants (``<name>_seed1``, ``<name>_5epochs_seed1``) are built on first use by the module-level
+``__getattr__`` below (``variants.py``). Every name is unique against nnunetv2's own
 trainers (checked by the tests and ``nnunet-mcc doctor``).
 """
 
@@ -29,7 +30,7 @@ __all__ = [t.__name__ for t in MAIN_TRAINERS] + listed_variant_names(MAIN_TRAINE
 
 
 def __getattr__(name: str):
-    """``<Trainer>_<N>epochs``, built on first use (PEP 562); anything else is an AttributeError."""
+    """``<Trainer>[_<N>epochs][_seed<S>]``, built on first use (PEP 562); anything else is an AttributeError."""
     cls = variant(name, _BY_NAME)
     if cls is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -37,7 +38,7 @@ def __getattr__(name: str):
 
 
 def trainer_class(name: str) -> type:
-    """A trainer of this package by name (main trainer or short variant); KeyError if there is none."""
+    """A trainer of this package by name (main trainer, short or seeded variant); KeyError if there is none."""
     try:
         return _BY_NAME[name] if name in _BY_NAME else __getattr__(name)
     except AttributeError:

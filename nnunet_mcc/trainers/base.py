@@ -16,9 +16,14 @@
 * the hard MCC of every class or region over each epoch's validation batches, logged beside
   nnU-Net's pseudo Dice (``mean_fg_mcc``, ``mcc_per_class_or_region``; a present class that is never
   predicted scores 0) and drawn as a fourth panel of progress.png;
-* ``NNUNET_MCC_SEED``: seeds Python's, NumPy's and torch's generators before the network is built; the
-  run is reproducible on a CPU when nnU-Net augments in its own process (``nnUNet_n_proc_DA=0``; its
-  augmentation worker processes draw fresh random seeds);
+* a seed: the class attribute ``trainer_seed`` (seeded variants ``<Trainer>_seed<S>``, source "trainer
+  class"), else ``NNUNET_MCC_SEED`` (source "environment"), seeds Python's, NumPy's and torch's generators
+  before the network is built. A class seed with a different ``NNUNET_MCC_SEED`` is refused in ``__init__``
+  (one line, exit status 2) before nnU-Net writes anything. The run is reproducible (provenance
+  ``deterministic``) only on a CPU with nnU-Net augmenting in its own process (``nnUNet_n_proc_DA=0``): its
+  augmentation worker processes draw fresh random seeds, and on CUDA nnU-Net sets ``cudnn.benchmark``;
+* the cost of each run (``cost`` in ``nnunet_mcc_log.json``): wall time, training iterations per second
+  (training loop only), device, parallel jobs, torch threads and peak memory;
 * snapshots (``NNUNET_MCC_SNAPSHOT_EPOCHS="5,10"``): at those epochs ``checkpoint_epoch_<N>.pth`` is kept
   and the fold's validation cases are predicted and evaluated with nnU-Net's own functions into
   ``snapshots/epoch_<N>/summary.json``, for a "score after N iterations" table.
@@ -28,6 +33,7 @@ import os
 import random
 import sys
 import tempfile
+import time
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -40,37 +46,13 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mcc import __version__, provenance
 from nnunet_mcc.errors import UserError
-from nnunet_mcc.fileio import write_json
-from nnunet_mcc.knobs import BUDGET_VARIABLES, SCHEDULE_VARIABLES, SEED_VARIABLE, SNAPSHOT_VARIABLE
+from nnunet_mcc.fileio import read_json, write_json
+from nnunet_mcc.knobs import (BUDGET_VARIABLES, JOBS_VARIABLE, SCHEDULE_VARIABLES, SEED_VARIABLE, seed_from_env,
+                              snapshot_epochs_from_env)
+from nnunet_mcc.knobs import positive_int_from_env as _positive_int_from_env
 from nnunet_mcc.losses.targets import TargetFormat
 from nnunet_mcc.metrics import mcc_score
 
-
-
-def _positive_int_from_env(name: str, environ=os.environ) -> Optional[int]:
-    value = environ.get(name, "").strip()
-    if not value:
-        return None
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise UserError(f"environment variable {name}={value!r} must be a positive integer")
-    return number
-
-
-def snapshot_epochs_from_env(environ=os.environ) -> List[int]:
-    value = environ.get(SNAPSHOT_VARIABLE, "").strip()
-    if not value:
-        return []
-    try:
-        epochs = sorted({int(v) for v in value.replace(",", " ").split()})
-    except ValueError:
-        raise UserError(f"{SNAPSHOT_VARIABLE}={value!r} must be a list of epoch numbers like '5,10,20'") from None
-    if any(e < 1 for e in epochs):
-        raise UserError(f"{SNAPSHOT_VARIABLE}={value!r}: epoch numbers start at 1")
-    return epochs
 
 
 def _jsonable(value):
@@ -142,12 +124,19 @@ class ComparisonTrainer(nnUNetTrainer):
     """Base of this package's trainers (see the module docstring). Loss unchanged: Dice + CE."""
 
     budget_epochs: Optional[int] = None
+    trainer_seed: Optional[int] = None  # set by the seeded variants <Trainer>[_<N>epochs]_seed<S>
     plot_every: int = 1
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        try:  # before nnU-Net's __init__, which creates the output folder and its training log
+            seed, seed_source = self.seed_with_source()
+        except UserError as e:  # one line and exit status 2, as the resume lock in on_train_start
+            print(str(e) if type(self).__name__ in str(e) else f"{type(self).__name__}: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.seed = self._seed_from_env()
+        self.seed, self.seed_source = seed, seed_source
+        self._apply_seed()
         defaults = {key: getattr(self, key) for key in provenance.BUDGET_KEYS}
         budget, self.budget_sources = self._budget_with_sources(os.environ, defaults)
         for key, value in budget.items():
@@ -164,19 +153,37 @@ class ComparisonTrainer(nnUNetTrainer):
             self.print_to_log_file(f"Training budget from the environment: {overrides}")
         self.logger.local_logger = MCCLocalLogger()
 
-    def _seed_from_env(self) -> Optional[int]:
-        value = os.environ.get(SEED_VARIABLE, "").strip()
-        if not value:
-            return None
-        try:
-            seed = int(value)
-        except ValueError:
-            raise UserError(f"environment variable {SEED_VARIABLE}={value!r} must be a whole number") from None
-        random.seed(seed)
-        np.random.seed(seed % 2 ** 32)
-        torch.manual_seed(seed)
-        self.print_to_log_file(f"Random generators seeded with {SEED_VARIABLE}={seed}")
-        return seed
+    # ---- seed ------------------------------------------------------------------------------------
+    @classmethod
+    def seed_with_source(cls, environ=os.environ) -> Tuple[Optional[int], Optional[str]]:
+        """The seed a run of this class gets and where it comes from: ``trainer_seed`` ("trainer class"), else
+        ``NNUNET_MCC_SEED`` ("environment"), else ``(None, None)``. A class seed with another value of the
+        variable is a UserError (equal values are fine)."""
+        from_env = seed_from_env(environ)
+        if cls.trainer_seed is not None:
+            if from_env is not None and from_env != cls.trainer_seed:
+                raise UserError(f"the trainer {cls.__name__} trains with seed {cls.trainer_seed}, but "
+                                f"{SEED_VARIABLE}={from_env}: unset {SEED_VARIABLE} or set it to {cls.trainer_seed}")
+            return int(cls.trainer_seed), "trainer class"
+        if from_env is not None:
+            return from_env, "environment"
+        return None, None
+
+    def _apply_seed(self) -> None:
+        if self.seed is None:
+            return
+        random.seed(self.seed)
+        np.random.seed(self.seed % 2 ** 32)
+        torch.manual_seed(self.seed)
+        where = "the trainer class" if self.seed_source == "trainer class" else SEED_VARIABLE
+        self.print_to_log_file(f"Random generators seeded with {self.seed} (from {where})")
+
+    def deterministic(self) -> bool:
+        """Whether a rerun reproduces this run: seeded, on the CPU, with nnU-Net's augmentation in the training
+        process (``nnUNet_n_proc_DA=0``: its augmentation worker processes draw their own seeds; on CUDA nnU-Net
+        sets ``cudnn.benchmark``, which picks kernels by timing)."""
+        return (self.seed is not None and os.environ.get("nnUNet_n_proc_DA", "").strip() == "0"
+                and self.device.type == "cpu")
 
     # ---- budget -----------------------------------------------------------------------------
     @classmethod
@@ -230,6 +237,15 @@ class ComparisonTrainer(nnUNetTrainer):
         super().load_checkpoint(filename_or_checkpoint)
 
     # ---- provenance -------------------------------------------------------------------------
+    @classmethod
+    def identity_settings(cls, dataset_json: dict, environ=os.environ) -> dict:
+        """The loss settings that change results and may differ between runs of one trainer name (a changed
+        default, an environment variable): part of a run's identity, like its budget. Recorded as
+        ``identity`` in the provenance; ``crossval`` never skips or resumes a fold recorded with other ones,
+        and ``compare`` pairs only folds that agree. JSON-able; ``{}`` when the class alone fixes its loss.
+        Raises UserError for a bad setting, so ``crossval`` refuses it before anything starts."""
+        return {}
+
     def loss_settings(self) -> dict:
         """The loss and the settings of it that change results (subclasses add theirs)."""
         loss = self.loss.loss if isinstance(self.loss, DeepSupervisionWrapper) else self.loss
@@ -252,8 +268,10 @@ class ComparisonTrainer(nnUNetTrainer):
                          "weight_decay": self.weight_decay, "batch_size": getattr(self, "batch_size", cm.batch_size),
                          "patch_size": [int(p) for p in cm.patch_size], "batch_dice": bool(cm.batch_dice),
                          "oversample_foreground_percent": self.oversample_foreground_percent,
-                         "seed": self.seed},
+                         "seed": self.seed, "seed_source": self.seed_source,
+                         "deterministic": self.deterministic()},
             "loss": self.loss_settings(),
+            "identity": type(self).identity_settings(self.dataset_json),
             "snapshot_epochs": list(self.snapshot_epochs),
             "started_at_epoch": int(self.current_epoch),
         }
@@ -264,6 +282,7 @@ class ComparisonTrainer(nnUNetTrainer):
             self.print_to_log_file(refusal, also_print_to_console=False)
             print(refusal, file=sys.stderr)
             raise SystemExit(2)
+        self._start_cost()
         super().on_train_start()  # nnU-Net writes debug.json here
         if self.local_rank == 0:
             write_json(join(self.output_folder, provenance.PROVENANCE_FILE), self.provenance(), "run record")
@@ -274,7 +293,82 @@ class ComparisonTrainer(nnUNetTrainer):
                    {"format": provenance.FORMAT, "trainer": type(self).__name__,
                     "iterations_per_epoch": int(self.num_iterations_per_epoch),
                     "epochs_completed": int(self.current_epoch),
+                    "cost": self.cost(),
                     "series": {key: _jsonable(values) for key, values in series.items()}}, "training log")
+
+    # ---- cost of the run ---------------------------------------------------------------------
+    def _start_cost(self) -> None:
+        """At the start of training in this process: clocks, the memory high-water mark, and for a resumed run
+        (``--c``) the cost recorded by the processes before this one."""
+        self._cost_started = time.perf_counter()
+        self._cost_train_seconds = 0.0
+        self._cost_iterations = 0
+        self._cost_epoch_started = None
+        self._cost_resumed = self.current_epoch > 0
+        self._cost_before = {}
+        if self._cost_resumed and self.local_rank == 0:
+            try:
+                before = read_json(join(self.output_folder, provenance.LOG_FILE), "training log").get("cost") or {}
+                self._cost_before = {k: before[k] for k in ("wall_seconds", "train_seconds", "train_iterations")
+                                     if isinstance(before.get(k), (int, float))}
+            except (UserError, AttributeError):
+                pass  # no log of the earlier processes: this process's cost only
+        self._peak_kind = None
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._peak_kind = "CUDA max allocated"
+        elif self.device.type == "cpu":
+            try:  # Linux: "5" resets the RSS high-water mark (VmHWM), which --in-process workers carry across runs
+                with open("/proc/self/clear_refs", "w") as handle:
+                    handle.write("5")
+                self._peak_kind = "process RSS (this run)"
+            except OSError:
+                pass
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self._cost_epoch_started = time.perf_counter()
+
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        started = getattr(self, "_cost_epoch_started", None)
+        if started is not None:  # the training loop of this epoch only (no validation, no epoch end)
+            self._cost_train_seconds += time.perf_counter() - started
+            self._cost_iterations += len(train_outputs)
+            self._cost_epoch_started = None
+        super().on_train_epoch_end(train_outputs)
+
+    def _peak_memory_mb(self) -> Optional[float]:
+        if self._peak_kind == "CUDA max allocated":
+            return torch.cuda.max_memory_allocated(self.device) / 2 ** 20
+        if self._peak_kind == "process RSS (this run)":
+            try:
+                with open("/proc/self/status") as handle:
+                    for line in handle:
+                        if line.startswith("VmHWM:"):
+                            return int(line.split()[1]) / 1024  # kB
+            except (OSError, ValueError, IndexError):
+                pass
+        return None
+
+    def cost(self) -> dict:
+        """What the run has cost so far (``cost`` in ``nnunet_mcc_log.json``; docs/experiments.md)."""
+        if not hasattr(self, "_cost_started"):
+            return {}
+        before = self._cost_before
+        train_seconds = self._cost_train_seconds + before.get("train_seconds", 0.0)
+        iterations = self._cost_iterations + int(before.get("train_iterations", 0))
+        peak = self._peak_memory_mb()
+        jobs = os.environ.get(JOBS_VARIABLE, "").strip()
+        record = {"device": str(self.device),
+                  "wall_seconds": round(time.perf_counter() - self._cost_started + before.get("wall_seconds", 0.0), 3),
+                  "train_seconds": round(train_seconds, 3), "train_iterations": iterations,
+                  "iterations_per_second": round(iterations / train_seconds, 3) if train_seconds > 0 else None,
+                  "jobs": int(jobs) if jobs.isdigit() else None, "torch_threads": torch.get_num_threads(),
+                  "peak_memory_mb": None if peak is None else round(peak, 1),
+                  "peak_memory_kind": self._peak_kind if peak is not None else None}
+        if self._cost_resumed:
+            record["resumed"] = True
+        return record
 
     # ---- loss helpers for subclasses ---------------------------------------------------------
     def _wrap_deep_supervision(self, loss: torch.nn.Module) -> torch.nn.Module:

@@ -9,31 +9,63 @@ recorded in the training log and as ``gwdl_distance_matrix.json`` in the fold's 
 """
 
 import os
-from typing import Optional
+from typing import List, Optional
 
+import numpy as np
 import torch
-from batchgenerators.utilities.file_and_folder_operations import join, save_json
+from batchgenerators.utilities.file_and_folder_operations import join
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_mcc.errors import UserError
-from nnunet_mcc.losses.distance_matrix import (MATRIX_ENV_VARIABLE, PRESETS, format_matrix, matrix_to_json,
-                                               resolve_distance_matrix)
+from nnunet_mcc.fileio import write_json
+from nnunet_mcc.losses.distance_matrix import (MATRIX_ENV_VARIABLE, PRESETS, DistanceMatrixError, format_matrix,
+                                               matrix_to_json, resolve_distance_matrix)
 from nnunet_mcc.losses.gwdl import GeneralizedWassersteinDiceLoss
 from nnunet_mcc.trainers.base import ComparisonTrainer
+from nnunet_mcc.trainers.weighted_ce import TrainingLabelCounts
 
 MATRIX_FILE_NAME = "gwdl_distance_matrix.json"
 
 
-class nnUNetTrainerGWDL(ComparisonTrainer):
-    """Generalized Wasserstein Dice loss alone (softmax over labels, background weight 0).
+def close_rare_labels(matrix: np.ndarray, names: List[str], foreground_share: np.ndarray, rare_below: float,
+                      closer_than: float) -> List[str]:
+    """Foreground labels that cover less than ``rare_below`` of the foreground voxels (``foreground_share``
+    per label value, background's entry ignored) and lie closer than ``closer_than`` to another foreground
+    label: the ones a lenient matrix lets the network give to their neighbour at little cost."""
+    out = []
+    for label in range(1, len(names)):
+        others = [matrix[label, other] for other in range(1, len(names)) if other != label]
+        if 0 < foreground_share[label] < rare_below and others and min(others) < closer_than:
+            near = min((o for o in range(1, len(names)) if o != label), key=lambda o: matrix[label, o])
+            out.append(f"{names[label]} ({foreground_share[label]:.1%} of the foreground, {matrix[label, near]:.2f} "
+                       f"from {names[near]})")
+    return out
+
+
+class nnUNetTrainerGWDL(TrainingLabelCounts, ComparisonTrainer):
+    """Generalized Wasserstein Dice loss alone (softmax over labels, background weight 0), with the
+    missed-label gate (``gwdl_missed_weight = 1``).
 
     Statistics per sample or pooled over the batch (and DDP ranks) as the plans' ``batch_dice`` says.
     Region-based datasets are refused at initialisation: the loss needs exclusive labels.
+
+    The gate: a label present in the batch of which no voxel is predicted adds minus the log of its soft
+    recall (``GeneralizedWassersteinDiceLoss(missed_weight=...)``); for every label the network finds on
+    at least one voxel the loss is exactly Fidon et al.'s. Without it, the paper's loss lost a whole
+    label on the demo's dataset whatever the matrix (tree, 0/1, BraTS), the weighting or the learning
+    rate: once the network gives a label's voxels to a neighbour, the label's probability saturates and
+    its gradient vanishes (docs/gwdl.md). A subclass with ``gwdl_missed_weight = 0`` trains the paper's
+    loss and warns at start.
     """
 
     gwdl_matrix: Optional[str] = None  # JSON file path or preset name; the environment variable wins
     gwdl_weighting: str = "default"  # or "GDL"
+    gwdl_missed_weight: float = 1.0  # the missed-label gate of GeneralizedWassersteinDiceLoss (0: the paper's loss)
+    # without the gate, the start-up warning names the labels under this share of the foreground voxels that
+    # lie closer than this to another foreground label: the cheapest to lose
+    gwdl_warn_rare_below: float = 0.02
+    gwdl_warn_closer_than: float = 0.5
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -46,18 +78,56 @@ class nnUNetTrainerGWDL(ComparisonTrainer):
                 "overlapping regions. Convert the dataset in label mode (one value per label, the hierarchy in "
                 "'evaluation_regions'; e.g. nnunet-mcc convert brats15 ... --label-mode labels), or use "
                 "nnUNetTrainerMCC / nnUNetTrainerMCC_CE or nnU-Net's own Dice trainers for regions.")
-        self.gwdl_matrix_setting = os.environ.get(MATRIX_ENV_VARIABLE, "").strip() or self.gwdl_matrix
-        is_preset = self.gwdl_matrix_setting in PRESETS
-        matrix, names, source = resolve_distance_matrix(
-            dataset_json, matrix_file=None if is_preset else self.gwdl_matrix_setting,
-            preset=self.gwdl_matrix_setting if is_preset else None)
+        self.gwdl_matrix_setting, matrix, names, source = self.resolve_matrix(dataset_json)
         self.gwdl_distance_matrix, self.gwdl_label_names, self.gwdl_matrix_source = matrix, names, source
         super().__init__(plans, configuration, fold, dataset_json, device)
+
+    @classmethod
+    def resolve_matrix(cls, dataset_json: dict, environ=os.environ):
+        """``(setting, M, label names, source)``: the matrix a run of this class uses on ``dataset_json``
+        (``NNUNET_MCC_GWDL_MATRIX`` first, then ``gwdl_matrix``, the label hierarchy, the 0/1 matrix)."""
+        setting = environ.get(MATRIX_ENV_VARIABLE, "").strip() or cls.gwdl_matrix
+        is_preset = setting in PRESETS
+        matrix, names, source = resolve_distance_matrix(dataset_json, matrix_file=None if is_preset else setting,
+                                                        preset=setting if is_preset else None)
+        return setting, matrix, names, source
+
+    @classmethod
+    def identity_settings(cls, dataset_json: dict, environ=os.environ) -> dict:
+        try:
+            _, matrix, names, _ = cls.resolve_matrix(dataset_json, environ)
+        except DistanceMatrixError as e:
+            raise UserError(f"{cls.__name__}: {e}") from None
+        return {"distance_matrix": [[round(float(v), 6) for v in row] for row in matrix], "label_names": list(names),
+                "weighting": cls.gwdl_weighting, "missed_weight": float(cls.gwdl_missed_weight)}
+
+    def on_train_start(self):
+        super().on_train_start()
+        if not self.gwdl_missed_weight and self._uses_gwdl_alone():
+            self._warn_without_gate()
+
+    def _uses_gwdl_alone(self) -> bool:
+        return type(self)._build_loss is nnUNetTrainerGWDL._build_loss  # with CE the CE keeps every label's gradient
+
+    def _warn_without_gate(self) -> None:
+        """One line at start: the paper's loss without the gate loses labels (docs/gwdl.md), naming the rare
+        labels close to another in the matrix, the cheapest to lose."""
+        frequencies = self.training_label_frequencies()[:len(self.gwdl_label_names)].copy()
+        frequencies[0] = 0
+        share = frequencies / frequencies.sum() if frequencies.sum() else frequencies
+        rare = close_rare_labels(self.gwdl_distance_matrix, self.gwdl_label_names, share, self.gwdl_warn_rare_below,
+                                 self.gwdl_warn_closer_than)
+        self.print_to_log_file(
+            "WARNING: GWDL without the missed-label gate (gwdl_missed_weight 0): on the demo's dataset this loss "
+            "stopped predicting a whole label in every fold, whatever the matrix, weighting or learning rate "
+            "(docs/gwdl.md)" + (f"; rare labels close to another in this matrix (from {self.gwdl_matrix_source}), the "
+                                f"cheapest to lose: {', '.join(rare)}" if rare else ""))
 
     def _gwdl_kwargs(self) -> dict:
         # target values were checked by nnU-Net's preprocessing: skip the per-call check (a device sync)
         return {"distance_matrix": self.gwdl_distance_matrix, "weighting": self.gwdl_weighting,
-                "batch": self.configuration_manager.batch_dice, "ddp": self.is_ddp, "check_target": False}
+                "batch": self.configuration_manager.batch_dice, "ddp": self.is_ddp, "check_target": False,
+                "missed_weight": self.gwdl_missed_weight}
 
     def _record_distance_matrix(self) -> None:
         self.print_to_log_file(f"Generalized Wasserstein Dice loss, weighting {self.gwdl_weighting!r}, "
@@ -65,8 +135,9 @@ class nnUNetTrainerGWDL(ComparisonTrainer):
                                f"from {self.gwdl_matrix_source}:\n"
                                + format_matrix(self.gwdl_distance_matrix, self.gwdl_label_names))
         if self.local_rank == 0:
-            save_json(matrix_to_json(self.gwdl_distance_matrix, self.gwdl_label_names, self.gwdl_matrix_source),
-                      join(self.output_folder, MATRIX_FILE_NAME), sort_keys=False)
+            write_json(join(self.output_folder, MATRIX_FILE_NAME),
+                       matrix_to_json(self.gwdl_distance_matrix, self.gwdl_label_names, self.gwdl_matrix_source),
+                       "GWDL distance matrix")
 
     def _build_loss(self):
         self._record_distance_matrix()
@@ -75,16 +146,20 @@ class nnUNetTrainerGWDL(ComparisonTrainer):
 
     def loss_settings(self) -> dict:
         settings = super().loss_settings()
-        settings["settings"].update({
-            "distance_matrix": [[float(v) for v in row] for row in self.gwdl_distance_matrix],
+        gwdl = next(m for m in self.loss.modules() if isinstance(m, GeneralizedWassersteinDiceLoss))
+        settings["settings"].update({  # read from the loss that trains, not from the settings that built it
+            "distance_matrix": [[round(float(v), 6) for v in row] for row in gwdl.distance_matrix.tolist()],
             "label_names": list(self.gwdl_label_names), "matrix_source": self.gwdl_matrix_source,
-            "weighting": self.gwdl_weighting, "batch": bool(self.configuration_manager.batch_dice)})
+            "weighting": gwdl.weighting, "missed_weight": gwdl.missed_weight, "batch": gwdl.batch})
         return settings
 
 
 class nnUNetTrainerGWDL_CE(nnUNetTrainerGWDL):
     """Generalized Wasserstein Dice + cross-entropy 1:1, nnU-Net's ``DC_and_CE_loss`` with GWDL in the Dice slot
-    (which also handles the ignore label)."""
+    (which also handles the ignore label). The cross-entropy keeps a gradient for a label the network has
+    stopped predicting, so the GWDL term is the paper's (no gate)."""
+
+    gwdl_missed_weight = 0.0
 
     def _build_loss(self):
         self._record_distance_matrix()

@@ -24,6 +24,10 @@ class nnUNetTrainerMCC(ComparisonTrainer):
 
     missed_weight = 1.0
 
+    @classmethod
+    def identity_settings(cls, dataset_json: dict, environ=None) -> dict:
+        return {"missed_weight": float(cls.missed_weight)}
+
     def _mcc_kwargs(self) -> dict:
         # target values were checked by nnU-Net's preprocessing: skip the per-call check (a device sync)
         return {"batch": self.configuration_manager.batch_dice, "ddp": self.is_ddp, "check_target": False}
@@ -55,6 +59,8 @@ class nnUNetTrainerMCC_CE(nnUNetTrainerMCC):
 
     Built from nnU-Net's own compound losses, which handle the ignore label, with MCC in the Dice slot.
     """
+
+    missed_weight = 0.0  # the plain soft MCC in the Dice slot
 
     def _build_loss(self):
         lm = self.label_manager

@@ -15,7 +15,10 @@ Trainers: ``nnUNetTrainerSegAN`` (CE + lambda * L1, the seed's loss; BCE for reg
 critic per label) and ``nnUNetTrainerSegANWeightedCE`` (class-frequency weighted CE + lambda * L1).
 Settings are class attributes (subclass to change them); ``NNUNET_MCC_SEGAN_LAMBDA`` and
 ``NNUNET_MCC_CRITIC_MODE`` override the first two from the environment. They are written to the
-training log. The critic and its optimizer travel in nnU-Net's checkpoints (``--c`` resumes them);
+training log. The weight of the adversarial term follows :func:`segan_lambda_at`: 0 while the critic
+warms up (``critic_warmup_fraction`` of the epochs: the critic trains, the segmentor sees the
+segmentation loss only), then a linear ramp to ``segan_lambda`` over ``segan_lambda_ramp_fraction`` of
+the epochs (docs/segan.md shows the measured effect). The critic and its optimizer travel in nnU-Net's checkpoints (``--c`` resumes them);
 inference needs nothing of the critic.
 """
 
@@ -33,6 +36,8 @@ from torch import autocast, nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from nnunet_mcc.errors import UserError
+from nnunet_mcc.knobs import CRITIC_MODE_VARIABLE, SEGAN_LAMBDA_VARIABLE as LAMBDA_VARIABLE
 from nnunet_mcc.losses.segan import adversarial_l1, mask_input, multiscale_l1
 from nnunet_mcc.losses.weighted_ce import MaskedBCEWithLogits
 from nnunet_mcc.networks.segan_critic import CRITIC_MODES, SegANCritic
@@ -40,6 +45,20 @@ from nnunet_mcc.trainers.base import ComparisonTrainer, MCCLocalLogger
 from nnunet_mcc.trainers.weighted_ce import ClassFrequencyWeightedCE
 
 CHECKPOINT_KEY = "segan_critic"
+
+
+def segan_lambda_at(epoch: int, num_epochs: int, segan_lambda: float, warmup_fraction: float = 0.0,
+                    ramp_fraction: float = 0.0) -> float:
+    """The adversarial weight of epoch ``epoch`` (0-based) of ``num_epochs``: 0 during the critic's warm-up
+    (the first ``round(warmup_fraction * num_epochs)`` epochs), then ``segan_lambda * k / R`` in the k-th
+    epoch (1-based) of a linear ramp of ``R = round(ramp_fraction * num_epochs)`` epochs, then
+    ``segan_lambda``. With both fractions 0 it is ``segan_lambda`` throughout (SegAN's schedule)."""
+    warmup, ramp = round(warmup_fraction * num_epochs), round(ramp_fraction * num_epochs)
+    if epoch < warmup:
+        return 0.0
+    if ramp > 0:
+        return float(segan_lambda) * min(1.0, (epoch - warmup + 1) / ramp)
+    return float(segan_lambda)
 
 
 def critic_update(critic: nn.Module, optimizer: torch.optim.Optimizer, image: torch.Tensor,
@@ -101,35 +120,51 @@ class nnUNetTrainerSegAN(ComparisonTrainer):
     critic_mode: str = "joint"           # "joint": one critic over all classes; "per_label": one per class
     critic_max_stages: int = 5           # at most this many strided stages (fewer if the plans have fewer)
     critic_width_factor: float = 0.5     # critic stage i has this fraction of the U-Net encoder's features
-    critic_lr: float = 1e-4              # Adam, poly decay over num_epochs like the segmentor
+    critic_lr: float = 1e-3              # Adam, poly decay over num_epochs like the segmentor (docs/segan.md)
     critic_betas = (0.5, 0.999)          # SegAN's Adam betas
     critic_spectral_norm: bool = True    # spectral normalisation of every critic convolution
     critic_weight_clip: Optional[float] = None  # SegAN's clipping (0.05) after each critic step, off by default
     critic_scale_weights = None          # per-scale weights of the L1 (None: equal), scale 0 = masked input
+    critic_warmup_fraction: float = 0.0  # epochs (share of num_epochs) in which only the critic learns the L1
+    segan_lambda_ramp_fraction: float = 0.0  # then a linear ramp of the adversarial weight over this share
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.logger.local_logger = SegANLocalLogger()
-        lam = os.environ.get("NNUNET_MCC_SEGAN_LAMBDA", "").strip()
-        if lam:
-            try:
-                self.segan_lambda = float(lam)
-            except ValueError:
-                raise ValueError(f"NNUNET_MCC_SEGAN_LAMBDA={lam!r} must be a number") from None
-        mode = os.environ.get("NNUNET_MCC_CRITIC_MODE", "").strip()
-        if mode:
-            self.critic_mode = mode
-        if self.critic_mode not in CRITIC_MODES:
-            raise ValueError(f"critic mode {self.critic_mode!r} (NNUNET_MCC_CRITIC_MODE) must be one of {CRITIC_MODES}")
-        if self.segan_lambda < 0:
-            raise ValueError(f"segan_lambda must be >= 0, got {self.segan_lambda}")
+        self.segan_lambda, self.critic_mode = self.lambda_and_mode()
         self.critic = self.critic_module = self.critic_optimizer = self.critic_lr_scheduler = None
         self.critic_grad_scaler = torch.amp.GradScaler("cuda") if self.device.type == "cuda" else None
 
+    @classmethod
+    def lambda_and_mode(cls, environ=os.environ):
+        """``segan_lambda`` and ``critic_mode`` of a run of this class (``NNUNET_MCC_SEGAN_LAMBDA`` and
+        ``NNUNET_MCC_CRITIC_MODE`` win); UserError naming the variable for a bad value."""
+        lam, mode = environ.get(LAMBDA_VARIABLE, "").strip(), environ.get(CRITIC_MODE_VARIABLE, "").strip()
+        try:
+            segan_lambda = float(lam) if lam else float(cls.segan_lambda)
+        except ValueError:
+            raise UserError(f"environment variable {LAMBDA_VARIABLE}={lam!r} must be a number") from None
+        if not segan_lambda >= 0:
+            raise UserError(f"{cls.__name__}: the SegAN weight must be >= 0, got {segan_lambda}"
+                            + (f" ({LAMBDA_VARIABLE})" if lam else ""))
+        mode = mode or cls.critic_mode
+        if mode not in CRITIC_MODES:
+            raise UserError(f"{cls.__name__}: critic mode {mode!r} ({CRITIC_MODE_VARIABLE}) must be one of "
+                            f"{', '.join(CRITIC_MODES)}")
+        return segan_lambda, mode
+
+    @classmethod
+    def identity_settings(cls, dataset_json: dict, environ=os.environ) -> dict:
+        segan_lambda, mode = cls.lambda_and_mode(environ)
+        return {"segan_lambda": segan_lambda, "critic_mode": mode, "critic_lr": cls.critic_lr,
+                "critic_warmup_fraction": cls.critic_warmup_fraction,
+                "segan_lambda_ramp_fraction": cls.segan_lambda_ramp_fraction}
+
     # ---- building ---------------------------------------------------------------------------
     def critic_settings(self) -> dict:
-        return {"segan_lambda": self.segan_lambda, "critic_mode": self.critic_mode,
+        return {"segan_lambda": self.segan_lambda, "critic_warmup_fraction": self.critic_warmup_fraction,
+                "segan_lambda_ramp_fraction": self.segan_lambda_ramp_fraction, "critic_mode": self.critic_mode,
                 "critic_max_stages": self.critic_max_stages, "critic_width_factor": self.critic_width_factor,
                 "critic_lr": self.critic_lr, "critic_betas": list(self.critic_betas),
                 "critic_spectral_norm": self.critic_spectral_norm, "critic_weight_clip": self.critic_weight_clip,
@@ -218,10 +253,15 @@ class nnUNetTrainerSegAN(ComparisonTrainer):
                                   grad_scaler=self.critic_grad_scaler, weight_clip=self.critic_weight_clip,
                                   scale_weights=self.critic_scale_weights,
                                   autocast_device="cuda" if self.device.type == "cuda" else None)
-        # 2. segmentor step through the updated, frozen critic
-        with self._autocast():
-            l1 = adversarial_l1(self.critic_module, data, probabilities, onehot, valid, self.critic_scale_weights)
-        total = segmentation_loss + self.segan_lambda * l1
+        # 2. segmentor step through the updated, frozen critic (segmentation loss alone while it warms up)
+        weight = segan_lambda_at(self.current_epoch, self.num_epochs, self.segan_lambda, self.critic_warmup_fraction,
+                                 self.segan_lambda_ramp_fraction)
+        if weight > 0:
+            with self._autocast():
+                l1 = adversarial_l1(self.critic_module, data, probabilities, onehot, valid, self.critic_scale_weights)
+            total = segmentation_loss + weight * l1
+        else:
+            l1, total = critic_l1, segmentation_loss
 
         if self.grad_scaler is not None:
             self.grad_scaler.scale(total).backward()
@@ -247,8 +287,10 @@ class nnUNetTrainerSegAN(ComparisonTrainer):
                 values = [v for rank in gathered for v in rank]
             means[key] = float(np.mean(values))
             self.logger.log(key, means[key], self.current_epoch)
+        weight = segan_lambda_at(self.current_epoch, self.num_epochs, self.segan_lambda, self.critic_warmup_fraction,
+                                 self.segan_lambda_ramp_fraction)
         self.print_to_log_file(f"critic_loss {means['critic_losses']:.4f}, adversarial L1 {means['adversarial_l1']:.4f}"
-                               f" (lambda {self.segan_lambda}), critic lr "
+                               f" (lambda {weight:g} of {self.segan_lambda:g}), critic lr "
                                f"{self.critic_optimizer.param_groups[0]['lr']:.3g}")
 
     # ---- checkpoints ------------------------------------------------------------------------

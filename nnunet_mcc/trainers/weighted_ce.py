@@ -28,11 +28,8 @@ def _newest_mtime(folder: str) -> float:
         return max((e.stat().st_mtime for e in entries if e.is_file()), default=0.0)
 
 
-class ClassFrequencyWeightedCE:
-    """Mixin for nnU-Net trainers: the frequency-weighted (B)CE of ``nnunet_mcc.losses.weighted_ce``, built
-    from the fold's training cases. Settings: ``class_weight_power`` (class attribute)."""
-
-    class_weight_power: float = 1.0
+class TrainingLabelCounts:
+    """Mixin for nnU-Net trainers: voxels per label over the fold's training cases, counted once and cached."""
 
     def _label_count_cache(self) -> Optional[str]:
         base = getattr(self, "preprocessed_dataset_folder_base", None)
@@ -84,6 +81,13 @@ class ClassFrequencyWeightedCE:
         if counts.sum() == 0:
             raise RuntimeError(f"no labelled voxels in the training cases of fold {self.fold}")
         return counts / counts.sum()
+
+
+class ClassFrequencyWeightedCE(TrainingLabelCounts):
+    """Mixin for nnU-Net trainers: the frequency-weighted (B)CE of ``nnunet_mcc.losses.weighted_ce``, built
+    from the fold's training cases. Settings: ``class_weight_power`` (class attribute)."""
+
+    class_weight_power: float = 1.0
 
     def class_frequency_weights(self) -> np.ndarray:
         """CE weights per label (label mode) or BCE pos_weight per region (region mode); logged."""

@@ -1,28 +1,41 @@
-"""Why does ``nnUNetTrainerMCC`` lose the rarest class? A one-factor-at-a-time ablation on the demo's dataset.
+"""Why does a loss lose the rarest class? One-factor-at-a-time ablations, one study per loss family.
 
-The dataset is the demo's embedded default, fixed here (2D 64x64, 25 cases, three nested classes at
-about 3 %, 1.5 % and 0.5 % of the image), planned by nnU-Net and trained with the demo's narrow
-configuration (``2d_small``: 3 stages, 8 base features). Every variant below changes ONE setting of
-``nnUNetTrainerMCC`` (learning rate, batch-pooled vs per-sample counts, background, ``eps``, the
-missed-class penalty), beside the comparison trainers (nnU-Net's Dice + CE, MCC + CE, CE, Dice). Each run is seeded
-(``NNUNET_MCC_SEED``, the same seed per fold for every variant) and runs nnU-Net's own training and
-final validation in a process of its own, with one thread and augmentation in that process.
+Each study fixes a dataset, a network, a budget and a set of variants. Every variant changes ONE setting
+of the loss's trainer, beside reference trainers. Each run is seeded (``NNUNET_MCC_SEED``, the same seed
+per fold for every variant) and runs nnU-Net's own training and final validation in a process of its
+own, with one thread and augmentation in that process.
+
+* ``--study mcc`` (the default; docs/mcc_rare_classes.md): ``nnUNetTrainerMCC`` on the rare-class dataset
+  (2D 64x64, 25 cases, three nested classes at about 3 %, 1.5 % and 0.5 % of the image; the narrow
+  ``2d_small`` configuration): learning rate, batch-pooled vs per-sample counts, background, ``eps``,
+  the missed-class penalty, and nnU-Net's Dice + CE, MCC + CE, CE and Dice;
+* ``--study gwdl`` (docs/gwdl.md): ``nnUNetTrainerGWDL`` on the demo's dataset (the same classes at
+  about 3.8 %, 2.4 % and 1.6 %, batch 8) at the demo's ``--converge`` budget: the distance matrix (tree
+  distances of the label hierarchy, 0/1, the BraTS preset), the GDL weighting, the learning rate and the
+  missed-label gate;
+* ``--study gwdl-rare``: the GWDL variants on the rare-class dataset of the ``mcc`` study (the same
+  prepared dataset and budget);
+* ``--study segan`` (docs/segan.md): ``nnUNetTrainerSegAN`` on the demo's dataset at the demo's default
+  budget: the adversarial weight (0, that is CE alone; 0.1; 1), a critic warm-up with a ramp of the
+  weight, and the critic's learning rate.
 
 During training a probe measures, on the first few iterations of every epoch and at full resolution,
 per foreground class: the class's mean predicted probability on its own voxels, the norm of the
-gradient of the loss with respect to the logits (dL/dz_c) and of the soft MCC with respect to the
-probabilities (dL/dp_c), each over the class's voxels and over the rest. The probe reuses the training
-batch and a forward pass without gradient (the network has no dropout and no running statistics), so
-it does not change the run.
+gradient of the run's loss with respect to the logits (dL/dz_c) and of the soft MCC with respect to the
+probabilities (dL/dp_c, a reference), each over the class's voxels and over the rest. The probe reuses
+the training batch and a forward pass without gradient (the network has no dropout and no running
+statistics), so it does not change the run.
 
-    python benchmarks/mcc_ablation.py --quick          # smoke run: 2 variants, 1 fold, a few iterations
-    python benchmarks/mcc_ablation.py                  # the table of docs/mcc_rare_classes.md
-    python benchmarks/mcc_ablation.py --report-only    # rebuild the table from finished runs
+    python benchmarks/ablation.py --quick                  # smoke run: 2 variants, 1 fold, a few iterations
+    python benchmarks/ablation.py                          # the table of docs/mcc_rare_classes.md
+    python benchmarks/ablation.py --study gwdl             # the tables of docs/gwdl.md
+    python benchmarks/ablation.py --study gwdl-rare
+    python benchmarks/ablation.py --report-only            # rebuild the table from finished runs
 
 Results (``ablation.json``, ``ablation.csv``, ``ablation.md``, ``gradients.json``, ``gradients.md``,
-``gradients.png``) go to the work folder (default ``nnunet_mcc_work/ablation``), with nnU-Net's folders
-and each run's log. Finished runs with the same settings are reused, so an interrupted ablation continues
-where it stopped.
+``gradients.png``) go to the study's work folder (default ``nnunet_mcc_work/ablation`` for ``mcc``,
+``nnunet_mcc_work/ablation_<study>`` otherwise), with nnU-Net's folders and each run's log. Finished runs
+with the same settings are reused, so an interrupted ablation continues where it stopped.
 """
 
 import argparse
@@ -34,26 +47,17 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-DEFAULT_WORK_DIR = os.path.join("nnunet_mcc_work", "ablation")
-QUICK_WORK_DIR = os.path.join("nnunet_mcc_work", "ablation_quick")  # never mixed with the full runs
-DATASET_ID = 991
-DATASET_NAME = "MCCAblation"
-DATASET = f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
-# the demo's embedded default at the time of the ablation, fixed here so that the table stays reproducible
-SPEC = dict(num_cases=25, shape=(64, 64), num_foreground_classes=3, nested=True, foreground_fraction=0.05,
-            class_weights=(0.6, 0.3, 0.1), noise=0.25, bias=0.3, seed=2026,
-            class_names=("edema", "non_enhancing_tumor", "enhancing_tumor"))
-NETWORK = dict(n_stages=3, base_features=8)  # nnunet_mcc.plans.add_small_configuration
+# the rare-class dataset: the demo's embedded default at the time of the MCC ablation, fixed here so that
+# the tables stay reproducible
+RARE_SPEC = dict(num_cases=25, shape=(64, 64), num_foreground_classes=3, nested=True, foreground_fraction=0.05,
+                 class_weights=(0.6, 0.3, 0.1), noise=0.25, bias=0.3, seed=2026,
+                 class_names=("edema", "non_enhancing_tumor", "enhancing_tumor"))
 BASE_CONFIGURATION, CONFIGURATION = "2d", "2d_small"
 PLANS = "nnUNetPlans"
 SEED = 12345
-
-FULL = dict(epochs=60, iterations=50, val_iterations=10, folds=[0, 1, 2], probe_iterations=4)
 QUICK = dict(epochs=2, iterations=8, val_iterations=2, folds=[0], probe_iterations=2)
-QUICK_VARIANTS = ("MCC", "MCC_missed")
 
-# name -> (trainer class name, what differs from nnUNetTrainerMCC's defaults)
-VARIANTS = {
+MCC_VARIANTS = {  # name -> (trainer class name, what differs from nnUNetTrainerMCC's defaults)
     "MCC": ("AblationMCC", "the plain soft MCC (nnUNetTrainerMCC with missed_weight 0): lr 1e-2, "
                            "batch-pooled counts, background excluded, eps 1e-20"),
     "MCC_lr1e-3": ("AblationMCC_lr1e3", "initial_lr 1e-3 (nnU-Net v1's MCC trainers)"),
@@ -67,6 +71,75 @@ VARIANTS = {
     "CE": ("AblationCE", "nnU-Net's CE alone (nnUNetTrainerBaselineCE)"),
     "Dice": ("AblationDice", "nnU-Net's soft Dice alone (nnUNetTrainerBaselineDice)"),
 }
+GWDL_VARIANTS = {  # name -> (trainer class name, what differs from the paper's loss as nnUNetTrainerGWDL sets it up)
+    "GWDL": ("AblationGWDL", "Fidon et al.'s loss: tree distances of the label hierarchy (non-enhancing <-> "
+                             "enhancing 0.33, edema <-> either 0.67), default weighting (alpha = 1 for every "
+                             "foreground label), lr 1e-2, no gate"),
+    "GWDL_zero_one": ("AblationGWDL_zeroOne", "the 0/1 matrix (preset zero_one)"),
+    "GWDL_brats": ("AblationGWDL_brats", "Fidon et al.'s BraTS matrix (preset brats: non-enhancing <-> "
+                                         "enhancing 0.5, edema <-> non-enhancing 0.6, edema <-> enhancing 0.7)"),
+    "GWDL_GDL": ("AblationGWDL_GDL", "the GDL weighting (alpha = beta = 1 / (label volume + 1))"),
+    "GWDL_lr1e-3": ("AblationGWDL_lr1e3", "initial_lr 1e-3"),
+    "GWDL_missed": ("AblationGWDL_missed", "-log(soft recall) added for a present label of which no voxel is "
+                                           "predicted (missed_weight 1)"),
+    "GWDL_missed_per_sample": ("AblationGWDL_missedPerSample", "the gate, with statistics (and so the gate) per "
+                                                               "sample (batch=False, the paper's definition)"),
+    "GWDL_per_sample": ("AblationGWDL_perSample", "statistics per sample (batch=False, the paper's definition), "
+                                                  "no gate"),
+    "GWDL+CE": ("AblationGWDLCE", "GWDL + CE 1:1 (nnUNetTrainerGWDL_CE, no gate)"),
+}
+SEGAN_VARIANTS = {  # name -> (trainer class name, what differs from nnUNetTrainerSegAN's former defaults)
+    "SegAN": ("AblationSegAN", "CE + 1 x multi-scale L1 from the first iteration, critic Adam lr 1e-4"),
+    "SegAN_lambda0": ("AblationSegAN_lambda0", "lambda 0: CE alone (the base loss; the critic trains unused)"),
+    "SegAN_lambda0.1": ("AblationSegAN_lambda01", "lambda 0.1"),
+    "SegAN_warmup": ("AblationSegAN_warmup", "critic warm-up over 10 % of the epochs (lambda 0), then lambda "
+                                             "ramped linearly to 1 over 20 %"),
+    "SegAN_critic_lr1e-3": ("AblationSegAN_criticLr1e3", "critic Adam lr 1e-3"),
+    "SegAN_DiceCE": ("AblationSegAN_DiceCE", "nnU-Net's Dice + CE as the base loss (nnUNetTrainerSegANDiceCE), "
+                                             "lambda 1"),
+    "SegAN_DiceCE_critic_lr1e-3": ("AblationSegAN_DiceCE_criticLr1e3", "Dice + CE as the base loss and critic Adam "
+                                                                      "lr 1e-3"),
+}
+STUDIES = {
+    "mcc": dict(dataset_id=991, dataset_name="MCCAblation", spec=RARE_SPEC, network=dict(n_stages=3, base_features=8),
+                full=dict(epochs=60, iterations=50, val_iterations=10, folds=[0, 1, 2], probe_iterations=4),
+                variants=MCC_VARIANTS, quick_variants=("MCC", "MCC_missed"),
+                work_dir=os.path.join("nnunet_mcc_work", "ablation"),
+                plot=dict(fold="1", c="3", variants=("MCC", "MCC_missed", "MCC+CE", "Dice"))),
+    # the demo's dataset, network and --converge budget (nnunet_mcc.experiments.demo)
+    "gwdl": dict(dataset_id=992, dataset_name="GWDLAblationDemo", spec=None,
+                 network=dict(n_stages=3, base_features=8, batch_size=8),
+                 full=dict(epochs=64, iterations=20, val_iterations=3, folds=[0, 1, 2], probe_iterations=2),
+                 variants=GWDL_VARIANTS, quick_variants=("GWDL", "GWDL_missed"),
+                 work_dir=os.path.join("nnunet_mcc_work", "ablation_gwdl"),
+                 plot=dict(fold="1", c="3", variants=("GWDL", "GWDL_missed", "GWDL_missed_per_sample", "GWDL+CE"))),
+    "segan": dict(dataset_id=992, dataset_name="GWDLAblationDemo", spec=None,
+                  network=dict(n_stages=3, base_features=8, batch_size=8),
+                  full=dict(epochs=30, iterations=20, val_iterations=3, folds=[0, 1, 2], probe_iterations=0),
+                  variants=SEGAN_VARIANTS, quick_variants=("SegAN", "SegAN_warmup"),
+                  work_dir=os.path.join("nnunet_mcc_work", "ablation_segan"),
+                  plot=dict(fold="0", c="3", variants=())),
+    "gwdl-rare": dict(dataset_id=991, dataset_name="MCCAblation", spec=RARE_SPEC,
+                      network=dict(n_stages=3, base_features=8),
+                      full=dict(epochs=60, iterations=50, val_iterations=10, folds=[0, 1, 2], probe_iterations=4),
+                      variants=GWDL_VARIANTS, quick_variants=("GWDL", "GWDL_missed"),
+                      work_dir=os.path.join("nnunet_mcc_work", "ablation_gwdl_rare"),
+                      plot=dict(fold="1", c="3", variants=("GWDL", "GWDL_missed"))),
+}
+STUDY = STUDIES["mcc"]  # set by main()
+STUDY_NAME = ["mcc"]
+
+
+def dataset() -> str:
+    return f"Dataset{STUDY['dataset_id']:03d}_{STUDY['dataset_name']}"
+
+
+def study_spec() -> dict:
+    if STUDY["spec"] is not None:
+        return STUDY["spec"]
+    from nnunet_mcc.experiments.demo import DEFAULT_SPEC
+
+    return DEFAULT_SPEC
 
 
 # ---- environment -------------------------------------------------------------------------------
@@ -89,9 +162,9 @@ def prepare(work: str) -> None:
     from nnunet_mcc.experiments.demo import prepare_dataset
     from nnunet_mcc.synthetic import SyntheticSpec
 
-    spec = SyntheticSpec(**SPEC)
-    prepare_dataset(work, DATASET, DATASET_ID, spec, BASE_CONFIGURATION, CONFIGURATION,
-                    {"spec": asdict(spec), "network": NETWORK})
+    spec = SyntheticSpec(**study_spec())
+    prepare_dataset(work, dataset(), STUDY["dataset_id"], spec, BASE_CONFIGURATION, CONFIGURATION,
+                    {"spec": asdict(spec), "network": STUDY["network"]})
 
 
 # ---- the variants ------------------------------------------------------------------------------
@@ -103,6 +176,8 @@ def trainer_classes() -> Dict[str, type]:
     from nnunet_mcc.fileio import write_json
     from nnunet_mcc.losses import MCCLoss
     from nnunet_mcc.trainers.baselines import nnUNetTrainerBaseline, nnUNetTrainerBaselineCE, nnUNetTrainerBaselineDice
+    from nnunet_mcc.trainers.gwdl import nnUNetTrainerGWDL, nnUNetTrainerGWDL_CE
+    from nnunet_mcc.trainers.segan import nnUNetTrainerSegAN, nnUNetTrainerSegANDiceCE
     from nnunet_mcc.trainers.mcc import nnUNetTrainerMCC, nnUNetTrainerMCC_CE
 
     class Probed:
@@ -232,16 +307,78 @@ def trainer_classes() -> Dict[str, type]:
     class AblationDice(Probed, nnUNetTrainerBaselineDice):
         pass
 
-    classes = {c.__name__: c for c in (
+    class GWDLVariant(Probed, nnUNetTrainerGWDL):
+        gwdl_missed_weight = 0.0  # the paper's loss unless a variant says otherwise
+
+    class AblationGWDL(GWDLVariant):
+        pass
+
+    class AblationGWDL_zeroOne(GWDLVariant):
+        gwdl_matrix = "zero_one"
+
+    class AblationGWDL_brats(GWDLVariant):
+        gwdl_matrix = "brats"
+
+    class AblationGWDL_GDL(GWDLVariant):
+        gwdl_weighting = "GDL"
+
+    class AblationGWDL_lr1e3(GWDLVariant):
+        lr = 1e-3
+
+    class AblationGWDL_missed(GWDLVariant):
+        gwdl_missed_weight = 1.0
+
+    class AblationGWDL_missedPerSample(GWDLVariant):
+        gwdl_missed_weight = 1.0
+
+        def _gwdl_kwargs(self) -> dict:
+            return {**super()._gwdl_kwargs(), "batch": False}
+
+    class AblationGWDL_perSample(GWDLVariant):
+        def _gwdl_kwargs(self) -> dict:
+            return {**super()._gwdl_kwargs(), "batch": False}
+
+    class AblationGWDLCE(Probed, nnUNetTrainerGWDL_CE):
+        gwdl_missed_weight = 0.0
+
+    class SegANVariant(Probed, nnUNetTrainerSegAN):
+        segan_lambda, critic_lr, critic_warmup_fraction, segan_lambda_ramp_fraction = 1.0, 1e-4, 0.0, 0.0
+
+    class AblationSegAN(SegANVariant):
+        pass
+
+    class AblationSegAN_lambda0(SegANVariant):
+        segan_lambda = 0.0
+
+    class AblationSegAN_lambda01(SegANVariant):
+        segan_lambda = 0.1
+
+    class AblationSegAN_warmup(SegANVariant):
+        critic_warmup_fraction, segan_lambda_ramp_fraction = 0.1, 0.2
+
+    class AblationSegAN_criticLr1e3(SegANVariant):
+        critic_lr = 1e-3
+
+    class AblationSegAN_DiceCE(Probed, nnUNetTrainerSegANDiceCE):
+        segan_lambda, critic_lr, critic_warmup_fraction, segan_lambda_ramp_fraction = 1.0, 1e-4, 0.0, 0.0
+
+    class AblationSegAN_DiceCE_criticLr1e3(AblationSegAN_DiceCE):
+        critic_lr = 1e-3
+
+    classes = {c.__name__: c for c in (AblationSegAN, AblationSegAN_lambda0, AblationSegAN_lambda01,
+                                       AblationSegAN_warmup, AblationSegAN_criticLr1e3, AblationSegAN_DiceCE,
+                                       AblationSegAN_DiceCE_criticLr1e3,
         AblationMCC, AblationMCC_lr1e3, AblationMCC_perSample, AblationMCC_withBG, AblationMCC_eps1e6,
-        AblationMCC_missed, AblationDCCE, AblationMCCCE, AblationCE, AblationDice)}
-    return {variant: classes[class_name] for variant, (class_name, _) in VARIANTS.items()}
+        AblationMCC_missed, AblationDCCE, AblationMCCCE, AblationCE, AblationDice, AblationGWDL, AblationGWDL_zeroOne,
+        AblationGWDL_brats, AblationGWDL_GDL, AblationGWDL_lr1e3, AblationGWDL_missed, AblationGWDL_missedPerSample,
+        AblationGWDL_perSample, AblationGWDLCE)}
+    return {variant: classes[class_name] for variant, (class_name, _) in STUDY["variants"].items()}
 
 
 # ---- one run -----------------------------------------------------------------------------------
 def run_folder(variant: str, fold: int) -> str:
-    return os.path.join(os.environ["nnUNet_results"], DATASET,
-                        f"{VARIANTS[variant][0]}__{PLANS}__{CONFIGURATION}", f"fold_{fold}")
+    return os.path.join(os.environ["nnUNet_results"], dataset(),
+                        f"{STUDY['variants'][variant][0]}__{PLANS}__{CONFIGURATION}", f"fold_{fold}")
 
 
 def worker(variant: str, fold: int) -> int:
@@ -254,7 +391,7 @@ def worker(variant: str, fold: int) -> int:
 
     torch.set_num_threads(1)
     trainer_class = trainer_classes()[variant]
-    preprocessed = os.path.join(os.environ["nnUNet_preprocessed"], DATASET)
+    preprocessed = os.path.join(os.environ["nnUNet_preprocessed"], dataset())
     plans = load_json(join(preprocessed, f"{PLANS}.json"))
     plans["continue_training"] = False  # nnU-Net's trainer pops this key (set by its get_trainer_from_args)
     dataset_json = load_json(join(preprocessed, "dataset.json"))
@@ -311,7 +448,8 @@ def run_all(work: str, variants: Sequence[str], folds: Sequence[int], budget: di
             shutil.rmtree(run_folder(variant, fold), ignore_errors=True)
             log = os.path.join(logs, f"{variant}_fold{fold}.log")
             handle = open(log, "w")
-            command = [sys.executable, os.path.abspath(__file__), "--work-dir", work, "--worker", variant, str(fold)]
+            command = [sys.executable, os.path.abspath(__file__), "--study", STUDY_NAME[0], "--work-dir", work,
+                       "--worker", variant, str(fold)]
             running.append((variant, fold, log, handle, time.time(),
                             subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
                                              env={**env, SEED_VARIABLE: str(budget["seed"] + fold)})))
@@ -351,7 +489,7 @@ def collect(variants: Sequence[str], folds: Sequence[int]) -> dict:
     from nnunet_mcc.experiments.results import COUNTS, read_summary, scores_from_counts
     from nnunet_mcc.fileio import read_json
 
-    raw_json = read_json(os.path.join(os.environ["nnUNet_raw"], DATASET, "dataset.json"), "dataset.json")
+    raw_json = read_json(os.path.join(os.environ["nnUNet_raw"], dataset(), "dataset.json"), "dataset.json")
     names = {str(v): k for k, v in raw_json["labels"].items() if k != "background"}
     runs = {}
     for variant in variants:
@@ -387,7 +525,7 @@ def summarise(runs: dict, variants: Sequence[str], folds: Sequence[int]) -> List
         mine = [runs[f"{variant}/{f}"] for f in folds if f"{variant}/{f}" in runs]
         if not mine:
             continue
-        row = {"variant": variant, "setting": VARIANTS[variant][1], "folds": len(mine),
+        row = {"variant": variant, "setting": STUDY["variants"][variant][1], "folds": len(mine),
                "converged": f"{sum(bool(r['converged']) for r in mine)}/{len(mine)}",
                "ema_two_thirds": float(np.mean([r["ema_two_thirds"] or np.nan for r in mine])),
                "ema_end": float(np.mean([r["ema_end"] or np.nan for r in mine])),
@@ -488,8 +626,7 @@ def gradient_markdown(summary: dict, epochs: Sequence[int] = (0, 1, 2, 5, 10, 20
     return "\n".join(lines)
 
 
-def gradient_plot(summary: dict, path: str, fold: str = "1", c: str = "3",
-                  variants: Sequence[str] = ("MCC", "MCC_missed", "MCC+CE", "Dice")) -> Optional[str]:
+def gradient_plot(summary: dict, path: str, fold: str, c: str, variants: Sequence[str]) -> Optional[str]:
     """Class ``c``'s mean probability on its own voxels and dL/dz there, per epoch, for one fold (log scale)."""
     import matplotlib
 
@@ -536,8 +673,9 @@ def report(work: str, variants: Sequence[str], folds: Sequence[int], budget: dic
     rows = summarise(runs, variants, folds)
     classes = sorted({k for r in runs.values() for k in r["per_class"]}, key=int)
     table = markdown(rows, classes, budget)
-    settings = {"dataset": SPEC, "configuration": CONFIGURATION, "budget": budget, "folds": list(folds),
-                "seed": f"{budget['seed']} + fold", "variants": {v: VARIANTS[v][1] for v in variants}}
+    settings = {"study": STUDY_NAME[0], "dataset": study_spec(), "network": STUDY["network"],
+                "configuration": CONFIGURATION, "budget": budget, "folds": list(folds),
+                "seed": f"{budget['seed']} + fold", "variants": {v: STUDY["variants"][v][1] for v in variants}}
     write_json(os.path.join(work, "ablation.json"), {"settings": settings, "summary": rows, "runs": runs},
                "ablation results")
     buffer = io.StringIO()
@@ -552,24 +690,28 @@ def report(work: str, variants: Sequence[str], folds: Sequence[int], budget: dic
                {"settings": settings, "saturation_slopes": saturation_slopes(gradients),
                 "per_variant_fold_class_epoch": gradients}, "gradient measurements")
     write_text(os.path.join(work, "gradients.md"), gradient_markdown(gradients), "gradient tables")
-    gradient_plot(gradients, os.path.join(work, "gradients.png"))
+    gradient_plot(gradients, os.path.join(work, "gradients.png"), **STUDY["plot"])
     return table
 
 
 # ---- command line ------------------------------------------------------------------------------
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    global STUDY
+    all_variants = {**MCC_VARIANTS, **GWDL_VARIANTS, **SEGAN_VARIANTS}
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="variants:\n" + "\n".join(f"  {k:16s} {v[1]}" for k, v in VARIANTS.items()))
-    parser.add_argument("--work-dir",
-                        help=f"work folder (default ./{DEFAULT_WORK_DIR}, with --quick ./{QUICK_WORK_DIR})")
+                                     epilog="variants:\n" + "\n".join(f"  {k:16s} {v[1]}" for k, v in all_variants.items()))
+    parser.add_argument("--study", choices=list(STUDIES), default="mcc", help="the study (default: mcc)")
+    parser.add_argument("--work-dir", help="work folder (default ./nnunet_mcc_work/ablation[_<study>], with --quick "
+                                           "a _quick folder beside it)")
     parser.add_argument("--quick", action="store_true",
-                        help=f"smoke run: {', '.join(QUICK_VARIANTS)} on fold 0, {QUICK['epochs']} epochs x "
-                             f"{QUICK['iterations']} iterations (a couple of minutes)")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="variants to run (default: all)")
-    parser.add_argument("-f", "--folds", nargs="+", type=int, help=f"folds (default {FULL['folds']})")
-    parser.add_argument("--epochs", type=int, help=f"epochs (default {FULL['epochs']})")
-    parser.add_argument("--iterations", type=int, help=f"iterations per epoch (default {FULL['iterations']})")
+                        help="smoke run: the study's two main variants on fold 0, "
+                             f"{QUICK['epochs']} epochs x {QUICK['iterations']} iterations (a couple of minutes)")
+    parser.add_argument("--variants", nargs="+", choices=list(all_variants), help="variants to run (default: all of "
+                                                                                   "the study's)")
+    parser.add_argument("-f", "--folds", nargs="+", type=int, help="folds (default 0 1 2)")
+    parser.add_argument("--epochs", type=int, help="epochs (default: the study's)")
+    parser.add_argument("--iterations", type=int, help="iterations per epoch (default: the study's)")
     parser.add_argument("--seed", type=int, default=SEED,
                         help=f"base seed; fold f runs with seed + f (default {SEED}); use another --work-dir per seed")
     parser.add_argument("-j", "--jobs", type=int, default=2, help="runs at the same time (default 2, one thread each)")
@@ -578,16 +720,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     from nnunet_mcc.errors import UserError
 
+    STUDY, STUDY_NAME[0] = STUDIES[args.study], args.study
     try:
-        work = os.path.abspath(args.work_dir or (QUICK_WORK_DIR if args.quick else DEFAULT_WORK_DIR))
+        unknown = [v for v in args.variants or () if v not in STUDY["variants"]]
+        if unknown:
+            raise UserError(f"--variants: {', '.join(unknown)} not in study {args.study!r} "
+                            f"({', '.join(STUDY['variants'])})")
+        default_work = STUDY["work_dir"] + ("_quick" if args.quick else "")
+        work = os.path.abspath(args.work_dir or default_work)
         set_environment(work)
         if args.worker:
             return worker(args.worker[0], int(args.worker[1]))
-        preset = QUICK if args.quick else FULL
+        preset = QUICK if args.quick else STUDY["full"]
         budget = {"epochs": args.epochs or preset["epochs"], "iterations": args.iterations or preset["iterations"],
                   "val_iterations": preset["val_iterations"], "probe_iterations": preset["probe_iterations"],
                   "seed": args.seed}
-        variants = args.variants or (list(QUICK_VARIANTS) if args.quick else list(VARIANTS))
+        variants = args.variants or (list(STUDY["quick_variants"]) if args.quick else list(STUDY["variants"]))
         folds = args.folds if args.folds is not None else preset["folds"]
         if any(f < 0 or f > 4 for f in folds):
             raise UserError(f"--folds: folds are 0-4, got {folds}")
@@ -605,7 +753,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"failed: {failure}", file=sys.stderr)
         return 1 if failures else 0
     except UserError as e:
-        print(f"mcc_ablation: {e}", file=sys.stderr)
+        print(f"ablation: {e}", file=sys.stderr)
         return 2
 
 

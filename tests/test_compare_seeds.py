@@ -1,0 +1,299 @@
+"""``nnunet-mcc compare`` over training seeds, settings identity, collapsed classes and cost, on hand-built
+result trees (no training): every number is recomputed here from the counts written into the folders."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import wilcoxon
+
+from nnunet_mcc.cli import main as cli_main
+from nnunet_mcc.errors import UserError
+from nnunet_mcc.experiments import stats
+from nnunet_mcc.experiments.compare import compare
+from test_compare import nnunet_roots
+
+DATASET = "Dataset779_Seeds"
+CONFIG = "2d"
+LABELS = {"background": 0, "lesion": 1, "core": 2}
+CASES = {0: [0, 1, 2, 3, 4], 1: [5, 6, 7, 8, 9]}
+N = 1000
+EPOCHS, PER_EPOCH = 20, 10
+
+
+def fp_fn(case, label):
+    return 3 + (case + label) % 4, 4 + (case * label) % 3
+
+
+def tp_of(case, label, gain=0, shift=0):
+    return 40 + 5 * case + 3 * label + gain + shift
+
+
+def write_seed_run(root, name, fold, gain=0, shift=0, zero=(), identity=None, seed=None, cost=None,
+                   per_class=None, loss=None):
+    """A finished fold of trainer folder ``name`` (e.g. ``A_seed1``): summary.json with TP from ``tp_of`` (0 for
+    the labels in ``zero``), debug.json, nnunet_mcc_log.json (plateau curves, optional cost and per-class pseudo
+    Dice) and nnunet_mcc_provenance.json (optional identity and seed)."""
+    folder = os.path.join(root, DATASET, f"{name}__nnUNetPlans__{CONFIG}", f"fold_{fold}")
+    os.makedirs(os.path.join(folder, "validation"), exist_ok=True)
+    per_case = []
+    for case in CASES[fold]:
+        metrics = {}
+        for label in (1, 2):
+            tp = 0 if label in zero else tp_of(case, label, gain, shift)
+            fp, fn = fp_fn(case, label)
+            metrics[str(label)] = {"TP": tp, "FP": fp, "FN": fn, "TN": N - tp - fp - fn}
+        per_case.append({"reference_file": f"/gt/c{case:02d}.nii.gz", "metrics": metrics})
+    with open(os.path.join(folder, "validation", "summary.json"), "w") as f:
+        json.dump({"metric_per_case": per_case}, f)
+    with open(os.path.join(folder, "debug.json"), "w") as f:
+        json.dump({"num_epochs": str(EPOCHS), "num_iterations_per_epoch": str(PER_EPOCH),
+                   "num_val_iterations_per_epoch": "2"}, f)
+    flat = [0.8 + 0.002 * ((e * 7) % 5 - 2) for e in range(EPOCHS)]
+    series = {"mean_fg_dice": flat, "ema_fg_dice": flat, "mean_fg_mcc": flat, "train_losses": [0.0] * EPOCHS,
+              "val_losses": [0.0] * EPOCHS}
+    if per_class is not None:
+        series["dice_per_class_or_region"] = per_class
+    log = {"format": 1, "iterations_per_epoch": PER_EPOCH, "epochs_completed": EPOCHS, "series": series}
+    if cost is not None:
+        log["cost"] = cost
+    with open(os.path.join(folder, "nnunet_mcc_log.json"), "w") as f:
+        json.dump(log, f)
+    record = {"format": 1, "trainer": name, "budget": {"num_epochs": EPOCHS, "num_iterations_per_epoch": PER_EPOCH,
+                                                       "num_val_iterations_per_epoch": 2},
+              "training": {"seed": seed, "seed_source": "crossval" if seed is not None else None},
+              "loss": loss or {"name": "soft MCC", "settings": {"batch": True}}}
+    if identity is not None:
+        record["identity"] = identity
+    with open(os.path.join(folder, "nnunet_mcc_provenance.json"), "w") as f:
+        json.dump(record, f)
+    return folder
+
+
+@pytest.fixture
+def tree(tmp_path, monkeypatch):
+    return nnunet_roots(tmp_path, monkeypatch, DATASET, LABELS, CONFIG)["results"]
+
+
+def dice(tp, fp, fn):
+    return 2 * tp / (2 * tp + fp + fn)
+
+
+def dice_by_hand(label, gain, shift, cases=range(10)):
+    return np.array([dice(tp_of(c, label, gain, shift), *fp_fn(c, label)) for c in cases])
+
+
+SHIFTS = {0: 0, 1: 20}  # seed 1 of every trainer segments better: the seed spread is large
+
+
+def fill(tree, gains=None, seeds=(0, 1), **kwargs):
+    for trainer, gain in (gains or {"A": 0, "B": 2}).items():
+        for seed in seeds:
+            for fold in CASES:
+                write_seed_run(tree, f"{trainer}_seed{seed}", fold, gain=gain, shift=SHIFTS.get(seed, 5 * seed),
+                               seed=seed, **kwargs)
+
+
+def test_seed_averaging_spread_and_the_noise_rule_by_hand(tree, tmp_path):
+    # B is better than A on every case by 2 TP (significant), but the seeds differ by 20 TP: within noise;
+    # C is better by 60 TP: above it
+    fill(tree, {"A": 0, "B": 2, "C": 60})
+    for fold in CASES:  # an old unsuffixed A folder beside the seed folders: not used
+        write_seed_run(tree, "A", fold, gain=500)
+    out = tmp_path / "r"
+    result = compare(DATASET, CONFIG, ["A", "B", "C"], folds=[0, 1], output=str(out), bootstrap=50, plots=False)
+    assert any(n == "A: its seed folders (A_seed0, A_seed1) are its runs; the unsuffixed folder "
+               "A__nnUNetPlans__2d is not used" for n in result["notes"])
+    table = {(e["metric"], e["class_or_region"], e["trainer"]): e for e in result["table"]}
+    gains = {"A": 0, "B": 2, "C": 60}
+    seed_means = {}
+    for trainer, gain in gains.items():
+        per_seed = {s: (dice_by_hand(1, gain, SHIFTS[s]) + dice_by_hand(2, gain, SHIFTS[s])) / 2 for s in (0, 1)}
+        averaged = (per_seed[0] + per_seed[1]) / 2  # each case averaged over the seeds
+        entry = table[("Dice", "foreground mean", trainer)]
+        assert entry["n_seeds"] == 2 and entry["n_cases"] == 10
+        assert entry["mean"] == pytest.approx(averaged.mean(), abs=1e-12)
+        assert entry["std_cases"] == pytest.approx(averaged.std(ddof=1), abs=1e-12)
+        assert entry["std_folds"] == pytest.approx(np.std([averaged[:5].mean(), averaged[5:].mean()], ddof=1))
+        spread = np.std([per_seed[0].mean(), per_seed[1].mean()], ddof=1)
+        assert entry["std_seeds"] == pytest.approx(spread, abs=1e-12)
+        seed_means[trainer] = (averaged, spread)
+        lesion = (dice_by_hand(1, gain, 0) + dice_by_hand(1, gain, 20)) / 2
+        assert table[("Dice", "lesion", trainer)]["mean"] == pytest.approx(lesion.mean(), abs=1e-12)
+
+    tests = {(t["metric"], t["class_or_region"], t["trainer"]): t for t in result["tests"]}
+    (a, s_a) = seed_means["A"]
+    for trainer in ("B", "C"):
+        (x, s_x) = seed_means[trainer]
+        t = tests[("Dice", "foreground mean", trainer)]
+        assert t["p"] == pytest.approx(wilcoxon(x, a).pvalue, rel=1e-12)  # on the seed-averaged case scores
+        assert t["mean_difference"] == pytest.approx(x.mean() - a.mean(), abs=1e-12)
+        assert t["noise_threshold"] == pytest.approx(2 * math.sqrt((s_a ** 2 + s_x ** 2) / 2), rel=1e-12)
+        assert t["significant_0.05"]
+    b, c = tests[("Dice", "foreground mean", "B")], tests[("Dice", "foreground mean", "C")]
+    assert abs(b["mean_difference"]) < b["noise_threshold"] and b["above_training_noise"] is False
+    assert c["mean_difference"] > c["noise_threshold"] and c["above_training_noise"] is True
+
+    lines = result["full_markdown"].splitlines()
+    head = "\n".join(lines[:12])
+    assert "**Training noise** measured over 2 seeds per trainer (two seeds: the spread is a rough estimate)" in head
+    assert "2 sqrt((s_A^2 + s_B^2) / n_seeds)" in head
+    assert "- B vs A (foreground mean Dice):" in head and "significant but within training noise" in head
+    assert "- C vs A (foreground mean Dice):" in head and "**above training noise**" in head
+    assert "seeds)" in result["full_markdown"]  # the seed spread beside the fold spread in the cells
+    assert "bootstrap over cases and each trainer's seeds" in result["full_markdown"]
+    runs = result["trainer_runs"]
+    assert [r["seeds"] for r in runs] == ["0 1"] * 3 and runs[0]["converged"] == "4 of 4 runs (folds x seeds) converged"
+    wilcoxon_csv = (out / "wilcoxon.csv").read_text()
+    assert "above_training_noise" in wilcoxon_csv and "noise_threshold" in wilcoxon_csv
+
+
+def test_one_seed_says_training_noise_was_not_measured(tree, tmp_path):
+    fill(tree, seeds=(3,))
+    result = compare(DATASET, CONFIG, ["A", "B"], folds=[0, 1], output=str(tmp_path / "r"), bootstrap=20,
+                     plots=False)
+    assert all(t["above_training_noise"] is None for t in result["tests"])
+    head = "\n".join(result["full_markdown"].splitlines()[:8])
+    assert "**Training noise not measured:** every trainer was trained with one seed" in head
+    assert "training noise not measured" in head  # per pair
+
+
+def test_bootstrap_over_seeds():
+    cases = np.linspace(0.5, 0.9, 12)
+    one = stats.bootstrap_ranks_over_seeds([cases[None], cases[None] + 0.01], n_samples=30)
+    assert np.array_equal(one["frequency"], stats.bootstrap_ranks(np.stack([cases, cases + 0.01], 1),
+                                                                  n_samples=30)["frequency"])
+    # B is better on average, but one of its two seeds is far worse than A: resampling seeds unsettles the rank
+    shaky = stats.bootstrap_ranks_over_seeds([np.stack([cases, cases]), np.stack([cases + 0.2, cases - 0.15])],
+                                             n_samples=400)
+    assert shaky["full_rank"].tolist() == [2, 1]
+    assert 0.1 < shaky["frequency"][0, 0] < 0.5
+    steady = stats.bootstrap_ranks_over_seeds([np.stack([cases, cases]), np.stack([cases + 0.02, cases + 0.03])],
+                                              n_samples=100)
+    assert steady["frequency"][1, 0] == 1.0
+
+
+def test_mixed_seeds_are_refused_unless_asked_for(tree, tmp_path, capsys):
+    fill(tree, {"A": 0}, seeds=(0, 1))
+    fill(tree, {"B": 2}, seeds=(0, 2))
+    out = tmp_path / "r"
+    args = ["compare", "-d", DATASET, "-c", CONFIG, "-tr", "A", "B", "-f", "0", "1", "-o", str(out), "--no-plots",
+            "--bootstrap", "20"]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "different seeds (A: 0 1; B: 0 2)" in err and "--allow-mixed-seeds" in err
+    assert not out.exists()
+    assert cli_main(args + ["--allow-mixed-seeds"]) == 0
+    assert "mixed seeds (paired on request, --allow-mixed-seeds): A: 0 1; B: 0 2" in (out / "report.md").read_text()
+
+
+def test_a_single_run_with_an_unrecorded_seed_pairs_with_one_seed_but_not_with_several(tree, tmp_path):
+    for fold in CASES:
+        write_seed_run(tree, "A", fold)  # unsuffixed, no seed recorded
+        write_seed_run(tree, "B", fold, gain=2, seed=2026)
+    result = compare(DATASET, CONFIG, ["A", "B"], folds=[0, 1], output=str(tmp_path / "r"), bootstrap=20,
+                     plots=False)
+    assert {r["trainer"]: r["seeds"] for r in result["trainer_runs"]} == {"A": "unrecorded", "B": "2026"}
+    fill(tree, {"C": 1}, seeds=(0, 1))
+    with pytest.raises(UserError, match=r"different seeds \(A: unrecorded; C: 0 1\)"):
+        compare(DATASET, CONFIG, ["A", "C"], folds=[0, 1], output=str(tmp_path / "s"), bootstrap=20, plots=False)
+
+
+def test_mixed_settings_identity_is_refused_unless_asked_for(tree, tmp_path, capsys):
+    identity = {"loss": "GWDL", "weighting": "volume", "distance_matrix": [[0, 1], [1, 0]]}
+    fill(tree, {"A": 0, "B": 2}, identity=identity)
+    write_seed_run(tree, "B_seed1", 1, gain=2, shift=20, seed=1, identity=dict(identity, weighting="uniform"))
+    out = tmp_path / "r"
+    args = ["compare", "-d", DATASET, "-c", CONFIG, "-tr", "A", "B", "-f", "0", "1", "-o", str(out), "--no-plots",
+            "--bootstrap", "20"]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "B: 2 different settings (weighting)" in err and "B_seed1 fold 1 (weighting=\"uniform\")" in err
+    assert "B_seed0 fold 0" in err and "--allow-mixed-settings" in err and "A:" not in err
+    assert not out.exists()
+    assert cli_main(args + ["--allow-mixed-settings"]) == 0
+    assert "--allow-mixed-settings): B: 2 different settings (weighting)" in (out / "report.md").read_text()
+
+
+def test_per_fold_class_weights_are_no_settings_difference(tree, tmp_path):
+    """Without a recorded identity the loss settings stand in for it, less weighted CE's per-fold class weights."""
+    for fold in CASES:
+        for name, gain in (("A", 0), ("B", 2)):
+            write_seed_run(tree, name, fold, gain=gain, loss={"name": "weighted CE", "settings": {
+                "class_weights": [1.0, 2.0 + fold, 5.0 - fold], "ce": True}})
+    result = compare(DATASET, CONFIG, ["A", "B"], folds=[0, 1], output=str(tmp_path / "r"), bootstrap=20,
+                     plots=False)
+    assert {r["identity_source"] for r in result["runs"]} == {"loss settings"}
+    assert any(n.startswith("B: loss settings differ between folds (class_weights") for n in result["notes"])
+    write_seed_run(tree, "B", 1, gain=2, loss={"name": "weighted CE", "settings": {"class_weights": [1, 1, 1],
+                                                                                   "ce": False}})
+    with pytest.raises(UserError, match=r"B: 2 different settings \(settings.ce|B: 2 different settings \(ce\)"):
+        compare(DATASET, CONFIG, ["A", "B"], folds=[0, 1], output=str(tmp_path / "s"), bootstrap=20, plots=False)
+
+
+def test_collapsed_classes_are_marked_with_when(tree, tmp_path):
+    rising_then_zero = [[0.1 * e, 0.05 * e if e <= 5 else 0.0] for e in range(1, EPOCHS + 1)]
+    never = [[0.5, 0.0005] for _ in range(EPOCHS)]
+    healthy = [[0.5, 0.4] for _ in range(EPOCHS)]
+    for seed in (0, 1):
+        for fold in CASES:
+            write_seed_run(tree, f"A_seed{seed}", fold, seed=seed, shift=SHIFTS[seed], per_class=healthy)
+            collapsed = (seed, fold) in ((1, 0), (1, 1))
+            write_seed_run(tree, f"B_seed{seed}", fold, seed=seed, shift=SHIFTS[seed], zero=(2,) if collapsed else (),
+                           per_class=(rising_then_zero if fold == 0 else never) if collapsed else healthy)
+    # a case without 'core' in its reference but with false positives (Dice 0 there) does not make A collapse;
+    # neither does one case at Dice 0 among cases that have it
+    path = os.path.join(tree, DATASET, f"A_seed0__nnUNetPlans__{CONFIG}", "fold_0", "validation", "summary.json")
+    summary = json.load(open(path))
+    summary["metric_per_case"][0]["metrics"]["2"].update(TP=0, FN=0, FP=7)
+    summary["metric_per_case"][1]["metrics"]["2"].update(TP=0, FN=9)
+    json.dump(summary, open(path, "w"))
+    out = tmp_path / "r"
+    result = compare(DATASET, CONFIG, ["A", "B"], folds=[0, 1], output=str(out), bootstrap=20, plots=False)
+    collapsed = {(c["run"], c["fold"], c["class_or_region"]): c for c in result["collapsed"]}
+    assert sorted(collapsed) == [("B_seed1", 0, "core"), ("B_seed1", 1, "core")]
+    assert collapsed[("B_seed1", 0, "core")]["when"] == "collapsed after epoch 5 (50 it.)"
+    assert collapsed[("B_seed1", 0, "core")]["cases_present"] == 5
+    assert collapsed[("B_seed1", 1, "core")]["when"] == "never learned"
+    runs = {(r["run"], r["fold"]): r["collapsed"] for r in result["runs"]}
+    assert runs[("B_seed1", 0)] == "core (collapsed after epoch 5 (50 it.))" and runs[("A_seed0", 0)] == ""
+    per_trainer = {r["trainer"]: r["collapsed"] for r in result["trainer_runs"]}
+    assert per_trainer == {"A": "", "B": "core in 2 of 4 runs"}
+    head = "\n".join(result["full_markdown"].splitlines()[:14])
+    assert "**Collapsed classes** (Dice 0 on every validation case that has the class): B_seed1 fold 0: core " \
+           "(collapsed after epoch 5 (50 it.)); B_seed1 fold 1: core (never learned)." in head
+    assert "| collapsed" in result["full_markdown"] and "core in 2 of 4 runs" in result["full_markdown"]
+    assert (out / "collapsed.csv").exists() and "collapsed" in (out / "runs.csv").read_text().splitlines()[0]
+
+
+def test_recorded_cost_per_trainer_and_against_the_baseline(tree, tmp_path):
+    def cost(wall, ips, mem, device="cuda:0"):
+        return {"device": device, "wall_seconds": wall, "train_iterations": 200, "iterations_per_second": ips,
+                "jobs": 2, "torch_threads": 4, "peak_memory_mb": mem, "peak_memory_kind": "cuda max allocated"}
+
+    for seed in (0, 1):
+        for fold in CASES:
+            write_seed_run(tree, f"A_seed{seed}", fold, seed=seed, cost=cost(100 + 10 * fold + seed, 2.0, 1000))
+            write_seed_run(tree, f"B_seed{seed}", fold, seed=seed, gain=2,
+                           cost=cost(300 + 20 * seed, 0.5 + fold, None if fold else 1500))
+            write_seed_run(tree, f"C_seed{seed}", fold, seed=seed, gain=1)  # no cost record (an older log)
+    result = compare(DATASET, CONFIG, ["A", "B", "C"], folds=[0, 1], output=str(tmp_path / "r"), bootstrap=20,
+                     plots=False)
+    table = {c["trainer"]: c for c in result["cost"]}
+    assert table["A"]["wall_seconds"] == pytest.approx(np.mean([100, 101, 110, 111]))
+    assert table["B"]["wall_seconds"] == pytest.approx(310.0)
+    assert table["B"]["wall_seconds_vs_baseline"] == pytest.approx(310.0 / 105.5)
+    assert table["B"]["iterations_per_second"] == pytest.approx(1.0)
+    assert table["B"]["peak_memory_mb"] == pytest.approx(1500) and table["B"]["runs_with_peak_memory_mb"] == 2
+    assert table["B"]["peak_memory_mb_vs_baseline"] == pytest.approx(1.5)
+    assert table["A"]["device"] == "cuda:0" and table["A"]["jobs"] == "2"
+    assert math.isnan(table["C"]["wall_seconds"]) and pd.isna(table["C"]["device"])
+    page = result["full_markdown"]
+    section = page[page.index("## Cost"):page.index("## Dice")]
+    assert "| B " in section and "2.94x" in section and "1500 (cuda max allocated)" in section
+    c_row = next(line for line in section.splitlines() if line.startswith("| C "))
+    assert c_row.count("n/a") >= 6
