@@ -106,9 +106,17 @@ def test_records_snapshot_and_a_resumed_run_keeps_its_schedule(prepared, nnunet_
     assert record["budget_sources"]["num_epochs"] == "environment NNUNET_MCC_EPOCHS"
     assert record["loss"]["name"] == "soft MCC" and record["loss"]["settings"]["batch"] is True
     assert provenance.budget_from_debug_json(fold) == record["budget"]
+    assert record["identity"] == {"missed_weight": 1.0}  # the loss settings that are part of the run's identity
+    # seeded from NNUNET_MCC_SEED, augmentation in the training process, on the CPU: repeatable bit for bit
+    assert record["training"]["seed"] == 0 and record["training"]["seed_source"] == "environment"
+    assert record["training"]["deterministic"] is True
     log = _read(fold, provenance.LOG_FILE)
     assert log["epochs_completed"] == 4 and len(log["series"]["mean_fg_mcc"]) == 4
     first_lrs = log["series"]["lrs"]
+    cost = log["cost"]  # what the run cost, measured by the trainer
+    assert cost["device"] == "cpu" and cost["train_iterations"] == 12 and cost["wall_seconds"] > 0
+    assert cost["iterations_per_second"] > 0 and cost["torch_threads"] >= 1
+    assert cost["peak_memory_kind"] == "process RSS (this run)" and cost["peak_memory_mb"] > 50
 
     # the snapshot is nnU-Net's evaluation of the validation cases after epoch 2
     snapshot = _read(os.path.dirname(provenance.snapshot_summary(fold, 2)), "summary.json")
@@ -144,6 +152,8 @@ def test_records_snapshot_and_a_resumed_run_keeps_its_schedule(prepared, nnunet_
     assert record["budget"]["num_epochs"] == 4 and record["budget_sources"]["num_epochs"] == "resumed run"
     assert record["started_at_epoch"] == 2
     assert os.path.isfile(os.path.join(fold, "checkpoint_final.pth"))
+    cost = _read(fold, provenance.LOG_FILE)["cost"]  # the resumed run adds its epochs to the recorded ones
+    assert cost["resumed"] is True and cost["train_iterations"] == 12 + 6
 
     # the snapshot path is nnU-Net's own prediction and evaluation: on the final network it reproduces
     # nnU-Net's validation/summary.json case by case
