@@ -68,29 +68,19 @@ def ranks_by_mean(scores: np.ndarray) -> np.ndarray:
     return rankdata(-means, method="min").astype(int)
 
 
-def bootstrap_ranks(scores: np.ndarray, n_samples: int = 1000, seed: int = 0) -> Dict[str, np.ndarray]:
-    """Bootstrap rank distribution of trainers (columns) over cases (rows).
-
-    Returns ``full_rank`` (rank on all cases), ``frequency`` (trainers x ranks: share of bootstrap samples in
-    which the trainer took rank r+1), ``mean_rank`` and ``kendall_tau`` (median Kendall's tau between the
-    bootstrap ranking and the full ranking: 1 = perfectly stable).
-    """
+def _rank_distribution(full: np.ndarray, draw, n_samples: int) -> Dict[str, np.ndarray]:
+    """What ``bootstrap_ranks`` returns, from the full ranking and ``draw()``, one bootstrap sample of the
+    scores (cases x trainers) per call."""
     from scipy.stats import kendalltau
 
-    scores = np.asarray(scores, dtype=float)
-    n_cases, n_trainers = scores.shape
-    if n_cases == 0 or n_trainers == 0:
-        raise ValueError("bootstrap ranks need at least one case and one trainer")
-    rng = np.random.default_rng(seed)
-    full = ranks_by_mean(scores)
+    n_trainers = len(full)
     frequency = np.zeros((n_trainers, n_trainers))
     taus = []
     rank_sum = np.zeros(n_trainers)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # all-NaN columns in a sample, constant rankings in kendalltau
         for _ in range(n_samples):
-            sample = scores[rng.integers(0, n_cases, n_cases)]
-            ranks = ranks_by_mean(sample)
+            ranks = ranks_by_mean(draw())
             frequency[np.arange(n_trainers), ranks - 1] += 1
             rank_sum += ranks
             if n_trainers > 1:
@@ -99,6 +89,20 @@ def bootstrap_ranks(scores: np.ndarray, n_samples: int = 1000, seed: int = 0) ->
     return {"full_rank": full, "frequency": frequency / n_samples, "mean_rank": rank_sum / n_samples,
             "kendall_tau": float(np.nanmedian(taus)) if taus else 1.0}
 
+
+def bootstrap_ranks(scores: np.ndarray, n_samples: int = 1000, seed: int = 0) -> Dict[str, np.ndarray]:
+    """Bootstrap rank distribution of trainers (columns) over cases (rows).
+
+    Returns ``full_rank`` (rank on all cases), ``frequency`` (trainers x ranks: share of bootstrap samples in
+    which the trainer took rank r+1), ``mean_rank`` and ``kendall_tau`` (median Kendall's tau between the
+    bootstrap ranking and the full ranking: 1 = perfectly stable).
+    """
+    scores = np.asarray(scores, dtype=float)
+    n_cases, n_trainers = scores.shape
+    if n_cases == 0 or n_trainers == 0:
+        raise ValueError("bootstrap ranks need at least one case and one trainer")
+    rng = np.random.default_rng(seed)
+    return _rank_distribution(ranks_by_mean(scores), lambda: scores[rng.integers(0, n_cases, n_cases)], n_samples)
 
 
 def bootstrap_ranks_over_seeds(runs: Sequence[np.ndarray], n_samples: int = 1000,
@@ -108,36 +112,23 @@ def bootstrap_ranks_over_seeds(runs: Sequence[np.ndarray], n_samples: int = 1000
     trainers: they are paired) and, per trainer, its seeds with replacement (independent: seed S of two
     trainers are unrelated networks); a trainer's score is the mean over the drawn seeds and cases. With one
     seed per trainer this is ``bootstrap_ranks`` of the case scores."""
-    from scipy.stats import kendalltau
-
     runs = [np.atleast_2d(np.asarray(r, dtype=float)) for r in runs]
     if all(r.shape[0] == 1 for r in runs):
         return bootstrap_ranks(np.stack([r[0] for r in runs], axis=1), n_samples=n_samples, seed=seed)
     n_cases = runs[0].shape[1]
-    n_trainers = len(runs)
-    if n_cases == 0 or n_trainers == 0 or any(r.shape[1] != n_cases for r in runs):
+    if n_cases == 0 or not runs or any(r.shape[1] != n_cases for r in runs):
         raise ValueError("bootstrap ranks need the same cases (at least one) for every trainer")
     rng = np.random.default_rng(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         full = ranks_by_mean(np.stack([np.nanmean(r, axis=0) for r in runs], axis=1))
-    frequency = np.zeros((n_trainers, n_trainers))
-    taus = []
-    rank_sum = np.zeros(n_trainers)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for _ in range(n_samples):
-            cases = rng.integers(0, n_cases, n_cases)
-            sample = np.stack([np.nanmean(r[rng.integers(0, r.shape[0], r.shape[0])][:, cases], axis=0) for r in runs],
-                              axis=1)
-            ranks = ranks_by_mean(sample)
-            frequency[np.arange(n_trainers), ranks - 1] += 1
-            rank_sum += ranks
-            if n_trainers > 1:
-                tau = kendalltau(full, ranks).statistic
-                taus.append(1.0 if not np.isfinite(tau) and np.array_equal(full, ranks) else tau)
-    return {"full_rank": full, "frequency": frequency / n_samples, "mean_rank": rank_sum / n_samples,
-            "kendall_tau": float(np.nanmedian(taus)) if taus else 1.0}
+
+    def draw() -> np.ndarray:
+        cases = rng.integers(0, n_cases, n_cases)
+        return np.stack([np.nanmean(r[rng.integers(0, r.shape[0], r.shape[0])][:, cases], axis=0) for r in runs],
+                        axis=1)
+
+    return _rank_distribution(full, draw, n_samples)
 
 
 def noise_threshold(s_a: float, n_a: int, s_b: float, n_b: int) -> float:
