@@ -6,11 +6,12 @@ preprocessed data (same ``data_identifier``) and only narrows the network and, o
 """
 
 import copy
-import json
 import os
 from typing import Optional, Sequence
 
 from batchgenerators.utilities.file_and_folder_operations import load_json
+
+from nnunet_mcc.fileio import write_json
 
 
 def plans_path(preprocessed_root: str, dataset_name: str, plans_identifier: str = "nnUNetPlans") -> str:
@@ -50,10 +51,7 @@ def add_small_configuration(plans_file: str, base: str = "3d_fullres", name: Opt
     if batch_size is not None:
         config["batch_size"] = int(batch_size)
     configurations[name] = config
-    tmp = plans_file + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(plans, f, indent=4, sort_keys=False)
-    os.replace(tmp, plans_file)
+    write_json(plans_file, plans, "nnU-Net plans", indent=4)
     return name
 
 

@@ -8,7 +8,6 @@ regions. Intensities depend on the class, with Gaussian noise and a smooth multi
 field; every channel has its own contrast. The same seed gives the same files.
 """
 
-import json
 import math
 import os
 import shutil
@@ -194,6 +193,7 @@ def make_synthetic_dataset(raw_folder: str, dataset_id: int, name: str = "Synthe
 
 
 def load_spec(dataset_folder: str) -> SyntheticSpec:
-    with open(os.path.join(dataset_folder, "dataset.json")) as f:
-        d = json.load(f)["synthetic_spec"]
+    from nnunet_mcc.fileio import read_json
+
+    d = read_json(os.path.join(dataset_folder, "dataset.json"), "dataset.json")["synthetic_spec"]
     return SyntheticSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})

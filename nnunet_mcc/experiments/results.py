@@ -14,7 +14,6 @@ Layout (nnU-Net's): ``$nnUNet_results/DatasetXXX_Name/<trainer>__<plans>__<confi
   their ``logging`` holds the per-epoch series of any trainer.
 """
 
-import json
 import math
 import os
 import re
@@ -183,9 +182,8 @@ def loss_record(record: Optional[dict], debug_folder: Optional[str] = None) -> D
         return {"name": str(loss.get("name", "?")), "settings": loss.get("settings") or {}}
     if debug_folder:
         try:
-            with open(os.path.join(debug_folder, "debug.json")) as f:
-                text = str(json.load(f).get("loss", ""))
-        except (OSError, ValueError, AttributeError):
+            text = str(read_json(os.path.join(debug_folder, "debug.json"), "nnU-Net's training record").get("loss", ""))
+        except (UserError, AttributeError):
             text = ""
         inner = re.search(r"\(loss\):\s*([A-Za-z_]\w*)", text)  # nnU-Net wraps its loss for deep supervision
         name = inner.group(1) if inner else text.split("(")[0].strip()

@@ -22,8 +22,6 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from nnunet_mcc.knobs import GWDL_MATRIX_VARIABLE as MATRIX_ENV_VARIABLE
-
 # Fidon et al. 2017, BraTS label space (values 0..4 of the BraTS 2013-2015 ground truth)
 BRATS_LABEL_NAMES = ("background", "necrosis", "edema", "non_enhancing_tumor", "enhancing_tumor")
 BRATS_MATRIX = (

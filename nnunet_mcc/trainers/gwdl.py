@@ -19,8 +19,9 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.fileio import write_json
-from nnunet_mcc.losses.distance_matrix import (MATRIX_ENV_VARIABLE, PRESETS, DistanceMatrixError, format_matrix,
-                                               matrix_to_json, resolve_distance_matrix)
+from nnunet_mcc.knobs import GWDL_MATRIX_VARIABLE
+from nnunet_mcc.losses.distance_matrix import (PRESETS, DistanceMatrixError, format_matrix, matrix_to_json,
+                                               resolve_distance_matrix)
 from nnunet_mcc.losses.gwdl import GeneralizedWassersteinDiceLoss
 from nnunet_mcc.trainers.base import ComparisonTrainer
 from nnunet_mcc.trainers.weighted_ce import TrainingLabelCounts
@@ -88,7 +89,7 @@ class nnUNetTrainerGWDL(TrainingLabelCounts, ComparisonTrainer):
     def resolve_matrix(cls, dataset_json: dict, environ=os.environ):
         """``(setting, M, label names, source)``: the matrix a run of this class uses on ``dataset_json``
         (``NNUNET_MCC_GWDL_MATRIX`` first, then ``gwdl_matrix``, the label hierarchy, the 0/1 matrix)."""
-        setting = environ.get(MATRIX_ENV_VARIABLE, "").strip() or cls.gwdl_matrix
+        setting = environ.get(GWDL_MATRIX_VARIABLE, "").strip() or cls.gwdl_matrix
         is_preset = setting in PRESETS
         matrix, names, source = resolve_distance_matrix(dataset_json, matrix_file=None if is_preset else setting,
                                                         preset=setting if is_preset else None)
