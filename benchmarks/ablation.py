@@ -88,6 +88,14 @@ GWDL_VARIANTS = {  # name -> (trainer class name, what differs from the paper's 
                                                   "no gate"),
     "GWDL+CE": ("AblationGWDLCE", "GWDL + CE 1:1 (nnUNetTrainerGWDL_CE, no gate)"),
 }
+GWDL_CE_VARIANTS = {  # name -> (trainer class name, what differs from nnUNetTrainerGWDL_CE)
+    "DC+CE": ("AblationDCCE", "nnU-Net's Dice + CE (nnUNetTrainerBaseline), the reference"),
+    "GWDL+CE": ("AblationGWDLCE", "nnUNetTrainerGWDL_CE: GWDL (tree distances, default weighting, no gate) + CE 1:1"),
+    "GWDL+CE_GDL": ("AblationGWDLCE_GDL", "the GDL weighting (alpha = beta = 1 / (label volume + 1))"),
+    "GWDL+CE_brats": ("AblationGWDLCE_brats", "the BraTS matrix (preset brats)"),
+    "GWDL+CE_zero_one": ("AblationGWDLCE_zeroOne", "the 0/1 matrix (preset zero_one)"),
+    "GWDL+CE_missed": ("AblationGWDLCE_missed", "the missed-label gate (missed_weight 1)"),
+}
 SEGAN_VARIANTS = {  # name -> (trainer class name, what differs from nnUNetTrainerSegAN's former defaults)
     "SegAN": ("AblationSegAN", "CE + 1 x multi-scale L1 from the first iteration, critic Adam lr 1e-4"),
     "SegAN_lambda0": ("AblationSegAN_lambda0", "lambda 0: CE alone (the base loss; the critic trains unused)"),
@@ -119,6 +127,13 @@ STUDIES = {
                   variants=SEGAN_VARIANTS, quick_variants=("SegAN", "SegAN_warmup"),
                   work_dir=os.path.join("nnunet_mcc_work", "ablation_segan"),
                   plot=dict(fold="0", c="3", variants=())),
+    # the demo's dataset, network and default budget, all five folds: how fast GWDL + CE converges
+    "gwdl-ce": dict(dataset_id=992, dataset_name="GWDLAblationDemo", spec=None,
+                    network=dict(n_stages=3, base_features=8, batch_size=8),
+                    full=dict(epochs=30, iterations=20, val_iterations=3, folds=[0, 1, 2, 3, 4], probe_iterations=0),
+                    variants=GWDL_CE_VARIANTS, quick_variants=("DC+CE", "GWDL+CE"),
+                    work_dir=os.path.join("nnunet_mcc_work", "ablation_gwdl_ce"),
+                    plot=dict(fold="0", c="3", variants=())),
     "gwdl-rare": dict(dataset_id=991, dataset_name="MCCAblation", spec=RARE_SPEC,
                       network=dict(n_stages=3, base_features=8),
                       full=dict(epochs=60, iterations=50, val_iterations=10, folds=[0, 1, 2], probe_iterations=4),
@@ -341,6 +356,18 @@ def trainer_classes() -> Dict[str, type]:
     class AblationGWDLCE(Probed, nnUNetTrainerGWDL_CE):
         gwdl_missed_weight = 0.0
 
+    class AblationGWDLCE_GDL(AblationGWDLCE):
+        gwdl_weighting = "GDL"
+
+    class AblationGWDLCE_brats(AblationGWDLCE):
+        gwdl_matrix = "brats"
+
+    class AblationGWDLCE_zeroOne(AblationGWDLCE):
+        gwdl_matrix = "zero_one"
+
+    class AblationGWDLCE_missed(AblationGWDLCE):
+        gwdl_missed_weight = 1.0
+
     class SegANVariant(Probed, nnUNetTrainerSegAN):
         segan_lambda, critic_lr, critic_warmup_fraction, segan_lambda_ramp_fraction = 1.0, 1e-4, 0.0, 0.0
 
@@ -371,7 +398,8 @@ def trainer_classes() -> Dict[str, type]:
         AblationMCC, AblationMCC_lr1e3, AblationMCC_perSample, AblationMCC_withBG, AblationMCC_eps1e6,
         AblationMCC_missed, AblationDCCE, AblationMCCCE, AblationCE, AblationDice, AblationGWDL, AblationGWDL_zeroOne,
         AblationGWDL_brats, AblationGWDL_GDL, AblationGWDL_lr1e3, AblationGWDL_missed, AblationGWDL_missedPerSample,
-        AblationGWDL_perSample, AblationGWDLCE)}
+        AblationGWDL_perSample, AblationGWDLCE, AblationGWDLCE_GDL, AblationGWDLCE_brats, AblationGWDLCE_zeroOne,
+        AblationGWDLCE_missed)}
     return {variant: classes[class_name] for variant, (class_name, _) in STUDY["variants"].items()}
 
 
@@ -697,7 +725,7 @@ def report(work: str, variants: Sequence[str], folds: Sequence[int], budget: dic
 # ---- command line ------------------------------------------------------------------------------
 def main(argv: Optional[Sequence[str]] = None) -> int:
     global STUDY
-    all_variants = {**MCC_VARIANTS, **GWDL_VARIANTS, **SEGAN_VARIANTS}
+    all_variants = {**MCC_VARIANTS, **GWDL_VARIANTS, **GWDL_CE_VARIANTS, **SEGAN_VARIANTS}
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="variants:\n" + "\n".join(f"  {k:16s} {v[1]}" for k, v in all_variants.items()))

@@ -1,7 +1,7 @@
 """torch.compile of every loss: forward+backward time of the compiled loss against the same loss eager.
 
 Losses as the trainers run them (``check_target=False``): ``MCCLoss`` plain and with the missed-class
-penalty (``missed_weight=1``, as ``nnUNetTrainerMCC``), ``GeneralizedWassersteinDiceLoss``,
+penalty (``missed_weight=1``, as ``nnUNetTrainerMCC``), ``GeneralizedWassersteinDiceLoss``, ``TverskyLoss``,
 ``MaskedBCEWithLogits`` (regions, ignore channel, ``pos_weight``) and SegAN's ``multiscale_l1`` (a 4-scale
 pyramid). Batch 2, 3 classes, 3D 64^3 (``quick``: 32^3). ``torch.compile(dynamic=False)`` with inductor; the
 first call (the compile, wall time) is timed apart and given in the case column. On the CPU the measure is the
@@ -21,7 +21,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _measure import print_rows, row, step  # noqa: E402
 
-from nnunet_mcc.losses import GeneralizedWassersteinDiceLoss, MaskedBCEWithLogits, MCCLoss, multiscale_l1  # noqa: E402
+from nnunet_mcc.losses import (GeneralizedWassersteinDiceLoss, MaskedBCEWithLogits, MCCLoss,  # noqa: E402
+                               TverskyLoss, multiscale_l1)
 
 
 def _clock(device: torch.device) -> Callable[[], float]:
@@ -55,6 +56,7 @@ def _cases(side: int, device: torch.device) -> Dict[str, tuple]:
         "MCCLoss missed_weight=1": (MCCLoss(check_target=False, missed_weight=1.0), logits, labels),
         "GeneralizedWassersteinDiceLoss": (GeneralizedWassersteinDiceLoss(matrix, check_target=False).to(device),
                                            logits, labels),
+        "TverskyLoss": (TverskyLoss(check_target=False, batch=True), logits, labels),
         "MaskedBCEWithLogits": (MaskedBCEWithLogits(torch.tensor([2.0, 1.0, 3.0]), ignore_channel=True).to(device),
                                 logits, regions),
         "multiscale_l1": (_MultiscaleL1(), pyramid, target_pyramid),

@@ -156,10 +156,28 @@ def test_train_and_validation_step_under_cpu_autocast(name, dim, dtype, plans_an
     assert validation["n_valid"] == int(np.prod(trainer.configuration_manager.patch_size)) * 2
 
 
+@pytest.mark.parametrize("name,loss_name,expected", [
+    ("nnUNetTrainerMCC", "soft MCC", {"missed_weight": 1.0, "eps": 1e-20, "include_background": False}),
+    ("nnUNetTrainerMCC_CE", "soft MCC in DC_and_CE_loss", {"missed_weight": 0.0}),
+    ("nnUNetTrainerGWDL_CE", "Generalized Wasserstein Dice in DC_and_CE_loss", {"weighting": "default"}),
+    ("nnUNetTrainerTversky", "Tversky", {"alpha": 0.3, "beta": 0.7, "gamma": 1.0, "missed_weight": 1.0}),
+    ("nnUNetTrainerTversky_CE", "Tversky in DC_and_CE_loss", {"alpha": 0.3, "beta": 0.7, "missed_weight": 0.0}),
+])
+def test_the_trainer_records_the_settings_its_loss_reports(name, loss_name, expected, plans_and_datasets, e2e_cache,
+                                                            tmp_path, monkeypatch):
+    trainer = build_trainer(name, plans_and_datasets["2d"], e2e_cache, tmp_path, monkeypatch)
+    record = trainer.provenance()["loss"]
+    assert record["name"] == loss_name
+    assert expected.items() <= record["settings"].items()
+    assert record["settings"]["batch"] == bool(trainer.configuration_manager.batch_dice)
+    identity = trainer.provenance()["identity"]
+    assert all(record["settings"][k] == v for k, v in identity.items() if k in record["settings"])
+
+
 def test_every_trainer_of_the_package_is_covered():
     named = {"nnUNetTrainerMCC", "nnUNetTrainerMCC_CE", "nnUNetTrainerGWDL", "nnUNetTrainerGWDL_CE",
              "nnUNetTrainerGWDL_BraTS", "nnUNetTrainerGWDL_CE_BraTS", "nnUNetTrainerGWDL_GDL", "nnUNetTrainerSegAN",
              "nnUNetTrainerSegANDiceCE", "nnUNetTrainerSegANPerLabel", "nnUNetTrainerSegANWeightedCE",
-             "nnUNetTrainerWeightedCE"}
+             "nnUNetTrainerWeightedCE", "nnUNetTrainerTversky", "nnUNetTrainerTversky_CE"}
     assert named <= set(TRAINERS)
     assert torch.bfloat16 in cpu_autocast_dtypes()

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch._dynamo
 
-from nnunet_mcc.losses import GeneralizedWassersteinDiceLoss, MaskedBCEWithLogits, MCCLoss, multiscale_l1
+from nnunet_mcc.losses import GeneralizedWassersteinDiceLoss, MaskedBCEWithLogits, MCCLoss, TverskyLoss, multiscale_l1
 
 MATRIX = [[0, 1, 1], [1, 0, 0.5], [1, 0.5, 0]]
 
@@ -52,6 +52,8 @@ def _cases():
         "gwdl": (GeneralizedWassersteinDiceLoss(MATRIX, check_target=False), logits, labels),
         "gwdl_gdl_pooled_ignore": (GeneralizedWassersteinDiceLoss(MATRIX, weighting="GDL", batch=True, ignore_index=3,
                                                                   check_target=False), logits, with_ignore),
+        "tversky_focal_missed": (TverskyLoss("softmax", gamma=4 / 3, batch=True, missed_weight=1.0, check_target=False),
+                                 missed_logits, missed_labels),
         "masked_bce": (MaskedBCEWithLogits(pos_weight=torch.tensor([2.0, 1.0, 3.0]), ignore_channel=True),
                        logits, regions),
     }

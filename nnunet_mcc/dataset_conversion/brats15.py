@@ -39,9 +39,9 @@ import numpy as np
 
 from nnunet_mcc.dataset_conversion import common, export
 from nnunet_mcc.dataset_conversion.common import Case, CaseResult, UserError
+from nnunet_mcc.labels import BRATS_LABELS
 
 MODALITIES = ("T1", "T1c", "T2", "Flair")  # channel order of the converted dataset
-BRATS_LABELS = {"background": 0, "necrosis": 1, "edema": 2, "non_enhancing_tumor": 3, "enhancing_tumor": 4}
 EVALUATION_REGIONS = {"whole_tumor": [1, 2, 3, 4], "tumor_core": [1, 3, 4], "enhancing_tumor": [4]}
 LABEL_MODES = ("labels", "regions", "whole-tumor")
 # regions mode: region name -> BraTS labels it holds, painted back in this order with these values

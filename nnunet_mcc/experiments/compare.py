@@ -35,6 +35,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from nnunet_mcc import labels as dataset_labels
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.experiments import convergence, report, results, stats
 from nnunet_mcc.fileio import atomic_folder, read_json
@@ -117,12 +118,11 @@ def _check_trainer_folders(results_root: str, dataset_name: str, trainers: Seque
 def _dataset_context(dataset_name: str) -> dict:
     preprocessed = os.path.join(results.nnunet_folder("preprocessed"), dataset_name)
     dataset_json = read_json(os.path.join(preprocessed, "dataset.json"), "dataset.json")
-    labels = dataset_json.get("labels", {})
-    label_mode = not any(isinstance(v, (list, tuple)) for v in labels.values())
-    context = {"file_ending": dataset_json.get("file_ending", ".nii.gz"), "names": results.label_names(dataset_json),
-               "regions": results.evaluation_regions(dataset_json) if label_mode else {},
-               "gt_folder": os.path.join(preprocessed, "gt_segmentations"), "ignore_label": labels.get("ignore"),
-               "reader_writer": None}
+    context = {"file_ending": dataset_json.get("file_ending", ".nii.gz"),
+               "names": dataset_labels.summary_key_names(dataset_json),
+               "regions": dataset_labels.evaluation_regions(dataset_json),
+               "gt_folder": os.path.join(preprocessed, "gt_segmentations"),
+               "ignore_label": dataset_labels.ignore_label(dataset_json), "reader_writer": None}
     if context["regions"]:
         from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 

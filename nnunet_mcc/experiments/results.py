@@ -321,42 +321,6 @@ def snapshot_checkpoints(folder: str) -> Dict[int, str]:
 
 
 # ---- label names ------------------------------------------------------------------------------
-def label_names(dataset_json: dict) -> Dict[str, str]:
-    """summary.json metric key -> readable name, from dataset.json's ``labels``.
-
-    nnU-Net writes labels as ``"2"`` and regions as ``"(1, 2)"``; a region given as one value is ``"(3,)"``.
-    """
-    names = {}
-    for name, value in dataset_json.get("labels", {}).items():
-        if name == "ignore":
-            continue
-        if isinstance(value, (list, tuple)):
-            keys = [str(tuple(int(v) for v in value))]
-            if len(value) == 1:
-                keys.append(str(int(value[0])))
-        else:
-            keys = [str(int(value)), str((int(value),))]
-        for key in keys:
-            names[key] = name
-    return names
-
-
-def evaluation_regions(dataset_json: dict) -> Dict[str, Tuple[int, ...]]:
-    """``evaluation_regions`` of a label-mode dataset.json: region name -> label values (checked)."""
-    regions = dataset_json.get("evaluation_regions") or {}
-    if not isinstance(regions, dict):
-        raise UserError("dataset.json: 'evaluation_regions' must map a region name to a list of label values")
-    label_values = {int(v) for v in dataset_json.get("labels", {}).values() if not isinstance(v, (list, tuple))}
-    checked = {}
-    for name, values in regions.items():
-        values = [values] if isinstance(values, int) else values
-        if not values or not all(isinstance(v, int) and v in label_values and v > 0 for v in values):
-            raise UserError(f"dataset.json: evaluation region {name!r} = {values!r} must list foreground label "
-                            f"values of 'labels'")
-        checked[name] = tuple(sorted(values))
-    return checked
-
-
 # ---- per-case counts and scores ---------------------------------------------------------------
 def scores_from_counts(tp, fp, fn, tn) -> Dict[str, np.ndarray]:
     """Dice, IoU and MCC from confusion counts (float64: the MCC products overflow int64).

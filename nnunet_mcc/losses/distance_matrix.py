@@ -22,8 +22,9 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-# Fidon et al. 2017, BraTS label space (values 0..4 of the BraTS 2013-2015 ground truth)
-BRATS_LABEL_NAMES = ("background", "necrosis", "edema", "non_enhancing_tumor", "enhancing_tumor")
+from nnunet_mcc.labels import BRATS_LABEL_NAMES, DatasetLabelsError, checked_region, label_names_by_value
+
+# Fidon et al. 2017, in the BraTS label space (nnunet_mcc.labels.BRATS_LABELS)
 BRATS_MATRIX = (
     (0.0, 1.0, 1.0, 1.0, 1.0),
     (1.0, 0.0, 0.6, 0.2, 0.5),
@@ -43,30 +44,13 @@ class DistanceMatrixError(ValueError):
 
 
 def dataset_label_names(dataset_json: Mapping) -> List[str]:
-    """Label names of a label-mode dataset.json ordered by value (index = label value), ignore label left out.
-
-    The labels are read by nnU-Net's own ``LabelManager``. Raises DistanceMatrixError for region-based
-    datasets (a label given as a list of several values) and for label values that are not 0..K-1.
-    """
-    from nnunetv2.utilities.label_handling.label_handling import LabelManager
-
-    labels = dataset_json.get("labels")
-    if not isinstance(labels, Mapping) or not labels:
-        raise DistanceMatrixError("dataset.json has no 'labels' mapping (label name -> value)")
+    """Label names of a label-mode dataset.json ordered by value (index = label value), ignore label left out
+    (``nnunet_mcc.labels.label_names_by_value``: nnU-Net's ``LabelManager`` rules). Raises DistanceMatrixError
+    for region-based datasets and for label values that are not 0..K-1."""
     try:
-        as_labels = LabelManager(dict(labels), None, force_use_labels=True)
-        regions = [name for name, value in labels.items() if isinstance(value, (list, tuple)) and len(value) > 1]
-    except (AssertionError, RuntimeError, TypeError, ValueError) as e:
-        raise DistanceMatrixError(f"dataset.json 'labels' are not valid for nnU-Net: {e}") from None
-    if regions:  # what LabelManager calls regions (has_regions)
-        raise DistanceMatrixError(f"dataset.json defines regions ({', '.join(regions)}): the Generalized "
-                                  "Wasserstein Dice loss needs mutually exclusive labels")
-    values = as_labels.all_labels
-    if values != list(range(len(values))):
-        raise DistanceMatrixError(f"dataset.json label values {values} are not consecutive from 0")
-    by_value = {int(value[0] if isinstance(value, (list, tuple)) else value): name
-                for name, value in labels.items() if name != "ignore"}
-    return [by_value[v] for v in values]
+        return label_names_by_value(dataset_json, needed_by="the Generalized Wasserstein Dice loss")
+    except DatasetLabelsError as e:
+        raise DistanceMatrixError(str(e)) from None
 
 
 def validate_distance_matrix(matrix, label_names: Optional[Sequence[str]] = None, source: str = "distance matrix",
@@ -227,14 +211,10 @@ def hierarchy_distance_matrix(regions: Mapping[str, Sequence[int]], label_names:
     k = len(label_names)
     sets = {}
     for name, values in regions.items():
-        if not isinstance(values, (list, tuple)) or not all(isinstance(v, int) for v in values) or not values:
-            raise DistanceMatrixError(f"dataset.json evaluation_regions[{name!r}] must be a non-empty list of "
-                                      f"label values, got {values!r}")
-        bad = [v for v in values if not 0 < v < k]
-        if bad:
-            raise DistanceMatrixError(f"dataset.json evaluation_regions[{name!r}] holds {bad}, not foreground "
-                                      f"label values 1..{k - 1}")
-        sets[name] = frozenset(values)
+        try:
+            sets[name] = frozenset(checked_region(name, values, range(1, k)))
+        except DatasetLabelsError as e:
+            raise DistanceMatrixError(str(e)) from None
     names = list(sets)
     for i, a in enumerate(names):
         for b in names[i + 1:]:

@@ -4,7 +4,8 @@ from typing import Optional
 
 import torch
 
-from nnunet_mcc.losses._common import ConfusionLoss, Nonlin, ddp_active, reduce_per_sample, sum_over_ranks
+from nnunet_mcc.losses.base import (ConfusionLoss, Nonlin, check_missed_weight, ddp_active, reduce_per_sample,
+                                   sum_over_ranks)
 from nnunet_mcc.losses.distance_matrix import validate_distance_matrix
 from nnunet_mcc.losses.mcc import missed_class_penalty
 from nnunet_mcc.losses.targets import check_prediction
@@ -126,10 +127,12 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
         >>> loss(logits, torch.randint(0, 3, (2, 1, 16, 16, 16))).backward()
     """
 
+    loss_name = "Generalized Wasserstein Dice"
+
     def __init__(self, distance_matrix, apply_nonlin: Nonlin = "softmax", weighting: str = "default",
                  batch: bool = False, ignore_index: Optional[int] = None, smooth: float = 1e-5, ddp: bool = False,
                  check_target: bool = True, reduction: str = "mean", missed_weight: float = 0.0):
-        super().__init__(apply_nonlin, True, ignore_index, False, check_target, reduction)
+        super().__init__(apply_nonlin, True, ignore_index, False, check_target, reduction, batch, ddp)
         if self.nonlin_kind == "sigmoid":
             raise ValueError("apply_nonlin: the Generalized Wasserstein Dice loss needs softmax probabilities of "
                              "mutually exclusive labels, not sigmoid regions")
@@ -137,8 +140,6 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
         if not smooth >= 0:
             raise ValueError(f"smooth must be >= 0, got {smooth}")
-        if not missed_weight >= 0:
-            raise ValueError(f"missed_weight must be >= 0, got {missed_weight}")
         if isinstance(distance_matrix, torch.Tensor):
             distance_matrix = distance_matrix.detach().cpu().double().numpy()
         matrix = validate_distance_matrix(distance_matrix, source="distance_matrix")
@@ -146,10 +147,14 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
         self.register_buffer("distance_matrix", torch.as_tensor(matrix, dtype=torch.float32), persistent=False)
         self.num_classes = matrix.shape[0]
         self.weighting = weighting
-        self.batch = bool(batch)
         self.smooth = float(smooth)
-        self.ddp = bool(ddp)
-        self.missed_weight = float(missed_weight)
+        self.missed_weight = check_missed_weight(missed_weight)  # the argmax of any activation is the logits'
+
+    def settings(self) -> dict:
+        # read from the buffer that trains, rounded so that a JSON round trip compares equal
+        matrix = [[round(float(v), 6) for v in row] for row in self.distance_matrix.tolist()]
+        return {"activation": self.nonlin_kind, "batch": self.batch, "distance_matrix": matrix,
+                "weighting": self.weighting, "smooth": self.smooth, "missed_weight": self.missed_weight}
 
     def _labels_and_weights(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor]):
         """Label map (B, N) int64 and voxel weights (B, N) float32 (None when every voxel counts)."""

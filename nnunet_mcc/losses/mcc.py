@@ -4,7 +4,7 @@ from typing import Optional
 
 import torch
 
-from nnunet_mcc.losses._common import ConfusionLoss, Nonlin, ddp_active, reduce_per_sample, sum_over_ranks
+from nnunet_mcc.losses.base import ConfusionLoss, Nonlin, check_missed_weight, reduce_per_sample
 
 
 def soft_mcc(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, tn: torch.Tensor,
@@ -120,59 +120,21 @@ class MCCLoss(ConfusionLoss):
         torch.Size([2, 2])
     """
 
+    loss_name = "soft MCC"
+
     def __init__(self, apply_nonlin: Nonlin = "softmax", batch: bool = True, include_background: bool = False,
                  ignore_index: Optional[int] = None, region_ignore_channel: bool = False, eps: float = 1e-20,
                  ddp: bool = False, check_target: bool = True, reduction: str = "mean",
                  missed_weight: float = 0.0):
         super().__init__(apply_nonlin, include_background, ignore_index, region_ignore_channel, check_target,
-                         reduction)
+                         reduction, batch, ddp)
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps}")
-        if not missed_weight >= 0:
-            raise ValueError(f"missed_weight must be >= 0, got {missed_weight}")
-        if missed_weight and self.nonlin_kind == "custom":
-            raise ValueError("missed_weight needs apply_nonlin 'softmax', 'sigmoid' or None: the hard "
-                             "prediction of a custom activation is unknown")
-        self.batch = bool(batch)
         self.eps = float(eps)
-        self.ddp = bool(ddp)
-        self.missed_weight = float(missed_weight)
+        self.missed_weight = check_missed_weight(missed_weight, self.nonlin_kind)
 
-    def confusion(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor] = None,
-                  hard_tp: bool = False):
-        """Soft TP, FP, FN, TN, each (B, K), or (1, K) when pooled (float32, K classes scored); with
-        ``hard_tp`` also the number of each class's voxels predicted as the class, pooled the same way."""
-        probs, onehot, mask = self._probabilities_and_target(x, y, loss_mask)
-        if mask is not None:
-            probs = probs * mask
-            onehot = onehot * mask
-            n_valid = mask.sum(-1)
-        else:
-            n_valid = torch.full(probs.shape[:1] + (1,), float(probs.shape[-1]), device=probs.device)
-        tp = (probs * onehot).sum(-1)
-        sum_p = probs.sum(-1)
-        sum_g = onehot.sum(-1)
-        fp, fn = sum_p - tp, sum_g - tp
-        tn = n_valid - tp - fp - fn
-        extra = (self._hard_tp(x, probs, onehot),) if hard_tp else ()
-        stats = torch.stack((tp, fp, fn, tn) + extra)  # (4 or 5, B, K)
-        if self.batch:
-            stats = stats.sum(1, keepdim=True)
-            if ddp_active(self.ddp):
-                stats = sum_over_ranks(stats)
-        return stats.unbind(0)
-
-    def _hard_tp(self, x: torch.Tensor, probs: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
-        """Per sample and scored class (B, K), the number of the class's valid voxels predicted as the
-        class: the largest of all of ``x``'s channels (the background's included, ties counting for
-        each tied class), or probability > 0.5 for sigmoid regions and a single binary channel.
-        ``onehot`` is 0 on masked voxels, so they never count."""
-        with torch.no_grad():
-            if self.nonlin_kind == "sigmoid" or x.shape[1] == 1:
-                return ((probs > 0.5) & (onehot > 0)).sum(-1).float()
-            logits = x.detach().flatten(2)  # softmax keeps the logits' order: their maximum is the argmax
-            predicted = logits[:, x.shape[1] - onehot.shape[1]:] >= logits.amax(1, keepdim=True)
-            return (predicted & (onehot > 0)).sum(-1).float()
+    def settings(self) -> dict:
+        return {**super().settings(), "eps": self.eps, "missed_weight": self.missed_weight}
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         if not self.missed_weight:

@@ -25,7 +25,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import nn
 
-from nnunet_mcc.losses._common import check_reduction
+from nnunet_mcc.losses.base import check_reduction
 
 
 def mask_input(image: torch.Tensor, segmentation: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -118,6 +118,12 @@ class TargetFormat:
         if self.region_ignore_channel and self.ignore_label is not None:
             raise ValueError("a region target marks unlabelled voxels with its last channel, not an ignore_label")
 
+    @property
+    def ce_ignore_index(self) -> int:
+        """The ``ignore_index`` of torch's (and nnU-Net's) cross-entropy on label maps: the ignore label, or
+        torch's default -100 (no voxel ignored)."""
+        return -100 if self.ignore_label is None else self.ignore_label
+
     @classmethod
     def from_label_manager(cls, label_manager) -> "TargetFormat":
         """The form nnU-Net's training targets take for a dataset (``trainer.label_manager``)."""

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nnunet_mcc.losses._common import check_reduction
+from nnunet_mcc.losses.base import check_reduction
 from nnunet_mcc.losses.targets import TargetFormat
 
 

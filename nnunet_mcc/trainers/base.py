@@ -50,6 +50,7 @@ from nnunet_mcc.fileio import read_json, write_json
 from nnunet_mcc.knobs import (BUDGET_VARIABLES, JOBS_VARIABLE, SCHEDULE_VARIABLES, SEED_VARIABLE, seed_from_env,
                               snapshot_epochs_from_env)
 from nnunet_mcc.knobs import positive_int_from_env as _positive_int_from_env
+from nnunet_mcc.losses.base import ConfusionLoss
 from nnunet_mcc.losses.targets import TargetFormat
 from nnunet_mcc.metrics import mcc_score
 
@@ -247,9 +248,20 @@ class ComparisonTrainer(nnUNetTrainer):
         return {}
 
     def loss_settings(self) -> dict:
-        """The loss and the settings of it that change results (subclasses add theirs)."""
+        """The loss and the settings of it that change results, as the loss reports them: every loss of this
+        package inside ``self.loss`` (a :class:`nnunet_mcc.losses.ConfusionLoss`) gives its ``loss_name`` and
+        ``settings()``, so a new loss needs no code here. Subclasses add only what the trainer alone knows
+        (where a matrix came from, the critic)."""
         loss = self.loss.loss if isinstance(self.loss, DeepSupervisionWrapper) else self.loss
-        return {"name": type(loss).__name__, "deep_supervision": self.enable_deep_supervision, "settings": {}}
+        modules = loss.modules() if isinstance(loss, torch.nn.Module) else ()  # None before initialize()
+        own = [m for m in modules if isinstance(m, ConfusionLoss)]
+        name = type(loss).__name__
+        if own:
+            name = own[0].loss_name if own[0] is loss else f"{own[0].loss_name} in {name}"
+        settings = {}
+        for module in own:
+            settings.update(module.settings())
+        return {"name": name, "deep_supervision": self.enable_deep_supervision, "settings": settings}
 
     def provenance(self) -> dict:
         import nnunetv2
@@ -379,6 +391,37 @@ class ComparisonTrainer(nnUNetTrainer):
         # DDP without compile complains about unused parameters when the lowest weight is exactly 0
         weights[-1] = 1e-6 if (self.is_ddp and not self._do_i_compile()) else 0
         return DeepSupervisionWrapper(loss, weights / weights.sum())
+
+    def _confusion_kwargs(self) -> dict:
+        """What every confusion-count loss takes from the plans and the run: counts pooled over the batch (and
+        DDP ranks) when the plans say ``batch_dice``; no per-call target check (nnU-Net's preprocessing checked
+        the values, and the check costs a device sync)."""
+        return {"batch": self.configuration_manager.batch_dice, "ddp": self.is_ddp, "check_target": False}
+
+    def _confusion_loss(self, loss_class: type, **kwargs) -> torch.nn.Module:
+        """``loss_class`` (a :class:`nnunet_mcc.losses.ConfusionLoss`) alone on this dataset's targets: softmax
+        over the classes without background (the ignore label left out), or a sigmoid per region (the ignore
+        channel left out); wrapped for deep supervision."""
+        tf, kwargs = self.target_format, {**self._confusion_kwargs(), **kwargs}
+        if self.label_manager.has_regions:
+            loss = loss_class("sigmoid", region_ignore_channel=tf.region_ignore_channel, **kwargs)
+        else:
+            loss = loss_class("softmax", include_background=False, ignore_index=tf.ignore_label, **kwargs)
+        return self._wrap_deep_supervision(loss)
+
+    def _confusion_loss_with_ce(self, loss_class: type, **kwargs) -> torch.nn.Module:
+        """``loss_class`` + cross-entropy (binary cross-entropy for regions), 1:1 as nnU-Net's Dice + CE: its own
+        compound losses (which handle the ignore label) with ``loss_class`` in the Dice slot."""
+        from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss, DC_and_CE_loss
+
+        lm, kwargs = self.label_manager, {**self._confusion_kwargs(), **kwargs}
+        if lm.has_regions:
+            loss = DC_and_BCE_loss({}, kwargs, weight_ce=1, weight_dice=1, use_ignore_label=lm.has_ignore_label,
+                                   dice_class=loss_class)
+        else:
+            loss = DC_and_CE_loss({"include_background": False, **kwargs}, {}, weight_ce=1, weight_dice=1,
+                                  ignore_label=lm.ignore_label, dice_class=loss_class)
+        return self._wrap_deep_supervision(loss)
 
     # ---- validation MCC -----------------------------------------------------------------------
     def validation_step(self, batch: dict) -> dict:

@@ -144,16 +144,13 @@ class nnUNetTrainerGWDL(TrainingLabelCounts, ComparisonTrainer):
 
     def _build_loss(self):
         self._record_distance_matrix()
-        loss = GeneralizedWassersteinDiceLoss(ignore_index=self.label_manager.ignore_label, **self._gwdl_kwargs())
+        loss = GeneralizedWassersteinDiceLoss(ignore_index=self.target_format.ignore_label, **self._gwdl_kwargs())
         return self._wrap_deep_supervision(loss)
 
     def loss_settings(self) -> dict:
-        settings = super().loss_settings()
-        gwdl = next(m for m in self.loss.modules() if isinstance(m, GeneralizedWassersteinDiceLoss))
-        settings["settings"].update({  # read from the loss that trains, not from the settings that built it
-            "distance_matrix": [[round(float(v), 6) for v in row] for row in gwdl.distance_matrix.tolist()],
-            "label_names": list(self.gwdl_label_names), "matrix_source": self.gwdl_matrix_source,
-            "weighting": gwdl.weighting, "missed_weight": gwdl.missed_weight, "batch": gwdl.batch})
+        settings = super().loss_settings()  # the matrix, weighting and gate as the loss reports them
+        settings["settings"].update({"label_names": list(self.gwdl_label_names),
+                                     "matrix_source": self.gwdl_matrix_source})
         return settings
 
 
@@ -167,7 +164,7 @@ class nnUNetTrainerGWDL_CE(nnUNetTrainerGWDL):
     def _build_loss(self):
         self._record_distance_matrix()
         loss = DC_and_CE_loss(self._gwdl_kwargs(), {}, weight_ce=1, weight_dice=1,
-                              ignore_label=self.label_manager.ignore_label,
+                              ignore_label=self.target_format.ignore_label,
                               dice_class=GeneralizedWassersteinDiceLoss)
         return self._wrap_deep_supervision(loss)
 

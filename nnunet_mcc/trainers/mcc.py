@@ -1,7 +1,5 @@
 """Trainers with the soft MCC loss (seed 000: 1 - MCC) and MCC + cross-entropy."""
 
-from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss, DC_and_CE_loss
-
 from nnunet_mcc.losses import MCCLoss
 from nnunet_mcc.trainers.base import ComparisonTrainer
 
@@ -29,27 +27,10 @@ class nnUNetTrainerMCC(ComparisonTrainer):
         return {"missed_weight": float(cls.missed_weight)}
 
     def _mcc_kwargs(self) -> dict:
-        # target values were checked by nnU-Net's preprocessing: skip the per-call check (a device sync)
-        return {"batch": self.configuration_manager.batch_dice, "ddp": self.is_ddp, "check_target": False}
+        return self._confusion_kwargs()
 
     def _build_loss(self):
-        tf = self.target_format
-        if self.label_manager.has_regions:
-            loss = MCCLoss("sigmoid", region_ignore_channel=tf.region_ignore_channel,
-                           missed_weight=self.missed_weight, **self._mcc_kwargs())
-        else:
-            loss = MCCLoss("softmax", include_background=False, ignore_index=tf.ignore_label,
-                           missed_weight=self.missed_weight, **self._mcc_kwargs())
-        return self._wrap_deep_supervision(loss)
-
-    def loss_settings(self) -> dict:
-        settings = super().loss_settings()
-        mcc = next(m for m in self.loss.modules() if isinstance(m, MCCLoss))
-        settings["name"] = "soft MCC" if settings["name"] == "MCCLoss" else f"soft MCC in {settings['name']}"
-        settings["settings"].update({"batch": mcc.batch, "include_background": mcc.include_background,
-                                     "eps": mcc.eps, "activation": mcc.nonlin_kind,
-                                     "missed_weight": mcc.missed_weight})
-        return settings
+        return self._confusion_loss(MCCLoss, missed_weight=self.missed_weight, **self._mcc_kwargs())
 
 
 class nnUNetTrainerMCC_CE(nnUNetTrainerMCC):
@@ -63,14 +44,7 @@ class nnUNetTrainerMCC_CE(nnUNetTrainerMCC):
     missed_weight = 0.0  # the plain soft MCC in the Dice slot
 
     def _build_loss(self):
-        lm = self.label_manager
-        if lm.has_regions:
-            loss = DC_and_BCE_loss({}, self._mcc_kwargs(), weight_ce=1, weight_dice=1,
-                                   use_ignore_label=lm.has_ignore_label, dice_class=MCCLoss)
-        else:
-            loss = DC_and_CE_loss({"include_background": False, **self._mcc_kwargs()}, {}, weight_ce=1,
-                                  weight_dice=1, ignore_label=lm.ignore_label, dice_class=MCCLoss)
-        return self._wrap_deep_supervision(loss)
+        return self._confusion_loss_with_ce(MCCLoss, **self._mcc_kwargs())
 
 
 TRAINERS = [nnUNetTrainerMCC, nnUNetTrainerMCC_CE]

@@ -218,7 +218,7 @@ class nnUNetTrainerSegAN(ComparisonTrainer):
         lm = self.label_manager
         if lm.has_regions:
             return MaskedBCEWithLogits(ignore_channel=lm.has_ignore_label)
-        return RobustCrossEntropyLoss(ignore_index=lm.ignore_label if lm.has_ignore_label else -100)
+        return RobustCrossEntropyLoss(ignore_index=self.target_format.ce_ignore_index)
 
     def _build_loss(self):
         return self._wrap_deep_supervision(self._build_segmentation_loss())

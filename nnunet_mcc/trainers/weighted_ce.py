@@ -116,7 +116,7 @@ class ClassFrequencyWeightedCE(TrainingLabelCounts):
         lm = self.label_manager
         if lm.has_regions:
             return MaskedBCEWithLogits(weights, ignore_channel=lm.has_ignore_label)
-        return RobustCrossEntropyLoss(weight=weights, ignore_index=lm.ignore_label if lm.has_ignore_label else -100)
+        return RobustCrossEntropyLoss(weight=weights, ignore_index=self.target_format.ce_ignore_index)
 
     def loss_settings(self) -> dict:
         settings = super().loss_settings()

@@ -1,4 +1,6 @@
-"""Pieces shared by the losses: activation, MONAI's ``reduction``, DDP pooling, the confusion-count base."""
+"""Pieces shared by the losses: activation, MONAI's ``reduction``, DDP pooling, and :class:`ConfusionLoss`,
+the public base of the losses built from soft confusion counts (subclass it to add a loss: see the README's
+"Adding a loss")."""
 
 from typing import Callable, Optional, Tuple, Union
 
@@ -90,17 +92,23 @@ def reduce_per_sample(loss: torch.Tensor, reduction: str, pooled: bool, ddp: boo
 
 
 class ConfusionLoss(nn.Module):
-    """Base for losses built from soft per-class statistics: handles activation and nnU-Net's target forms
-    (through :class:`nnunet_mcc.losses.targets.TargetFormat`).
+    """Base for losses built from soft per-class statistics: handles activation, nnU-Net's target forms
+    (through :class:`nnunet_mcc.losses.targets.TargetFormat`), pooling over the batch and DDP ranks, and the
+    loss's record of itself.
 
     Targets: a label map ``(B, 1, *S)`` or ``(B, *S)`` with integer values (softmax), or a one-hot /
     region target ``(B, C, *S)`` with values in {0, 1}; with ``region_ignore_channel`` a region target
     has one more channel, the last marking ignored voxels (nnU-Net's convention).
+
+    A subclass sets ``loss_name`` (how reports name it) and extends :meth:`settings` with the arguments of
+    its own that change results; the trainers record exactly that (``ComparisonTrainer.loss_settings``).
     """
+
+    loss_name = "confusion-count loss"
 
     def __init__(self, apply_nonlin: Nonlin = "softmax", include_background: bool = False,
                  ignore_index: Optional[int] = None, region_ignore_channel: bool = False,
-                 check_target: bool = True, reduction: str = "mean"):
+                 check_target: bool = True, reduction: str = "mean", batch: bool = False, ddp: bool = False):
         super().__init__()
         self.nonlin, self.nonlin_kind = resolve_nonlin(apply_nonlin)
         if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
@@ -110,6 +118,12 @@ class ConfusionLoss(nn.Module):
         self.region_ignore_channel = bool(region_ignore_channel)
         self.check_target = bool(check_target)
         self.reduction = check_reduction(reduction)
+        self.batch = bool(batch)
+        self.ddp = bool(ddp)
+
+    def settings(self) -> dict:
+        """The settings of this loss that change results, JSON-able (subclasses add theirs)."""
+        return {"activation": self.nonlin_kind, "include_background": self.include_background, "batch": self.batch}
 
     def target_format(self, num_channels: int) -> TargetFormat:
         return TargetFormat(num_channels, self.ignore_index, self.region_ignore_channel)
@@ -140,3 +154,52 @@ class ConfusionLoss(nn.Module):
         # channel 0 is background only for mutually exclusive classes (a single channel is binary foreground)
         start = 1 if (not self.include_background and self.nonlin_kind != "sigmoid" and x.shape[1] > 1) else 0
         return probs[:, start:].flatten(2), onehot[:, start:].flatten(2), mask
+
+    def confusion(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor] = None,
+                  hard_tp: bool = False):
+        """Soft TP, FP, FN, TN, each (B, K), or (1, K) when pooled over the batch (and DDP ranks), float32, K
+        the scored classes; with ``hard_tp`` also the number of each class's voxels predicted as the class,
+        pooled the same way. With probabilities p, one-hot g and valid voxels m of one class:
+        TP = sum m p g, FP = sum m p (1 - g), FN = sum m (1 - p) g, TN = sum m (1 - p)(1 - g)."""
+        probs, onehot, mask = self._probabilities_and_target(x, y, loss_mask)
+        if mask is not None:
+            probs = probs * mask
+            onehot = onehot * mask
+            n_valid = mask.sum(-1)
+        else:
+            n_valid = torch.full(probs.shape[:1] + (1,), float(probs.shape[-1]), device=probs.device)
+        tp = (probs * onehot).sum(-1)
+        sum_p = probs.sum(-1)
+        sum_g = onehot.sum(-1)
+        fp, fn = sum_p - tp, sum_g - tp
+        tn = n_valid - tp - fp - fn
+        extra = (self._hard_tp(x, probs, onehot),) if hard_tp else ()
+        stats = torch.stack((tp, fp, fn, tn) + extra)  # (4 or 5, B, K)
+        if self.batch:
+            stats = stats.sum(1, keepdim=True)
+            if ddp_active(self.ddp):
+                stats = sum_over_ranks(stats)
+        return stats.unbind(0)
+
+    def _hard_tp(self, x: torch.Tensor, probs: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+        """Per sample and scored class (B, K), the number of the class's valid voxels predicted as the
+        class: the largest of all of ``x``'s channels (the background's included, ties counting for
+        each tied class), or probability > 0.5 for sigmoid regions and a single binary channel.
+        ``onehot`` is 0 on masked voxels, so they never count."""
+        with torch.no_grad():
+            if self.nonlin_kind == "sigmoid" or x.shape[1] == 1:
+                return ((probs > 0.5) & (onehot > 0)).sum(-1).float()
+            logits = x.detach().flatten(2)  # softmax keeps the logits' order: their maximum is the argmax
+            predicted = logits[:, x.shape[1] - onehot.shape[1]:] >= logits.amax(1, keepdim=True)
+            return (predicted & (onehot > 0)).sum(-1).float()
+
+
+def check_missed_weight(missed_weight: float, nonlin_kind: Optional[str] = None) -> float:
+    """``missed_weight`` as a float; ValueError when negative, or set with a custom activation (``nonlin_kind``
+    given as ``"custom"``: a loss that reads the hard prediction from the probabilities cannot know it)."""
+    if not missed_weight >= 0:
+        raise ValueError(f"missed_weight must be >= 0, got {missed_weight}")
+    if missed_weight and nonlin_kind == "custom":
+        raise ValueError("missed_weight needs apply_nonlin 'softmax', 'sigmoid' or None: the hard "
+                         "prediction of a custom activation is unknown")
+    return float(missed_weight)
