@@ -40,7 +40,6 @@ with the same settings are reused, so an interrupted ablation continues where it
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from typing import Dict, List, Optional, Sequence
@@ -182,243 +181,26 @@ def prepare(work: str) -> None:
                     {"spec": asdict(spec), "network": STUDY["network"]})
 
 
-# ---- the variants ------------------------------------------------------------------------------
-def trainer_classes() -> Dict[str, type]:
-    """The ablation's trainers, by variant name (built after nnU-Net's paths are set)."""
-    import torch
-    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
-
-    from nnunet_mcc.fileio import write_json
-    from nnunet_mcc.losses import MCCLoss
-    from nnunet_mcc.trainers.baselines import nnUNetTrainerBaseline, nnUNetTrainerBaselineCE, nnUNetTrainerBaselineDice
-    from nnunet_mcc.trainers.gwdl import nnUNetTrainerGWDL, nnUNetTrainerGWDL_CE
-    from nnunet_mcc.trainers.segan import nnUNetTrainerSegAN, nnUNetTrainerSegANDiceCE
-    from nnunet_mcc.trainers.mcc import nnUNetTrainerMCC, nnUNetTrainerMCC_CE
-
-    class Probed:
-        """Learning-rate override and the gradient probe (a mixin before the trainer class)."""
-
-        lr: Optional[float] = None
-        probe_iterations = 0
-
-        def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
-            super().__init__(plans, configuration, fold, dataset_json, device)
-            if self.lr is not None:
-                self.initial_lr = self.lr
-            self.probe_iterations = int(os.environ.get("MCC_ABLATION_PROBE_ITERATIONS", "0"))
-            self.probe_records: List[dict] = []
-            self._iteration_in_epoch = 0
-
-        def on_train_epoch_start(self):
-            super().on_train_epoch_start()
-            self._iteration_in_epoch = 0
-
-        def train_step(self, batch: dict) -> dict:
-            if self._iteration_in_epoch < self.probe_iterations:
-                self.probe_records.append(self.probe(batch))
-            self._iteration_in_epoch += 1
-            return super().train_step(batch)
-
-        def on_train_end(self):
-            write_json(os.path.join(self.output_folder, "gradient_probe.json"),
-                       {"variant": type(self).__name__, "records": self.probe_records}, "gradient probe")
-            super().on_train_end()
-
-        def seed_mcc(self) -> torch.nn.Module:
-            """The seed's soft MCC on probabilities, with this run's settings (for dL/dp)."""
-            return MCCLoss(None, batch=self.configuration_manager.batch_dice, check_target=False)
-
-        def probe_terms(self) -> Dict[str, torch.nn.Module]:
-            loss = self.loss.loss if isinstance(self.loss, DeepSupervisionWrapper) else self.loss
-            terms = {"loss": loss}
-            for name in ("dc", "ce"):
-                if hasattr(loss, name):
-                    terms[name] = getattr(loss, name)
-            return terms
-
-        def probe(self, batch: dict) -> dict:
-            data = batch["data"].to(self.device, non_blocking=True)
-            target = batch["target"][0] if isinstance(batch["target"], list) else batch["target"]
-            target = target.to(self.device)
-            with torch.no_grad():
-                output = self.network(data)
-            logits = (output[0] if isinstance(output, (list, tuple)) else output).detach().float()
-            labels = target[:, 0].long()
-            probabilities = torch.softmax(logits, 1)
-            record = {"epoch": self.current_epoch, "classes": {}}
-            gradients_z = {}
-            for name, term in self.probe_terms().items():
-                z = logits.clone().requires_grad_(True)
-                value = term(z, target)
-                (gradients_z[name],) = torch.autograd.grad(value, z)
-                record[f"value_{name}"] = float(value.detach())
-            p = probabilities.clone().requires_grad_(True)
-            (gradient_p,) = torch.autograd.grad(self.seed_mcc()(p, target), p)
-            predicted = logits.argmax(1)
-            for c in range(1, logits.shape[1]):
-                own = labels == c
-                rest = ~own
-                entry = {"voxels": int(own.sum()), "predicted_voxels": int((predicted == c).sum()),
-                         "mean_p_own": float(probabilities[:, c][own].mean()) if own.any() else None,
-                         "max_p_own": float(probabilities[:, c][own].max()) if own.any() else None,
-                         "dL_dp_own": float(gradient_p[:, c][own].norm()),
-                         "dL_dp_rest": float(gradient_p[:, c][rest].norm())}
-                for name, g in gradients_z.items():
-                    entry[f"dz_{name}_own"] = float(g[:, c][own].norm())
-                    entry[f"dz_{name}_rest"] = float(g[:, c][rest].norm())
-                    entry[f"dz_{name}_own_sum"] = float(g[:, c][own].sum())
-                record["classes"][str(c)] = entry
-            return record
-
-    class MCCVariant(Probed, nnUNetTrainerMCC):
-        batch: Optional[bool] = None  # None: nnU-Net's batch_dice from the plans
-        include_background = False
-        eps = 1e-20
-        missed_weight = 0.0
-
-        def _mcc_kwargs(self) -> dict:
-            kwargs = super()._mcc_kwargs()
-            if self.batch is not None:
-                kwargs["batch"] = self.batch
-            return kwargs
-
-        def loss_kwargs(self) -> dict:
-            return {**self._mcc_kwargs(), "include_background": self.include_background, "eps": self.eps,
-                    "missed_weight": self.missed_weight}
-
-        def _build_loss(self):
-            return self._wrap_deep_supervision(MCCLoss("softmax", **self.loss_kwargs()))
-
-        def seed_mcc(self):
-            return MCCLoss(None, **{**self.loss_kwargs(), "missed_weight": 0.0})
-
-    class AblationMCC(MCCVariant):
-        pass
-
-    class AblationMCC_lr1e3(MCCVariant):
-        lr = 1e-3
-
-    class AblationMCC_perSample(MCCVariant):
-        batch = False
-
-    class AblationMCC_withBG(MCCVariant):
-        include_background = True
-
-    class AblationMCC_eps1e6(MCCVariant):
-        eps = 1e-6
-
-    class AblationMCC_missed(MCCVariant):
-        missed_weight = 1.0
-
-    class AblationDCCE(Probed, nnUNetTrainerBaseline):
-        pass
-
-    class AblationMCCCE(Probed, nnUNetTrainerMCC_CE):
-        pass
-
-    class AblationCE(Probed, nnUNetTrainerBaselineCE):
-        pass
-
-    class AblationDice(Probed, nnUNetTrainerBaselineDice):
-        pass
-
-    class GWDLVariant(Probed, nnUNetTrainerGWDL):
-        gwdl_missed_weight = 0.0  # the paper's loss unless a variant says otherwise
-
-    class AblationGWDL(GWDLVariant):
-        pass
-
-    class AblationGWDL_zeroOne(GWDLVariant):
-        gwdl_matrix = "zero_one"
-
-    class AblationGWDL_brats(GWDLVariant):
-        gwdl_matrix = "brats"
-
-    class AblationGWDL_GDL(GWDLVariant):
-        gwdl_weighting = "GDL"
-
-    class AblationGWDL_lr1e3(GWDLVariant):
-        lr = 1e-3
-
-    class AblationGWDL_missed(GWDLVariant):
-        gwdl_missed_weight = 1.0
-
-    class AblationGWDL_missedPerSample(GWDLVariant):
-        gwdl_missed_weight = 1.0
-
-        def _gwdl_kwargs(self) -> dict:
-            return {**super()._gwdl_kwargs(), "batch": False}
-
-    class AblationGWDL_perSample(GWDLVariant):
-        def _gwdl_kwargs(self) -> dict:
-            return {**super()._gwdl_kwargs(), "batch": False}
-
-    class AblationGWDLCE(Probed, nnUNetTrainerGWDL_CE):
-        gwdl_missed_weight = 0.0
-
-    class AblationGWDLCE_GDL(AblationGWDLCE):
-        gwdl_weighting = "GDL"
-
-    class AblationGWDLCE_brats(AblationGWDLCE):
-        gwdl_matrix = "brats"
-
-    class AblationGWDLCE_zeroOne(AblationGWDLCE):
-        gwdl_matrix = "zero_one"
-
-    class AblationGWDLCE_missed(AblationGWDLCE):
-        gwdl_missed_weight = 1.0
-
-    class SegANVariant(Probed, nnUNetTrainerSegAN):
-        segan_lambda, critic_lr, critic_warmup_fraction, segan_lambda_ramp_fraction = 1.0, 1e-4, 0.0, 0.0
-
-    class AblationSegAN(SegANVariant):
-        pass
-
-    class AblationSegAN_lambda0(SegANVariant):
-        segan_lambda = 0.0
-
-    class AblationSegAN_lambda01(SegANVariant):
-        segan_lambda = 0.1
-
-    class AblationSegAN_warmup(SegANVariant):
-        critic_warmup_fraction, segan_lambda_ramp_fraction = 0.1, 0.2
-
-    class AblationSegAN_criticLr1e3(SegANVariant):
-        critic_lr = 1e-3
-
-    class AblationSegAN_DiceCE(Probed, nnUNetTrainerSegANDiceCE):
-        segan_lambda, critic_lr, critic_warmup_fraction, segan_lambda_ramp_fraction = 1.0, 1e-4, 0.0, 0.0
-
-    class AblationSegAN_DiceCE_criticLr1e3(AblationSegAN_DiceCE):
-        critic_lr = 1e-3
-
-    classes = {c.__name__: c for c in (AblationSegAN, AblationSegAN_lambda0, AblationSegAN_lambda01,
-                                       AblationSegAN_warmup, AblationSegAN_criticLr1e3, AblationSegAN_DiceCE,
-                                       AblationSegAN_DiceCE_criticLr1e3,
-        AblationMCC, AblationMCC_lr1e3, AblationMCC_perSample, AblationMCC_withBG, AblationMCC_eps1e6,
-        AblationMCC_missed, AblationDCCE, AblationMCCCE, AblationCE, AblationDice, AblationGWDL, AblationGWDL_zeroOne,
-        AblationGWDL_brats, AblationGWDL_GDL, AblationGWDL_lr1e3, AblationGWDL_missed, AblationGWDL_missedPerSample,
-        AblationGWDL_perSample, AblationGWDLCE, AblationGWDLCE_GDL, AblationGWDLCE_brats, AblationGWDLCE_zeroOne,
-        AblationGWDLCE_missed)}
-    return {variant: classes[class_name] for variant, (class_name, _) in STUDY["variants"].items()}
-
-
 # ---- one run -----------------------------------------------------------------------------------
 def run_folder(variant: str, fold: int) -> str:
     return os.path.join(os.environ["nnUNet_results"], dataset(),
                         f"{STUDY['variants'][variant][0]}__{PLANS}__{CONFIGURATION}", f"fold_{fold}")
 
 
-def worker(variant: str, fold: int) -> int:
-    """Train and validate one (variant, fold) in this process, on one CPU thread; the trainer seeds itself
-    from ``NNUNET_MCC_SEED``, which ``run_all`` sets to the base seed + fold."""
+def worker(variant: str, fold: int, seed: int) -> int:
+    """Train and validate one (variant, fold) in this process, on one CPU thread, seeded with ``seed + fold``
+    (``NNUNET_MCC_SEED``, which the trainer reads)."""
     import torch
     from batchgenerators.utilities.file_and_folder_operations import join, load_json
 
+    from nnunet_mcc.budget import SEED_VARIABLE
     from nnunet_mcc.fileio import write_json
 
+    os.environ[SEED_VARIABLE] = str(seed + fold)
     torch.set_num_threads(1)
-    trainer_class = trainer_classes()[variant]
+    from ablation_trainers import trainer_classes  # beside this script
+
+    trainer_class = trainer_classes(STUDY["variants"])[variant]
     preprocessed = os.path.join(os.environ["nnUNet_preprocessed"], dataset())
     plans = load_json(join(preprocessed, f"{PLANS}.json"))
     plans["continue_training"] = False  # nnU-Net's trainer pops this key (set by its get_trainer_from_args)
@@ -452,48 +234,27 @@ def run_is_current(variant: str, fold: int, budget: dict) -> bool:
 
 
 def run_all(work: str, variants: Sequence[str], folds: Sequence[int], budget: dict, jobs: int) -> List[str]:
-    """Start the missing runs, ``jobs`` at a time, each a fresh process; return the failures."""
+    """Start the missing runs, ``jobs`` at a time, each a fresh process (crossval's runner); return the failures."""
     import shutil
 
-    from nnunet_mcc.knobs import BUDGET_VARIABLES, SCHEDULE_VARIABLES, SEED_VARIABLE, SNAPSHOT_VARIABLE
+    from nnunet_mcc.budget import BUDGET_OPTIONS, SCHEDULE_VARIABLES, SNAPSHOT_VARIABLE, run_environment
+    from nnunet_mcc.experiments.runner import TRAIN, Run, run_pending
 
     # augmentation in the training process (nnUNet_n_proc_DA=0) makes a seeded run reproducible bit for bit
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", nnUNet_n_proc_DA="0",
                MCC_ABLATION_PROBE_ITERATIONS=str(budget["probe_iterations"]))
-    for key, name in (("epochs", "num_epochs"), ("iterations", "num_iterations_per_epoch"),
-                      ("val_iterations", "num_val_iterations_per_epoch")):
-        env[BUDGET_VARIABLES[name]] = str(budget[key])
+    env.update(run_environment({name: budget[name] for name in BUDGET_OPTIONS}))
     env.update({variable: str(budget["epochs"]) for variable in SCHEDULE_VARIABLES.values()})  # once, at the end
     env.pop(SNAPSHOT_VARIABLE, None)
-    todo = [(v, f) for f in folds for v in variants if not run_is_current(v, f, budget)]
-    logs = os.path.join(work, "logs")
-    os.makedirs(logs, exist_ok=True)
+    todo = [Run(variant, fold, run_folder(variant, fold), TRAIN,
+                [sys.executable, os.path.abspath(__file__), "--study", STUDY_NAME[0], "--work-dir", work,
+                 "--seed", str(budget["seed"]), "--worker", variant, str(fold)])
+            for fold in folds for variant in variants if not run_is_current(variant, fold, budget)]
     print(f"{len(todo)} runs to do ({len(variants) * len(folds) - len(todo)} reused), {jobs} at a time", flush=True)
-    running, failures, started = [], [], time.time()
-    while todo or running:
-        while todo and len(running) < jobs:
-            variant, fold = todo.pop(0)
-            shutil.rmtree(run_folder(variant, fold), ignore_errors=True)
-            log = os.path.join(logs, f"{variant}_fold{fold}.log")
-            handle = open(log, "w")
-            command = [sys.executable, os.path.abspath(__file__), "--study", STUDY_NAME[0], "--work-dir", work,
-                       "--worker", variant, str(fold)]
-            running.append((variant, fold, log, handle, time.time(),
-                            subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
-                                             env={**env, SEED_VARIABLE: str(budget["seed"] + fold)})))
-        time.sleep(2)
-        for item in list(running):
-            variant, fold, log, handle, t0, process = item
-            if process.poll() is None:
-                continue
-            handle.close()
-            running.remove(item)
-            ok = process.returncode == 0
-            if not ok:
-                failures.append(f"{variant} fold {fold} (exit {process.returncode}, log {log})")
-            print(f"[{time.time() - started:6.0f} s] {variant} fold {fold}: "
-                  f"{'done' if ok else 'FAILED'} in {time.time() - t0:.0f} s", flush=True)
-    return failures
+    for run in todo:
+        shutil.rmtree(run.folder, ignore_errors=True)
+    failures = run_pending(todo, env, jobs, os.path.join(work, "logs"), log=lambda line: print(line, flush=True))
+    return [f"{r.trainer} fold {r.fold} ({reason}, log {log})" for r, reason, log in failures]
 
 
 # ---- the table ---------------------------------------------------------------------------------
@@ -746,6 +507,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="only rebuild the tables from finished runs")
     parser.add_argument("--worker", nargs=2, metavar=("VARIANT", "FOLD"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    from nnunet_mcc.budget import check_budget_options
     from nnunet_mcc.errors import UserError
 
     STUDY, STUDY_NAME[0] = STUDIES[args.study], args.study
@@ -758,7 +520,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         work = os.path.abspath(args.work_dir or default_work)
         set_environment(work)
         if args.worker:
-            return worker(args.worker[0], int(args.worker[1]))
+            return worker(args.worker[0], int(args.worker[1]), args.seed)
         preset = QUICK if args.quick else STUDY["full"]
         budget = {"epochs": args.epochs or preset["epochs"], "iterations": args.iterations or preset["iterations"],
                   "val_iterations": preset["val_iterations"], "probe_iterations": preset["probe_iterations"],
@@ -767,8 +529,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         folds = args.folds if args.folds is not None else preset["folds"]
         if any(f < 0 or f > 4 for f in folds):
             raise UserError(f"--folds: folds are 0-4, got {folds}")
-        if min(budget["epochs"], budget["iterations"], args.jobs) < 1:
-            raise UserError("--epochs, --iterations and --jobs must be positive")
+        check_budget_options({"epochs": budget["epochs"], "iterations": budget["iterations"], "jobs": args.jobs})
         started = time.time()
         failures = []
         if not args.report_only:

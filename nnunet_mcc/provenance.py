@@ -17,6 +17,7 @@ Files in a fold folder ``$nnUNet_results/DatasetXXX/<trainer>__<plans>__<configu
 import os
 from typing import Dict, Optional
 
+from nnunet_mcc.budget import BUDGET_KEYS, NNUNET_DEFAULT_BUDGET, describe_budget  # noqa: F401 (read from here too)
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.fileio import read_json
 
@@ -25,9 +26,6 @@ LOG_FILE = "nnunet_mcc_log.json"
 SNAPSHOT_FOLDER = "snapshots"
 FORMAT = 1
 
-BUDGET_KEYS = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch")
-# nnUNetTrainer.__init__'s values (checked against a real nnUNetTrainer by the tests)
-NNUNET_DEFAULT_BUDGET = {"num_epochs": 1000, "num_iterations_per_epoch": 250, "num_val_iterations_per_epoch": 50}
 
 
 def snapshot_summary(fold_folder: str, epoch: int) -> str:
@@ -62,10 +60,3 @@ def recorded_budget(fold_folder: str) -> Dict[str, int]:
     if record is not None:
         return {key: int(record["budget"][key]) for key in BUDGET_KEYS}
     return budget_from_debug_json(fold_folder)
-
-
-def describe_budget(budget: Dict[str, int]) -> str:
-    """``40 epochs x 50 iterations (2000 iterations, 5 validation iterations per epoch)``."""
-    epochs, iterations, val = (budget[k] for k in BUDGET_KEYS)
-    return (f"{epochs} epoch{'s' if epochs != 1 else ''} x {iterations} iterations ({epochs * iterations} "
-            f"iterations, {val} validation iteration{'s' if val != 1 else ''} per epoch)")

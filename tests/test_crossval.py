@@ -16,7 +16,7 @@ import pytest
 from nnunet_mcc.cli import main as cli_main
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.experiments.crossval import crossval
-from nnunet_mcc.knobs import split_seed
+from nnunet_mcc.budget import split_seed
 from nnunet_mcc.trainers.base import ComparisonTrainer
 
 DATASET = "Dataset555_Fake"
@@ -391,7 +391,7 @@ def test_a_bad_budget_variable_names_the_trainer():
 def test_progress_lines_are_whole_and_numbered_when_runs_finish_together():
     import threading
 
-    from nnunet_mcc.experiments.crossval import Progress, Run
+    from nnunet_mcc.experiments.runner import Progress, Run
 
     lines = []
     progress = Progress(40, log=lines.append, interactive=False)
@@ -413,7 +413,7 @@ def test_progress_lines_are_whole_and_numbered_when_runs_finish_together():
 def test_the_progress_display_shows_the_epochs_of_running_runs(tmp_path, capsys):
     import time
 
-    from nnunet_mcc.experiments.crossval import Progress, Run
+    from nnunet_mcc.experiments.runner import Progress, Run
 
     folder = tmp_path / "fold_2"
     folder.mkdir()

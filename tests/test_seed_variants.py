@@ -16,7 +16,7 @@ import torch
 import nnunet_mcc.trainers as trainers
 from nnunet_mcc import provenance
 from nnunet_mcc.errors import UserError
-from nnunet_mcc.knobs import check_environment, seed_variant_name, split_seed
+from nnunet_mcc.budget import check_environment, seed_variant_name, split_seed
 
 PLANS = {
     "dataset_name": "Dataset990_Seeds", "plans_name": "nnUNetPlans",

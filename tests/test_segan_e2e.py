@@ -18,7 +18,7 @@ import SimpleITK as sitk
 import torch
 
 from nnunet_e2e import BIN, predict, train, trainer_output
-from nnunet_mcc.knobs import BUDGET_VARIABLES
+from nnunet_mcc.budget import BUDGET_VARIABLES
 
 pytestmark = pytest.mark.e2e
 

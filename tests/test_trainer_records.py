@@ -13,7 +13,7 @@ import torch
 
 import nnunet_mcc.trainers as trainers
 from nnunet_mcc import provenance
-from nnunet_mcc.knobs import BUDGET_VARIABLES
+from nnunet_mcc.budget import BUDGET_VARIABLES
 from nnunet_mcc.metrics import mcc_score
 from nnunet_e2e import run, train, trainer_output
 

@@ -33,25 +33,18 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-from nnunet_mcc import provenance
+from nnunet_mcc.budget import (BUDGET_OPTIONS, BUDGET_VARIABLES, SEED_VARIABLE, TRAIN_COMMAND_VARIABLE,
+                               check_environment, run_environment, seed_from_env, seed_variant_name, split_seed)
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.experiments import results
-from nnunet_mcc.fileio import os_error_cause, read_json, write_json, write_text
-from nnunet_mcc.knobs import (BUDGET_VARIABLES, JOBS_VARIABLE, SEED_VARIABLE, SNAPSHOT_VARIABLE,
-                              TORCH_THREADS_VARIABLE, TRAIN_COMMAND_VARIABLE, check_environment, seed_from_env,
-                              seed_variant_name, split_seed)
+from nnunet_mcc.experiments.runner import RESUME, SKIP, TRAIN, VALIDATE, Run, run_pending
+from nnunet_mcc.experiments.scripts import shell_script, write_executable
+from nnunet_mcc.fileio import os_error_cause, read_json, write_json
 
-BUDGET_OPTIONS = {"epochs": BUDGET_VARIABLES["num_epochs"], "iterations": BUDGET_VARIABLES["num_iterations_per_epoch"],
-                  "val_iterations": BUDGET_VARIABLES["num_val_iterations_per_epoch"]}
-TRAIN, RESUME, VALIDATE, SKIP = "train", "resume", "validate", "skip"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,34 +103,6 @@ def train_executable(train_command: Optional[str] = None) -> List[str]:
     if not found:
         raise UserError("nnUNetv2_train not found next to this Python or on PATH (is nnunetv2 installed?)")
     return [found]
-
-
-@dataclass
-class Run:
-    trainer: str
-    fold: int
-    folder: str
-    action: str
-    command: List[str]
-    recorded: Optional[results.Budget] = None   # the budget an existing fold was trained with
-    mismatch: Optional[str] = None              # why its record does not match the asked budget or settings
-    aside_tag: Optional[str] = None             # the suffix of its folder when moved aside
-    note: Optional[str] = None                  # what could not be checked
-
-
-def budget_environment(budget: Optional[Dict[str, Optional[int]]], snapshot_epochs: Optional[Sequence[int]]) -> Dict:
-    env = {}
-    for name, value in (budget or {}).items():
-        if value is None:
-            continue
-        if value < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-        env[BUDGET_OPTIONS[name]] = str(value)
-    if snapshot_epochs:
-        if min(snapshot_epochs) < 1:
-            raise UserError(f"--snapshot-epochs must be epoch numbers >= 1, got {snapshot_epochs}")
-        env[SNAPSHOT_VARIABLE] = ",".join(str(e) for e in sorted(set(snapshot_epochs)))
-    return env
 
 
 def action_for(folder: str) -> str:
@@ -373,7 +338,7 @@ def crossval(dataset: str, configuration: str, trainers: Sequence[str], folds: S
     trained once per seed, as ``<Trainer>_seed<S>``."""
     if jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {jobs}")
-    extra_env = budget_environment(budget, snapshot_epochs)
+    extra_env = run_environment(budget, snapshot_epochs)
     custom = bool(train_command or os.environ.get(TRAIN_COMMAND_VARIABLE))
     if in_process and custom:
         raise UserError("--in-process runs nnU-Net's own training function: it cannot use --train-command")
@@ -393,7 +358,7 @@ def crossval(dataset: str, configuration: str, trainers: Sequence[str], folds: S
     check_seed_environment(classes, env, seeds)
     planned = planned_budgets(classes, env)
     fixed = [t for t in trainers if classes[t] is not None and planned[t] is None]
-    if fixed and any(k in extra_env for k in BUDGET_OPTIONS.values()):
+    if fixed and any(BUDGET_VARIABLES[k] in extra_env for k in BUDGET_OPTIONS.values()):
         log(f"note: {', '.join(fixed)}: budget fixed by the trainer class (nnU-Net's own trainers); "
             f"--epochs/--iterations/--val-iterations do not apply to them")
     executable = train_executable(train_command)
@@ -425,7 +390,7 @@ def crossval(dataset: str, configuration: str, trainers: Sequence[str], folds: S
     if script or slurm:
         for path, slurm_lines in ((script, None), (slurm, slurm_options or ())):
             if path:
-                _write_executable(path, shell_script(runs, extra_env, slurm_lines))
+                write_executable(path, shell_script(runs, extra_env, slurm_lines))
                 log(f"wrote {path} ({len(runs)} runs)")
         return 0
     pending = [r for r in runs if r.action != SKIP]
@@ -447,49 +412,11 @@ def crossval(dataset: str, configuration: str, trainers: Sequence[str], folds: S
     if jobs > 1:
         ensure_splits(dataset_name, configuration, plans, folds)
     log_folder = os.path.join(results.nnunet_folder("results"), dataset_name, "nnunet_mcc_crossval_logs")
-    os.makedirs(log_folder, exist_ok=True)
     started = time.time()
-    failures = []
-    run_env = dict(env, **{JOBS_VARIABLE: str(jobs)})  # recorded in each run's cost
     epochs = {t: (b.num_epochs if b is not None else None) for t, b in planned.items()}
-    progress = Progress(len(pending), log, epochs)
-
-    def execute(r: Run) -> None:
-        log_file = os.path.join(log_folder, f"{r.trainer}__{plans}__{configuration}_fold_{r.fold}.log")
-        progress.started(r)
-        t0 = time.time()
-        if workers is None:
-            with open(log_file, "a") as handle:
-                handle.write(f"$ {shlex.join(r.command)}\n")
-                handle.flush()
-                try:
-                    code = subprocess.run(r.command, env=run_env, stdout=handle,
-                                          stderr=subprocess.STDOUT).returncode
-                except OSError as e:
-                    handle.write(f"cannot start: {e}\n")
-                    code = 127
-        else:
-            code = workers.train(r, log_file, dataset_name, configuration, plans, device, npz)
-        finished = results.fold_status(r.folder) == results.FINISHED
-        if code == 0 and finished:
-            progress.finished(r, f"{r.trainer} fold {r.fold}: {DONE[r.action]} in {time.time() - t0:.0f} s")
-        else:
-            reason = f"exit status {code}" if code != 0 else "no validation/summary.json afterwards"
-            failures.append((r, reason, log_file))
-            progress.finished(r, f"{r.trainer} fold {r.fold}: FAILED ({reason}), log: {log_file}")
-
-    workers = WorkerPool(run_env, torch_threads=1 if (jobs > 1 and device == "cpu") else 0) if in_process else None
-    try:
-        if jobs == 1:
-            for r in pending:
-                execute(r)
-        else:
-            with ThreadPoolExecutor(max_workers=jobs) as pool:
-                list(pool.map(execute, pending))
-    finally:
-        progress.close()
-        if workers is not None:
-            workers.close()
+    failures = run_pending(pending, env, jobs, log_folder, in_process=in_process, device=device, epochs=epochs,
+                           log=log, worker_job={"dataset_name": dataset_name, "configuration": configuration,
+                                                "plans": plans, "device": device, "npz": npz})
     log(f"{len(pending) - len(failures)} of {len(pending)} runs finished in {time.time() - started:.0f} s "
         f"({len(runs) - len(pending)} were finished before)")
     if failures:
@@ -498,196 +425,3 @@ def crossval(dataset: str, configuration: str, trainers: Sequence[str], folds: S
             log(f"  {r.trainer} fold {r.fold}: {reason} (log: {log_file})")
         return 1
     return 0
-
-
-DONE = {TRAIN: "trained", RESUME: "resumed and trained", VALIDATE: "validated"}
-
-
-class Progress:
-    """What a person reads while the runs go on.
-
-    When stderr is not a terminal (CI, SLURM logs, tests): one plain line per finished run,
-    ``[3/20] nnUNetTrainerMCC_seed1 fold 2: trained in 41 s``, written whole under one lock, so parallel
-    runs never interleave. On a terminal: one tqdm bar over the runs, with the epochs of the running ones
-    read from their ``nnunet_mcc_log.json`` (``epochs_completed``) every second by a small thread; the
-    finished lines are printed above it.
-    """
-
-    def __init__(self, total: int, log=print, epochs: Optional[Dict[str, Optional[int]]] = None,
-                 interactive: Optional[bool] = None, poll_seconds: float = 1.0):
-        self.total, self.log, self.epochs, self.done = total, log, epochs or {}, 0
-        self.lock = threading.Lock()
-        self.running: Dict[int, tuple] = {}  # id(run) -> (run, start time)
-        self.interactive = _stderr_is_terminal() if interactive is None else interactive
-        self.bar = None
-        if self.interactive:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="run", desc="crossval", file=sys.stderr, dynamic_ncols=True)
-            self.stop = threading.Event()
-            self.poller = threading.Thread(target=self._poll, args=(poll_seconds,), daemon=True)
-            self.poller.start()
-
-    def started(self, r: Run) -> None:
-        with self.lock:
-            self.running[id(r)] = (r, time.time())
-
-    def finished(self, r: Run, text: str) -> None:
-        with self.lock:
-            self.running.pop(id(r), None)
-            self.done += 1
-            line = f"[{self.done}/{self.total}] {text}"
-            if self.bar is None:
-                self.log(line)
-            else:
-                with self.bar.external_write_mode():
-                    self.log(line)
-                self.bar.update(1)
-
-    def running_text(self) -> str:
-        """``MCC_seed1 f2 12/50, GWDL f0 3/50``: the running runs and their completed epochs."""
-        with self.lock:
-            running = list(self.running.values())
-        parts = []
-        for r, since in running:
-            name = r.trainer[len("nnUNetTrainer"):] if r.trainer.startswith("nnUNetTrainer") and \
-                r.trainer != "nnUNetTrainer" else r.trainer
-            done = _epochs_completed(r.folder, since)
-            total = self.epochs.get(r.trainer)
-            state = {VALIDATE: "validating"}.get(r.action) or (
-                "starting" if done is None else f"{done}/{total}" if total else f"epoch {done}")
-            parts.append(f"{name} f{r.fold} {state}")
-        return ", ".join(parts)
-
-    def _poll(self, seconds: float) -> None:
-        while not self.stop.wait(seconds):
-            self.bar.set_postfix_str(self.running_text(), refresh=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.stop.set()
-            self.poller.join()
-            self.bar.close()
-
-
-def _stderr_is_terminal() -> bool:
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
-def _epochs_completed(folder: str, since: float) -> Optional[int]:
-    """``epochs_completed`` of a fold's training log written since ``since`` (an older one is a former run's)."""
-    path = os.path.join(folder, provenance.LOG_FILE)
-    try:
-        if os.stat(path).st_mtime < since - 1:
-            return None
-        with open(path) as handle:
-            return int(json.load(handle)["epochs_completed"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # not written yet, or being rewritten right now
-
-
-class WorkerPool:
-    """One ``train_worker`` process per calling thread, started on first use and restarted if it dies."""
-
-    def __init__(self, env: Dict[str, str], torch_threads: int = 0):
-        self.env = dict(env, **{TORCH_THREADS_VARIABLE: str(torch_threads)})
-        self.local = threading.local()
-        self.all: List[subprocess.Popen] = []
-        self.lock = threading.Lock()
-
-    def _worker(self) -> subprocess.Popen:
-        worker = getattr(self.local, "worker", None)
-        if worker is None or worker.poll() is not None:
-            worker = subprocess.Popen([sys.executable, "-m", "nnunet_mcc.experiments.train_worker"], env=self.env,
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                      text=True, bufsize=1)
-            if not worker.stdout.readline():  # the "ready" line: nnU-Net imported
-                worker.wait()
-                raise OSError("the training worker process did not start")
-            self.local.worker = worker
-            with self.lock:
-                self.all.append(worker)
-        return worker
-
-    def train(self, r: Run, log_file: str, dataset_name: str, configuration: str, plans: str, device: str,
-              npz: bool) -> int:
-        job = {"index": 0, "argv": r.command[1:], "log": log_file, "dataset": dataset_name,
-               "configuration": configuration, "fold": str(r.fold), "trainer": r.trainer, "plans": plans,
-               "device": device, "npz": npz, "continue": r.action == RESUME, "validate_only": r.action == VALIDATE}
-        try:
-            worker = self._worker()
-            worker.stdin.write(json.dumps(job) + "\n")
-            worker.stdin.flush()
-            line = worker.stdout.readline()
-        except OSError as e:
-            with open(log_file, "a") as handle:
-                handle.write(f"training worker failed: {e}\n")
-            return 127
-        if not line:  # the worker died (killed, out of memory): this run failed, the next one gets a new worker
-            return worker.wait() or 1
-        return int(json.loads(line)["code"])
-
-    def close(self) -> None:
-        for worker in self.all:
-            try:
-                worker.stdin.close()
-                worker.wait(timeout=30)
-            except (OSError, subprocess.TimeoutExpired):
-                worker.kill()
-
-
-# ---- scripts ----------------------------------------------------------------------------------
-_RUN_FUNCTION = r'''
-# run_fold FOLDER TRAIN-COMMAND...: skip a finished run (validation results are never trained over),
-# validate a trained one, resume an interrupted one (nnUNetv2_train --c keeps the budget it started with)
-run_fold() {
-    local folder="$1"; shift
-    if [ -f "$folder/validation/summary.json" ]; then
-        echo "finished already: $folder"; return 0
-    elif [ -f "$folder/checkpoint_final.pth" ]; then
-        "$@" --val
-    elif [ -f "$folder/checkpoint_latest.pth" ]; then
-        "$@" --c
-    else
-        "$@"
-    fi
-}
-'''
-
-
-def shell_script(runs: Sequence[Run], extra_env: Dict[str, str], slurm_options: Optional[Sequence[str]]) -> str:
-    """A bash script running every run (state checks at run time); with ``slurm_options`` a job array."""
-    lines = ["#!/bin/bash"]
-    if slurm_options is not None:
-        lines += ["#SBATCH --job-name=nnunet-mcc-crossval", f"#SBATCH --array=0-{len(runs) - 1}",
-                  "#SBATCH --output=nnunet-mcc-crossval_%A_%a.log"]
-        lines += [f"#SBATCH {option}" for option in slurm_options]
-    lines += ["# written by `nnunet-mcc crossval`: nnU-Net's folders must be set in the environment",
-              "set -u", ': "${nnUNet_raw:?}" "${nnUNet_preprocessed:?}" "${nnUNet_results:?}"']
-    lines += [f"export {k}={shlex.quote(v)}" for k, v in extra_env.items()]
-    if slurm_options is None:
-        lines.append(f"export {JOBS_VARIABLE}=1  # one run at a time (recorded in each run's cost)")
-    lines.append(_RUN_FUNCTION)
-    # the state is checked when the script runs, so the commands are written without --c/--val
-    commands = [[c for c in r.command if c not in ("--c", "--val")] for r in runs]
-    folders = [r.folder.replace(os.environ.get("nnUNet_results", "\0"), "${nnUNet_results}", 1) for r in runs]
-    entries = [f'"{f}" {shlex.join(c)}' for f, c in zip(folders, commands)]
-    if slurm_options is not None:
-        lines.append("RUNS=(")
-        lines += [f"    {shlex.quote(e)}" for e in entries]
-        lines += [")", 'eval "run_fold ${RUNS[$SLURM_ARRAY_TASK_ID]}"', ""]
-    else:
-        lines += ["failed=0"] + [f"run_fold {e} || {{ echo \"FAILED: {e}\"; failed=1; }}" for e in entries]
-        lines += ["exit $failed", ""]
-    return "\n".join(lines)
-
-
-def _write_executable(path: str, text: str) -> None:
-    write_text(path, text, "script")
-    try:
-        os.chmod(path, 0o755)
-    except OSError as e:
-        raise UserError(f"{path}: cannot make the script executable ({os_error_cause(e)})") from None

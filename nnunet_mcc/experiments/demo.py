@@ -25,9 +25,9 @@ import time
 from dataclasses import asdict
 from typing import List
 
+from nnunet_mcc.budget import BUDGET_OPTIONS, SCHEDULE_VARIABLES, SEED_VARIABLE, check_budget_options
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.fileio import read_json, write_json
-from nnunet_mcc.knobs import SCHEDULE_VARIABLES, SEED_VARIABLE
 
 DEFAULT_WORK_DIR = os.path.join("nnunet_mcc_work", "demo")
 DATASET_NAME = "ImbalancedDemo"
@@ -134,9 +134,7 @@ def _check_args(args) -> None:
         raise UserError(f"--shape needs 2 or 3 sizes of at least 16, got {args.shape}")
     if args.cases < 5:
         raise UserError(f"--cases must be at least 5 for five-fold cross-validation, got {args.cases}")
-    for name in ("epochs", "iterations", "val_iterations", "bootstrap"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    check_budget_options({name: getattr(args, name) for name in (*BUDGET_OPTIONS, "bootstrap")})
     if any(f < 0 or f > 4 for f in args.folds):
         raise UserError(f"-f: folds are 0-4, got {args.folds}")
     if args.jobs is not None and args.jobs < 1:

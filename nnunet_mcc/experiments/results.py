@@ -18,12 +18,13 @@ import math
 import os
 import re
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from nnunet_mcc import provenance
+from nnunet_mcc.budget import Budget
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.fileio import read_json
 from nnunet_mcc.metrics import mcc_score
@@ -93,11 +94,11 @@ def trainer_folder(results_root: str, dataset_name: str, trainer: str, plans: st
 
 
 def split_seed(name: str) -> Tuple[str, Optional[int]]:
-    """``T_seed3`` -> ``("T", 3)``; any other name -> ``(name, None)``. ``nnunet_mcc.knobs.split_seed`` (the one
+    """``T_seed3`` -> ``("T", 3)``; any other name -> ``(name, None)``. ``nnunet_mcc.budget.split_seed`` (the one
     naming rule, shared with crossval and the trainers; import-light) when present, else the same rule here
     (seed suffix last, no leading zeros)."""
     try:
-        from nnunet_mcc.knobs import split_seed as shared
+        from nnunet_mcc.budget import split_seed as shared
     except ImportError:
         shared = None
     if shared is not None:
@@ -141,29 +142,6 @@ def fold_status(folder: str) -> str:
 
 
 # ---- budget and settings ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class Budget:
-    """What decides how long a run trains; two runs are comparable only with equal budgets."""
-    num_epochs: int
-    num_iterations_per_epoch: int
-    num_val_iterations_per_epoch: int
-
-    @classmethod
-    def from_mapping(cls, mapping: dict) -> "Budget":
-        """From debug.json (values are strings there) or a provenance/planned budget (integers)."""
-        return cls(*(int(str(mapping[k]).strip()) for k in provenance.BUDGET_KEYS))
-
-    @property
-    def iterations(self) -> int:
-        return self.num_epochs * self.num_iterations_per_epoch
-
-    def short(self) -> str:
-        return f"{self.num_epochs} x {self.num_iterations_per_epoch} (val {self.num_val_iterations_per_epoch})"
-
-    def __str__(self) -> str:
-        return provenance.describe_budget(asdict(self))
-
-
 def recorded_budget(folder: str) -> Budget:
     """The budget a fold was trained with (``nnunet_mcc.provenance``: this package's record, else nnU-Net's
     ``debug.json``); one clear UserError line when neither records it."""

@@ -14,7 +14,7 @@ import traceback
 
 def main() -> int:
     status = os.fdopen(os.dup(1), "w", buffering=1)
-    from nnunet_mcc.knobs import TORCH_THREADS_VARIABLE
+    from nnunet_mcc.budget import TORCH_THREADS_VARIABLE
 
     threads = int(os.environ.get(TORCH_THREADS_VARIABLE, "0") or 0)
     import torch

@@ -32,96 +32,30 @@
 import os
 import random
 import sys
-import tempfile
-import time
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from batchgenerators.utilities.file_and_folder_operations import join
-from nnunetv2.training.logging.nnunet_logger import LocalLogger
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mcc import __version__, provenance
+from nnunet_mcc.budget import (BUDGET_KEYS, BUDGET_VARIABLES, NNUNET_DEFAULT_BUDGET, SCHEDULE_VARIABLES, SEED_VARIABLE,
+                               describe_budget, positive_int_from_env, seed_from_env,
+                               snapshot_epochs_from_env)
 from nnunet_mcc.errors import UserError
-from nnunet_mcc.fileio import read_json, write_json
-from nnunet_mcc.knobs import (BUDGET_VARIABLES, JOBS_VARIABLE, SCHEDULE_VARIABLES, SEED_VARIABLE, seed_from_env,
-                              snapshot_epochs_from_env)
-from nnunet_mcc.knobs import positive_int_from_env as _positive_int_from_env
+from nnunet_mcc.fileio import write_json
 from nnunet_mcc.losses.base import ConfusionLoss
 from nnunet_mcc.losses.targets import TargetFormat
 from nnunet_mcc.metrics import mcc_score
+from nnunet_mcc.trainers.cost import RunCost
+from nnunet_mcc.trainers.progress import MCCLocalLogger, jsonable
+from nnunet_mcc.trainers.snapshots import Snapshots
 
 
-
-def _jsonable(value):
-    """Logged values as JSON: numpy scalars to floats, NaN and infinity to null."""
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in value]
-    value = float(value)
-    return value if np.isfinite(value) else None
-
-
-class MCCLocalLogger(LocalLogger):
-    """nnU-Net's local logger with MCC series and a fourth progress.png panel showing them."""
-
-    EXTRA_KEYS = ("mean_fg_mcc", "mcc_per_class_or_region")
-
-    def __init__(self, verbose: bool = False):
-        super().__init__(verbose)
-        for key in self.EXTRA_KEYS:
-            self.my_fantastic_logging[key] = []
-        self.skip_next_plot = False
-
-    def load_checkpoint(self, checkpoint: dict):
-        super().load_checkpoint(checkpoint)
-        epochs = len(self.my_fantastic_logging.get("mean_fg_dice", []))
-        for key in self.EXTRA_KEYS:  # a checkpoint of another trainer has no MCC series: pad with NaN
-            self.my_fantastic_logging.setdefault(key, [float("nan")] * epochs)
-
-    def plot_progress_png(self, output_folder):
-        """nnU-Net's three panels, then an MCC panel of the same width appended below them."""
-        if self.skip_next_plot:
-            return
-        super().plot_progress_png(output_folder)
-
-        def draw(ax, x, series):
-            ax.plot(x, series["mean_fg_mcc"], color="purple", label="pseudo MCC (mean fg)", linewidth=4)
-            per_class = np.array(series["mcc_per_class_or_region"], dtype=float)
-            if per_class.ndim == 2 and per_class.shape[1] > 1:
-                for c in range(per_class.shape[1]):
-                    ax.plot(x, per_class[:, c], ls="--", linewidth=2, label=f"MCC class/region {c + 1}")
-            ax.set_ylabel("pseudo MCC")
-
-        self.append_panel(output_folder, draw)
-
-    def append_panel(self, output_folder: str, draw, height: float = 14) -> None:
-        """Append a panel below the existing progress.png, as wide as nnU-Net's figure.
-        ``draw(ax, epochs, series)`` plots the logged series (each cut to the complete epochs)."""
-        import matplotlib.image as mpimg
-        import matplotlib.pyplot as plt
-
-        epochs = min(len(v) for v in self.my_fantastic_logging.values())
-        if epochs == 0:
-            return
-        path = join(output_folder, "progress.png")
-        top = mpimg.imread(path)
-        fig, ax = plt.subplots(1, 1, figsize=(top.shape[1] / 100, height), dpi=100)
-        draw(ax, list(range(epochs)), {k: v[:epochs] for k, v in self.my_fantastic_logging.items()})
-        ax.set_xlabel("epoch")
-        ax.legend(loc=(0, 1), ncol=4)
-        fig.tight_layout()
-        fig.canvas.draw()
-        bottom = np.asarray(fig.canvas.buffer_rgba(), dtype=np.float32) / 255
-        plt.close(fig)
-        top = top if top.shape[2] == 4 else np.concatenate([top, np.ones_like(top[..., :1])], 2)
-        width = min(top.shape[1], bottom.shape[1])
-        plt.imsave(path, np.concatenate([top[:, :width], bottom[:, :width]], 0))
-
-
-class ComparisonTrainer(nnUNetTrainer):
+class ComparisonTrainer(RunCost, Snapshots, nnUNetTrainer):
     """Base of this package's trainers (see the module docstring). Loss unchanged: Dice + CE."""
 
     budget_epochs: Optional[int] = None
@@ -138,13 +72,13 @@ class ComparisonTrainer(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.seed, self.seed_source = seed, seed_source
         self._apply_seed()
-        defaults = {key: getattr(self, key) for key in provenance.BUDGET_KEYS}
+        defaults = {key: getattr(self, key) for key in BUDGET_KEYS}
         budget, self.budget_sources = self._budget_with_sources(os.environ, defaults)
         for key, value in budget.items():
             setattr(self, key, value)
         overrides = {BUDGET_VARIABLES[k]: v for k, v in budget.items() if self.budget_sources[k].startswith("env")}
         for attribute, variable in SCHEDULE_VARIABLES.items():
-            value = _positive_int_from_env(variable)
+            value = positive_int_from_env(variable)
             if value is not None:
                 setattr(self, attribute, value)
                 overrides[variable] = value
@@ -190,19 +124,19 @@ class ComparisonTrainer(nnUNetTrainer):
     @classmethod
     def _budget_with_sources(cls, environ, defaults: Optional[Dict[str, int]] = None
                              ) -> Tuple[Dict[str, int], Dict[str, str]]:
-        budget = dict(defaults or provenance.NNUNET_DEFAULT_BUDGET)
+        budget = dict(defaults or NNUNET_DEFAULT_BUDGET)
         sources = {key: "nnU-Net default" for key in budget}
         if cls.budget_epochs is not None:
             budget["num_epochs"], sources["num_epochs"] = int(cls.budget_epochs), "trainer class"
-        for key in provenance.BUDGET_KEYS:
-            value = _positive_int_from_env(BUDGET_VARIABLES[key], environ)
+        for key in BUDGET_KEYS:
+            value = positive_int_from_env(BUDGET_VARIABLES[key], environ)
             if value is not None:
                 budget[key], sources[key] = value, f"environment {BUDGET_VARIABLES[key]}"
         return budget, sources
 
     @classmethod
     def planned_budget(cls, environ=os.environ) -> Dict[str, int]:
-        """The budget (``provenance.BUDGET_KEYS``) a new run of this class would use under ``environ``."""
+        """The budget (``BUDGET_KEYS``) a new run of this class would use under ``environ``."""
         return cls._budget_with_sources(environ)[0]
 
     def _keep_recorded_budget(self) -> None:
@@ -215,12 +149,12 @@ class ComparisonTrainer(nnUNetTrainer):
             recorded = provenance.recorded_budget(self.output_folder)
         except UserError:
             return  # nothing recorded (a checkpoint brought in by hand): the current settings stand
-        changed = [k for k in provenance.BUDGET_KEYS if recorded[k] != getattr(self, k)]
+        changed = [k for k in BUDGET_KEYS if recorded[k] != getattr(self, k)]
         conflicts = [k for k in changed if self.budget_sources[k].startswith("environment")]
         if conflicts:
             self._budget_refusal = (
                 f"{type(self).__name__} fold {self.fold}: this run was started with "
-                f"{provenance.describe_budget(recorded)}, but "
+                f"{describe_budget(recorded)}, but "
                 + ", ".join(f"{BUDGET_VARIABLES[k]}={getattr(self, k)}" for k in conflicts)
                 + " would change its schedule midway; a resumed run keeps its budget: unset the variable(s) or "
                   "set the recorded value(s), or train again without --c")
@@ -229,7 +163,7 @@ class ComparisonTrainer(nnUNetTrainer):
             self.budget_sources[key] = "resumed run"
         if changed:
             self.print_to_log_file(f"Keeping the budget this run was started with: "
-                                   f"{provenance.describe_budget(recorded)}")
+                                   f"{describe_budget(recorded)}")
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         # before nnU-Net initializes: the learning-rate schedule is built from num_epochs
@@ -273,7 +207,7 @@ class ComparisonTrainer(nnUNetTrainer):
             "trainer": type(self).__name__,
             "versions": {"nnunet_mcc": __version__, "nnunetv2": version("nnunetv2"), "torch": torch.__version__,
                          "nnunetv2_path": os.path.dirname(nnunetv2.__file__)},
-            "budget": {key: int(getattr(self, key)) for key in provenance.BUDGET_KEYS},
+            "budget": {key: int(getattr(self, key)) for key in BUDGET_KEYS},
             "budget_sources": dict(self.budget_sources),
             "training": {"plans": self.plans_manager.plans_name, "configuration": self.configuration_name,
                          "fold": self.fold, "device": str(self.device), "initial_lr": self.initial_lr,
@@ -306,81 +240,7 @@ class ComparisonTrainer(nnUNetTrainer):
                     "iterations_per_epoch": int(self.num_iterations_per_epoch),
                     "epochs_completed": int(self.current_epoch),
                     "cost": self.cost(),
-                    "series": {key: _jsonable(values) for key, values in series.items()}}, "training log")
-
-    # ---- cost of the run ---------------------------------------------------------------------
-    def _start_cost(self) -> None:
-        """At the start of training in this process: clocks, the memory high-water mark, and for a resumed run
-        (``--c``) the cost recorded by the processes before this one."""
-        self._cost_started = time.perf_counter()
-        self._cost_train_seconds = 0.0
-        self._cost_iterations = 0
-        self._cost_epoch_started = None
-        self._cost_resumed = self.current_epoch > 0
-        self._cost_before = {}
-        if self._cost_resumed and self.local_rank == 0:
-            try:
-                before = read_json(join(self.output_folder, provenance.LOG_FILE), "training log").get("cost") or {}
-                self._cost_before = {k: before[k] for k in ("wall_seconds", "train_seconds", "train_iterations")
-                                     if isinstance(before.get(k), (int, float))}
-            except (UserError, AttributeError):
-                pass  # no log of the earlier processes: this process's cost only
-        self._peak_kind = None
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._peak_kind = "CUDA max allocated"
-        elif self.device.type == "cpu":
-            try:  # Linux: "5" resets the RSS high-water mark (VmHWM), which --in-process workers carry across runs
-                with open("/proc/self/clear_refs", "w") as handle:
-                    handle.write("5")
-                self._peak_kind = "process RSS (this run)"
-            except OSError:
-                pass
-
-    def on_train_epoch_start(self):
-        super().on_train_epoch_start()
-        self._cost_epoch_started = time.perf_counter()
-
-    def on_train_epoch_end(self, train_outputs: List[dict]):
-        started = getattr(self, "_cost_epoch_started", None)
-        if started is not None:  # the training loop of this epoch only (no validation, no epoch end)
-            self._cost_train_seconds += time.perf_counter() - started
-            self._cost_iterations += len(train_outputs)
-            self._cost_epoch_started = None
-        super().on_train_epoch_end(train_outputs)
-
-    def _peak_memory_mb(self) -> Optional[float]:
-        if self._peak_kind == "CUDA max allocated":
-            return torch.cuda.max_memory_allocated(self.device) / 2 ** 20
-        if self._peak_kind == "process RSS (this run)":
-            try:
-                with open("/proc/self/status") as handle:
-                    for line in handle:
-                        if line.startswith("VmHWM:"):
-                            return int(line.split()[1]) / 1024  # kB
-            except (OSError, ValueError, IndexError):
-                pass
-        return None
-
-    def cost(self) -> dict:
-        """What the run has cost so far (``cost`` in ``nnunet_mcc_log.json``; docs/experiments.md)."""
-        if not hasattr(self, "_cost_started"):
-            return {}
-        before = self._cost_before
-        train_seconds = self._cost_train_seconds + before.get("train_seconds", 0.0)
-        iterations = self._cost_iterations + int(before.get("train_iterations", 0))
-        peak = self._peak_memory_mb()
-        jobs = os.environ.get(JOBS_VARIABLE, "").strip()
-        record = {"device": str(self.device),
-                  "wall_seconds": round(time.perf_counter() - self._cost_started + before.get("wall_seconds", 0.0), 3),
-                  "train_seconds": round(train_seconds, 3), "train_iterations": iterations,
-                  "iterations_per_second": round(iterations / train_seconds, 3) if train_seconds > 0 else None,
-                  "jobs": int(jobs) if jobs.isdigit() else None, "torch_threads": torch.get_num_threads(),
-                  "peak_memory_mb": None if peak is None else round(peak, 1),
-                  "peak_memory_kind": self._peak_kind if peak is not None else None}
-        if self._cost_resumed:
-            record["resumed"] = True
-        return record
+                    "series": {key: jsonable(values) for key, values in series.items()}}, "training log")
 
     # ---- loss helpers for subclasses ---------------------------------------------------------
     def _wrap_deep_supervision(self, loss: torch.nn.Module) -> torch.nn.Module:
@@ -461,70 +321,3 @@ class ComparisonTrainer(nnUNetTrainer):
             self.save_checkpoint(join(self.output_folder, f"checkpoint_epoch_{finished_epoch}.pth"))
             self.current_epoch += 1
             self.validate_snapshot(finished_epoch)
-
-    # ---- snapshots ----------------------------------------------------------------------------
-    def validate_snapshot(self, epoch: int) -> Optional[str]:
-        """Predict and evaluate the fold's validation cases with the current network, in this process.
-
-        The steps are nnU-Net's own (its predictor's sliding window, ``export_prediction_from_logits``,
-        ``compute_metrics`` per case), run one case after another instead of through nnU-Net's worker
-        pools, so a snapshot costs the predictions and not the start of two process pools. Writes
-        ``snapshots/epoch_<N>/summary.json`` with nnU-Net's per-case entries (rank 0; other ranks wait).
-        """
-        path = provenance.snapshot_summary(self.output_folder, epoch)
-        if self.local_rank == 0:
-            network = self.network.module if self.is_ddp else self.network
-            was_training = network.training
-            self.set_deep_supervision_enabled(False)
-            network.eval()
-            try:
-                cases = self._evaluate_validation_cases(network)
-            finally:
-                self.set_deep_supervision_enabled(True)
-                network.train(was_training)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            write_json(path, {"format": provenance.FORMAT, "epoch": int(epoch),
-                              "iterations": int(epoch * self.num_iterations_per_epoch),
-                              "metric_per_case": cases}, "snapshot summary")
-            self.print_to_log_file(f"Snapshot after epoch {epoch}: {len(cases)} validation cases evaluated, {path}")
-        if self.is_ddp:
-            dist.barrier()
-        return path
-
-    def _evaluate_validation_cases(self, network: torch.nn.Module) -> List[dict]:
-        from nnunetv2.evaluation.evaluate_predictions import compute_metrics
-        from nnunetv2.inference.export_prediction import export_prediction_from_logits
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-        from nnunetv2.utilities.label_handling.label_handling import convert_labelmap_to_one_hot
-
-        lm = self.label_manager
-        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
-                                    perform_everything_on_device=True, device=self.device, verbose=False,
-                                    verbose_preprocessing=False, allow_tqdm=False)
-        predictor.manual_initialization(network, self.plans_manager, self.configuration_manager, None,
-                                        self.dataset_json, type(self).__name__, self.inference_allowed_mirroring_axes)
-        _, val_keys = self.do_split()
-        dataset = self.dataset_class(self.preprocessed_dataset_folder, val_keys,
-                                     folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
-        ending = self.dataset_json["file_ending"]
-        reference_folder = join(self.preprocessed_dataset_folder_base, "gt_segmentations")
-        reader_writer = self.plans_manager.image_reader_writer_class()
-        labels_or_regions = lm.foreground_regions if lm.has_regions else lm.foreground_labels
-        cases = []
-        with tempfile.TemporaryDirectory(prefix="nnunet_mcc_snapshot_") as tmp, torch.no_grad():
-            for key in dataset.identifiers:
-                data, _, seg_prev, properties = dataset.load_case(key)
-                data = data[:]
-                if self.is_cascaded:
-                    data = np.vstack((data, convert_labelmap_to_one_hot(seg_prev[:], lm.foreground_labels,
-                                                                        output_dtype=data.dtype)))
-                logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(np.ascontiguousarray(data)))
-                export_prediction_from_logits(logits.cpu(), properties, self.configuration_manager,
-                                              self.plans_manager, self.dataset_json, join(tmp, key), False)
-                result = compute_metrics(join(reference_folder, key + ending), join(tmp, key + ending), reader_writer,
-                                         labels_or_regions, lm.ignore_label)
-                cases.append({"reference_file": result["reference_file"],
-                              "prediction_file": os.path.basename(result["prediction_file"]),
-                              "metrics": {str(k): {m: _jsonable(v) for m, v in values.items()}
-                                          for k, values in result["metrics"].items()}})
-        return cases

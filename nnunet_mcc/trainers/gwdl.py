@@ -19,7 +19,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.fileio import write_json
-from nnunet_mcc.knobs import GWDL_MATRIX_VARIABLE
+from nnunet_mcc.budget import GWDL_MATRIX_VARIABLE
 from nnunet_mcc.losses.distance_matrix import (PRESETS, DistanceMatrixError, format_matrix, matrix_to_json,
                                                resolve_distance_matrix)
 from nnunet_mcc.losses.gwdl import GeneralizedWassersteinDiceLoss

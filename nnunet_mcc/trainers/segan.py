@@ -37,11 +37,12 @@ from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_mcc.errors import UserError
-from nnunet_mcc.knobs import CRITIC_MODE_VARIABLE, SEGAN_LAMBDA_VARIABLE as LAMBDA_VARIABLE
+from nnunet_mcc.budget import CRITIC_MODE_VARIABLE, SEGAN_LAMBDA_VARIABLE as LAMBDA_VARIABLE
 from nnunet_mcc.losses.segan import adversarial_l1, mask_input, multiscale_l1
 from nnunet_mcc.losses.weighted_ce import MaskedBCEWithLogits
 from nnunet_mcc.networks.segan_critic import CRITIC_MODES, SegANCritic
-from nnunet_mcc.trainers.base import ComparisonTrainer, MCCLocalLogger
+from nnunet_mcc.trainers.base import ComparisonTrainer
+from nnunet_mcc.trainers.progress import MCCLocalLogger
 from nnunet_mcc.trainers.weighted_ce import ClassFrequencyWeightedCE
 
 CHECKPOINT_KEY = "segan_critic"

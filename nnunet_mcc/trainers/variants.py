@@ -9,13 +9,13 @@ nnU-Net finds a trainer with ``hasattr``/``getattr`` on a module, so a module-le
 (PEP 562) can build ``nnUNetTrainerMCC_37epochs`` the first time it is asked for. The class lives in its
 base's module (``nnunet_mcc.trainers.mcc``), which resolves it the same way, and is cached, so every lookup
 (and pickling by reference, and the trainer name a checkpoint stores) returns the same object. The name
-helpers (``split_seed``, ``seed_variant_name``) live in the import-light ``nnunet_mcc.knobs``.
+helpers (``split_seed``, ``seed_variant_name``) live in the import-light ``nnunet_mcc.budget``.
 """
 
 import re
 from typing import Dict, Iterable, Optional
 
-from nnunet_mcc.knobs import split_seed
+from nnunet_mcc.budget import split_seed
 
 # the lengths nnU-Net ships for its own trainer and that this package lists in __all__ (any N works)
 EPOCH_VARIANTS = (1, 5, 10, 20, 50, 100, 250)

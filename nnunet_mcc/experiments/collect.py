@@ -1,0 +1,370 @@
+"""Reading a comparison's inputs, and nothing else: each trainer's finished folds (every seed), what says how each
+was trained (budget, seed, loss settings and identity, training log, cost) and its per-case confusion counts, with
+the checks that refuse to pair runs that differ (budgets, seed sets, settings). ``compare`` computes the
+statistics and writes the report from what this returns."""
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import pandas as pd
+
+from nnunet_mcc import labels as dataset_labels
+from nnunet_mcc.errors import UserError
+from nnunet_mcc.experiments import convergence, results
+from nnunet_mcc.fileio import read_json
+from nnunet_mcc.provenance import PROVENANCE_FILE
+
+METRICS = ("Dice", "IoU", "MCC")
+FINAL, SNAPSHOT = "final", "snapshot"
+
+
+@dataclass
+class Collected:
+    dataset_name: str
+    results_root: str
+    configuration: str
+    plans: str
+    trainers: List[str]
+    states: List[results.FoldState]
+    runs: pd.DataFrame            # one row per finished fold: budget, settings, log, convergence
+    counts: pd.DataFrame          # one row per trainer, fold, stage, case, class/region: counts and scores
+    curves: pd.DataFrame          # tidy per-epoch series: trainer, fold, epoch, iterations, series, value
+    regions: Dict[str, tuple]
+    notes: List[str] = field(default_factory=list)
+    collapsed: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per run and collapsed class/region
+
+
+def _check_trainer_folders(results_root: str, dataset_name: str, trainers: Sequence[str], plans: str,
+                           configuration: str) -> None:
+    dataset_results = os.path.join(results_root, dataset_name)
+    if not os.path.isdir(dataset_results):
+        raise UserError(f"dataset {dataset_name} has no results in {results_root} (train it first, e.g. with "
+                        f"nnunet-mcc crossval)")
+    for trainer in trainers:
+        folder = results.trainer_folder(results_root, dataset_name, trainer, plans, configuration)
+        runs, _ = results.seed_runs(results_root, dataset_name, trainer, plans, configuration)
+        if not os.path.isdir(folder) and runs[0][1] is None:
+            suffix = f"__{plans}__{configuration}"
+            present = sorted(n[: -len(suffix)] for n in os.listdir(dataset_results) if n.endswith(suffix))
+            raise UserError(f"trainer {trainer!r} has no results folder {folder} (trainers with results for "
+                            f"{plans}/{configuration}: {', '.join(present) or 'none'})")
+
+
+def _dataset_context(dataset_name: str) -> dict:
+    preprocessed = os.path.join(results.nnunet_folder("preprocessed"), dataset_name)
+    dataset_json = read_json(os.path.join(preprocessed, "dataset.json"), "dataset.json")
+    context = {"file_ending": dataset_json.get("file_ending", ".nii.gz"),
+               "names": dataset_labels.summary_key_names(dataset_json),
+               "regions": dataset_labels.evaluation_regions(dataset_json),
+               "gt_folder": os.path.join(preprocessed, "gt_segmentations"),
+               "ignore_label": dataset_labels.ignore_label(dataset_json), "reader_writer": None}
+    if context["regions"]:
+        from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+
+        gt = context["gt_folder"]
+        example = next((os.path.join(gt, f) for f in sorted(os.listdir(gt)) if f.endswith(context["file_ending"])),
+                       None) if os.path.isdir(gt) else None
+        if example is None:
+            raise UserError(f"evaluation regions need the reference segmentations in {gt}, which has none")
+        context["reader_writer"] = determine_reader_writer_from_dataset_json(dataset_json, example)()
+    return context
+
+
+def _run_record(state: results.FoldState, allow_unknown: bool) -> dict:
+    """Budget, settings, training log and convergence verdict of one finished fold."""
+    try:
+        budget = results.recorded_budget(state.folder)
+        budget_problem = None
+    except UserError as e:
+        if not allow_unknown:
+            raise UserError(f"{state.run} fold {state.fold}: {e}; compare pairs runs of one budget only "
+                            f"(--allow-mixed-budgets accepts an unknown one)") from None
+        budget, budget_problem = None, str(e)
+    provenance = results.read_provenance(state.folder)
+    loss = results.loss_record(provenance, state.folder)
+    series, log_source = results.training_log(state.folder)
+    per_class = series.pop(results.PER_CLASS_SERIES, None) if series else None
+    per_epoch = budget.num_iterations_per_epoch if budget else None
+    verdict = convergence.judge(series, per_epoch)
+    training = (provenance or {}).get("training") if isinstance((provenance or {}).get("training"), dict) else {}
+    if state.seed is not None:
+        seed, seed_source = state.seed, "folder name"
+    elif training.get("seed") is not None:
+        seed, seed_source = training.get("seed"), f"{PROVENANCE_FILE} ({training.get('seed_source') or 'recorded'})"
+    else:
+        seed, seed_source = None, "unrecorded"
+    record = {"trainer": state.trainer, "run": state.run, "seed": seed, "seed_source": seed_source,
+              "deterministic": training.get("deterministic"), "fold": state.fold, "folder": state.folder,
+              "num_epochs": budget.num_epochs if budget else None,
+              "num_iterations_per_epoch": per_epoch,
+              "num_val_iterations_per_epoch": budget.num_val_iterations_per_epoch if budget else None,
+              "iterations": budget.iterations if budget else None,
+              "budget": budget.short() if budget else "unknown",
+              "budget_source": (PROVENANCE_FILE if provenance else "debug.json") if budget
+              else budget_problem,
+              "budget_sources": json.dumps((provenance or {}).get("budget_sources") or {}, sort_keys=True),
+              "loss": loss["name"], "loss_settings": json.dumps(loss["settings"], sort_keys=True),
+              "versions": json.dumps((provenance or {}).get("versions") or {}, sort_keys=True),
+              "log_source": log_source if series else None, "log_problem": None if series else log_source,
+              "epochs_logged": verdict.epochs, "converged": verdict.status, "convergence": verdict.describe()}
+    for name in convergence.SERIES:
+        record[f"projected_gain_{name}"] = verdict.gains.get(name, float("nan"))
+    cost = results.training_cost(state.folder)
+    for key in results.COST_KEYS:
+        record[f"cost_{key}"] = cost[key]
+    record["_series"] = series
+    record["_per_class"] = per_class
+    record["_budget"] = budget
+    record["_provenance"] = provenance
+    record["_loss"] = loss
+    return record
+
+
+def collect(dataset: str, configuration: str, trainers: Sequence[str], plans: str = "nnUNetPlans",
+            folds: Sequence[int] = (0, 1, 2, 3, 4), snapshots: bool = True,
+            allow_mixed_budgets: bool = False, allow_mixed_seeds: bool = False,
+            allow_mixed_settings: bool = False) -> Collected:
+    """Read every finished fold; raise UserError for unusable input (nothing is written)."""
+    if len(set(trainers)) != len(trainers):
+        raise UserError(f"-tr lists a trainer twice: {' '.join(trainers)}")
+    dataset_name = results.resolve_dataset(dataset)
+    results_root = results.nnunet_folder("results")
+    results.load_plans_checked(dataset_name, plans, configuration)
+    _check_trainer_folders(results_root, dataset_name, trainers, plans, configuration)
+    context = _dataset_context(dataset_name)
+    states = results.survey(results_root, dataset_name, trainers, plans, configuration, folds)
+    finished = [s for s in states if s.status == results.FINISHED]
+    if not finished:
+        raise UserError(f"no finished fold (validation/summary.json) for {', '.join(trainers)} on {dataset_name} "
+                        f"{configuration} folds {' '.join(map(str, folds))}")
+    notes = [f"{s.run} fold {s.fold}: {s.status}" for s in states if s.status != results.FINISHED]
+    for trainer in trainers:
+        runs, unsuffixed = results.seed_runs(results_root, dataset_name, trainer, plans, configuration)
+        if unsuffixed:
+            notes.append(f"{trainer}: its seed folders ({', '.join(r for r, _ in runs)}) are its runs; the unsuffixed "
+                         f"folder {trainer}__{plans}__{configuration} is not used")
+    records = [_run_record(s, allow_mixed_budgets) for s in finished]
+    _check_budgets(records, allow_mixed_budgets)
+    notes += _check_seeds(records, trainers, allow_mixed_seeds)
+    notes += _check_settings(records, trainers, allow_mixed_settings)
+
+    count_rows, curve_rows = [], []
+    for state, record in zip(finished, records):
+        budget = record["_budget"]
+        final_epoch = budget.num_epochs if budget else (record["epochs_logged"] or None)
+        per_epoch = budget.num_iterations_per_epoch if budget else None
+        stages = [(FINAL, final_epoch, os.path.join(state.folder, "validation", "summary.json"), "summary")]
+        if snapshots:
+            stages += [(SNAPSHOT, epoch, path, "snapshot summary") for epoch, path in state.snapshots.items()]
+        for stage, epoch, path, what in stages:
+            rows = results.read_summary(path, context["file_ending"], context["names"], what)
+            if stage == FINAL and context["regions"]:
+                region = results.region_rows(os.path.dirname(path), context["gt_folder"], context["regions"],
+                                             context["file_ending"], context["reader_writer"], context["ignore_label"])
+                if not region:
+                    notes.append(f"{state.trainer} fold {state.fold}: no exported predictions in validation/, "
+                                 f"evaluation regions not computed")
+                rows += region
+            iterations = epoch * per_epoch if epoch and per_epoch else None
+            if stage == SNAPSHOT:
+                iterations = read_json(path, what).get("iterations", iterations)
+            for row in rows:
+                row.update(trainer=state.trainer, run=state.run, seed=_seed_text(record["seed"]), fold=state.fold,
+                           stage=stage, epoch=epoch, iterations=iterations)
+            count_rows += rows
+        if record["_series"]:
+            series = record["_series"]
+            for name, values in series.items():
+                for epoch, value in enumerate(values, start=1):
+                    curve_rows.append({"trainer": state.trainer, "run": state.run, "fold": state.fold, "epoch": epoch,
+                                       "iterations": epoch * per_epoch if per_epoch else None, "series": name,
+                                       "value": value})
+        else:
+            notes.append(f"{state.run} fold {state.fold}: {record['log_problem']}: no learning curve, "
+                         f"convergence not judged")
+        unvalidated = sorted(set(results.snapshot_checkpoints(state.folder)) - set(state.snapshots))
+        if snapshots and unvalidated:
+            names = ", ".join(f"checkpoint_epoch_{e}.pth" for e in unvalidated)
+            notes.append(f"{state.run} fold {state.fold}: {names} not validated (no snapshots/epoch_<N>/"
+                         f"summary.json; validate with nnUNetv2_predict -chk and nnU-Net's evaluation, or let "
+                         f"this package's trainers do it during training)")
+    if snapshots:
+        notes += _snapshot_notes(finished)
+    notes += _settings_notes(records)
+    counts = pd.DataFrame(count_rows)
+    scores = results.scores_from_counts(*(counts[c] for c in results.COUNTS))
+    for metric in METRICS:
+        counts[metric] = scores[metric]
+    collapsed = collapsed_classes(counts, records)
+    for r in records:
+        own = collapsed[(collapsed["run"] == r["run"]) & (collapsed["fold"] == r["fold"])] if len(collapsed) else []
+        r["collapsed"] = "; ".join(f"{c['class_or_region']} ({c['when']})" for _, c in own.iterrows()) \
+            if len(own) else ""
+    runs = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in records])
+    runs["seed"] = pd.array([r["seed"] for r in records], dtype="Int64")
+    curves = pd.DataFrame(curve_rows, columns=["trainer", "run", "fold", "epoch", "iterations", "series", "value"])
+    return Collected(dataset_name, results_root, configuration, plans, list(trainers), states, runs, counts, curves,
+                     context["regions"], notes, collapsed)
+
+
+def _seed_text(seed) -> str:
+    return "unrecorded" if seed is None else str(seed)
+
+
+def _run_label(record: dict) -> str:
+    return f"{record['run']} fold {record['fold']}"
+
+
+def _check_seeds(records: List[dict], trainers: Sequence[str], allow_mixed: bool) -> List[str]:
+    """Trainers are compared over the same training seeds: their seed folders' seeds, or for an unsuffixed
+    folder the seed(s) its folds record. A single run whose seed was not recorded matches any single run.
+    Otherwise refused unless ``allow_mixed`` (then a note says which seeds each trainer has)."""
+    seeds = {t: sorted({r["seed"] for r in records if r["trainer"] == t}, key=lambda v: (v is None, v or 0))
+             for t in trainers}
+    seeds = {t: v for t, v in seeds.items() if v}
+
+    def compatible(a, b) -> bool:
+        return a == b or (len(a) == len(b) == 1 and None in a + b)
+
+    listed = list(seeds.items())
+    mixed = any(not compatible(a, b) for i, (_, a) in enumerate(listed) for _, b in listed[i + 1:])
+    if not mixed:
+        return []
+    text = "; ".join(f"{t}: {' '.join(_seed_text(v) for v in s)}" for t, s in seeds.items())
+    if not allow_mixed:
+        raise UserError(f"the trainers were trained with different seeds ({text}): their differences would mix "
+                        f"the loss with training noise of different draws. Train every trainer with the same seeds "
+                        f"(folders <trainer>_seed<S>), or pass --allow-mixed-seeds to pair them anyway")
+    return [f"mixed seeds (paired on request, --allow-mixed-seeds): {text}"]
+
+
+def _flatten(value, prefix: str = "") -> Dict[str, str]:
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: json.dumps(value, sort_keys=True)}
+
+
+def _check_settings(records: List[dict], trainers: Sequence[str], allow_mixed: bool) -> List[str]:
+    """Every fold and seed of one trainer must have been trained with the same settings identity
+    (``results.settings_identity``: the recorded ``identity``, else the loss settings without the per-fold
+    class weights); otherwise refused unless ``allow_mixed`` (then a note lists the differences)."""
+    problems = []
+    for trainer in trainers:
+        own = [r for r in records if r["trainer"] == trainer]
+        if not own:
+            continue
+        identities = results.settings_identity([(r["_provenance"], r["_loss"]) for r in own])
+        groups: Dict[str, List[dict]] = {}
+        flat: Dict[str, Dict[str, str]] = {}
+        for r, (identity, source) in zip(own, identities):
+            key = json.dumps(identity, sort_keys=True, default=str)
+            groups.setdefault(key, []).append(r)
+            flat[key] = _flatten(identity)
+            r["identity_source"] = source
+            r["identity"] = key
+        if len(groups) < 2:
+            continue
+        keys = sorted({k for f in flat.values() for k in f if len({f.get(k) for f in flat.values()}) > 1})
+        parts = []
+        for key, runs in groups.items():
+            shown = ", ".join(_run_label(r) for r in runs[:4]) + (f" and {len(runs) - 4} more" if len(runs) > 4 else "")
+            values = ", ".join(f"{k}={_short(flat[key].get(k, 'absent'))}" for k in keys[:3])
+            parts.append(f"{shown} ({values})")
+        problems.append(f"{trainer}: {len(groups)} different settings ({', '.join(keys)}) in {' vs '.join(parts)}")
+    if not problems:
+        return []
+    if not allow_mixed:
+        raise UserError(f"runs of one trainer were trained with different settings, {'; '.join(problems)}: pairing "
+                        f"them would mix settings. Compare runs of one setting, or pass --allow-mixed-settings")
+    return [f"mixed settings (paired on request, --allow-mixed-settings): {p}" for p in problems]
+
+
+def _short(text: str, width: int = 40) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def collapsed_classes(counts: pd.DataFrame, records: Sequence[dict]) -> pd.DataFrame:
+    """Runs (trainer, seed, fold) in which a class or region collapsed: Dice 0 on every validation case where
+    it is present (reference non-empty), at the end of training. When: from the run's per-epoch pseudo Dice
+    per class (``dice_per_class_or_region``, in the order of the summary's labels/regions), the epoch after
+    which it stayed at or below 1e-3 to the end, or "never learned" (never above it)."""
+    columns = ["trainer", "run", "seed", "fold", "class_or_region", "kind", "cases_present", "status", "epoch",
+               "iterations", "when"]
+    final = counts[(counts["stage"] == FINAL) & counts["kind"].isin(["label", "region"])]
+    present = final[(final["TP"] + final["FN"]) > 0]
+    if present.empty:
+        return pd.DataFrame(columns=columns)
+    keys = ["trainer", "run", "seed", "fold", "class_or_region", "kind", "key"]
+    grouped = present.groupby(keys, sort=False)["Dice"].agg(cases_present="count",
+                                                            collapsed=lambda v: bool((v == 0).all()))
+    by_run = {(r["run"], r["fold"]): r for r in records}
+    rows = []
+    for (trainer, run, seed, fold, name, kind, key), entry in grouped[grouped["collapsed"]].iterrows():
+        record = by_run[(run, fold)]
+        status, epoch = "no per-class curve", None
+        per_class = record.get("_per_class")
+        if kind == "label" and per_class:
+            order = list(dict.fromkeys(final.loc[(final["run"] == run) & (final["fold"] == fold) &
+                                                 (final["kind"] == "label"), "key"]))
+            index = order.index(key)
+            status, epoch = convergence.collapse_epoch([e[index] if index < len(e) else None for e in per_class])
+        elif kind == "region":
+            status = "no per-epoch curve for evaluation regions"
+        per_epoch = record["num_iterations_per_epoch"]
+        iterations = epoch * per_epoch if epoch and per_epoch else None
+        when = {"collapsed": f"collapsed after epoch {epoch}" + (f" ({iterations} it.)" if iterations else ""),
+                "never learned": "never learned",
+                "not at the end": "pseudo Dice still above 0 at the last epoch"}.get(status, status)
+        rows.append({"trainer": trainer, "run": run, "seed": seed, "fold": fold, "class_or_region": name,
+                     "kind": kind, "cases_present": int(entry["cases_present"]), "status": status, "epoch": epoch,
+                     "iterations": iterations, "when": when})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _check_budgets(records: List[dict], allow_mixed: bool) -> None:
+    """Runs are paired only when they share one budget (epochs, iterations per epoch, validation iterations)."""
+    budgets: Dict[Optional[results.Budget], List[str]] = {}
+    for r in records:
+        budgets.setdefault(r["_budget"], []).append(_run_label(r))
+    if len(budgets) <= 1 or allow_mixed:
+        return
+    parts = []
+    for budget, runs in budgets.items():
+        shown = ", ".join(runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
+        parts.append(f"{budget.short() if budget else 'unknown'} epochs x iterations: {shown}")
+    raise UserError(f"the runs were trained with {len(budgets)} different budgets ({'; '.join(parts)}): their "
+                    f"differences would mix loss and training length. Compare runs of one budget, or pass "
+                    f"--allow-mixed-budgets to pair them anyway")
+
+
+def _snapshot_notes(finished: Sequence[results.FoldState]) -> List[str]:
+    """Say where snapshot validations are absent: all of them, or some folds' epochs that others have."""
+    epochs = sorted({e for s in finished for e in s.snapshots})
+    if not epochs:
+        return ["no snapshot validations (snapshots/epoch_<N>/summary.json): no 'score after N iterations' table "
+                "(train with crossval --snapshot-epochs)"]
+    return [f"{s.run} fold {s.fold}: no snapshot validation after epoch(s) "
+            f"{' '.join(str(e) for e in epochs if e not in s.snapshots)}"
+            for s in finished if set(epochs) - set(s.snapshots)]
+
+
+def _settings_notes(records: List[dict]) -> List[str]:
+    """Loss settings that differ between the folds of one trainer (weighted CE's class weights are computed
+    from each training fold and may differ legitimately; anything else is worth knowing)."""
+    notes = []
+    by_trainer: Dict[str, Dict[str, List[int]]] = {}
+    for r in records:
+        by_trainer.setdefault(r["trainer"], {}).setdefault(r["loss_settings"], []).append(r["fold"])
+    for trainer, variants in by_trainer.items():
+        if len(variants) > 1:
+            decoded = [json.loads(v) for v in variants]
+            keys = sorted({k for d in decoded for k in d if len({json.dumps(x.get(k), sort_keys=True)
+                                                                for x in decoded}) > 1})
+            notes.append(f"{trainer}: loss settings differ between folds ({', '.join(keys) or 'settings'}: "
+                         f"{len(variants)} variants over folds {' / '.join(' '.join(map(str, f)) for f in variants.values())})")
+    return notes
