@@ -107,36 +107,30 @@ SEGAN_VARIANTS = {  # name -> (trainer class name, what differs from nnUNetTrain
     "SegAN_DiceCE_critic_lr1e-3": ("AblationSegAN_DiceCE_criticLr1e3", "Dice + CE as the base loss and critic Adam "
                                                                       "lr 1e-3"),
 }
+# the prepared datasets: the rare-class one, and the demo's (its embedded default, network and batch)
+RARE_DATA = dict(dataset_id=991, dataset_name="MCCAblation", spec=RARE_SPEC, network=dict(n_stages=3, base_features=8))
+DEMO_DATA = dict(dataset_id=992, dataset_name="GWDLAblationDemo", spec=None,
+                 network=dict(n_stages=3, base_features=8, batch_size=8))
+RARE_BUDGET = dict(epochs=60, iterations=50, val_iterations=10, folds=[0, 1, 2], probe_iterations=4)
 STUDIES = {
-    "mcc": dict(dataset_id=991, dataset_name="MCCAblation", spec=RARE_SPEC, network=dict(n_stages=3, base_features=8),
-                full=dict(epochs=60, iterations=50, val_iterations=10, folds=[0, 1, 2], probe_iterations=4),
-                variants=MCC_VARIANTS, quick_variants=("MCC", "MCC_missed"),
+    "mcc": dict(**RARE_DATA, full=RARE_BUDGET, variants=MCC_VARIANTS, quick_variants=("MCC", "MCC_missed"),
                 work_dir=os.path.join("nnunet_mcc_work", "ablation"),
                 plot=dict(fold="1", c="3", variants=("MCC", "MCC_missed", "MCC+CE", "Dice"))),
-    # the demo's dataset, network and --converge budget (nnunet_mcc.experiments.demo)
-    "gwdl": dict(dataset_id=992, dataset_name="GWDLAblationDemo", spec=None,
-                 network=dict(n_stages=3, base_features=8, batch_size=8),
-                 full=dict(epochs=64, iterations=20, val_iterations=3, folds=[0, 1, 2], probe_iterations=2),
+    # the demo's --converge budget (nnunet_mcc.experiments.demo)
+    "gwdl": dict(**DEMO_DATA, full=dict(epochs=64, iterations=20, val_iterations=3, folds=[0, 1, 2], probe_iterations=2),
                  variants=GWDL_VARIANTS, quick_variants=("GWDL", "GWDL_missed"),
                  work_dir=os.path.join("nnunet_mcc_work", "ablation_gwdl"),
                  plot=dict(fold="1", c="3", variants=("GWDL", "GWDL_missed", "GWDL_missed_per_sample", "GWDL+CE"))),
-    "segan": dict(dataset_id=992, dataset_name="GWDLAblationDemo", spec=None,
-                  network=dict(n_stages=3, base_features=8, batch_size=8),
-                  full=dict(epochs=30, iterations=20, val_iterations=3, folds=[0, 1, 2], probe_iterations=0),
+    # the demo's former default budget (600 iterations)
+    "segan": dict(**DEMO_DATA, full=dict(epochs=30, iterations=20, val_iterations=3, folds=[0, 1, 2], probe_iterations=0),
                   variants=SEGAN_VARIANTS, quick_variants=("SegAN", "SegAN_warmup"),
-                  work_dir=os.path.join("nnunet_mcc_work", "ablation_segan"),
-                  plot=dict(fold="0", c="3", variants=())),
-    # the demo's dataset, network and default budget, all five folds: how fast GWDL + CE converges
-    "gwdl-ce": dict(dataset_id=992, dataset_name="GWDLAblationDemo", spec=None,
-                    network=dict(n_stages=3, base_features=8, batch_size=8),
-                    full=dict(epochs=30, iterations=20, val_iterations=3, folds=[0, 1, 2, 3, 4], probe_iterations=0),
+                  work_dir=os.path.join("nnunet_mcc_work", "ablation_segan"), plot=dict(fold="0", c="3", variants=())),
+    # the demo's former default budget, all five folds: what sets GWDL + CE's per-label Dice and its pace
+    "gwdl-ce": dict(**DEMO_DATA, full=dict(epochs=30, iterations=20, val_iterations=3, folds=[0, 1, 2, 3, 4],
+                                           probe_iterations=0),
                     variants=GWDL_CE_VARIANTS, quick_variants=("DC+CE", "GWDL+CE"),
-                    work_dir=os.path.join("nnunet_mcc_work", "ablation_gwdl_ce"),
-                    plot=dict(fold="0", c="3", variants=())),
-    "gwdl-rare": dict(dataset_id=991, dataset_name="MCCAblation", spec=RARE_SPEC,
-                      network=dict(n_stages=3, base_features=8),
-                      full=dict(epochs=60, iterations=50, val_iterations=10, folds=[0, 1, 2], probe_iterations=4),
-                      variants=GWDL_VARIANTS, quick_variants=("GWDL", "GWDL_missed"),
+                    work_dir=os.path.join("nnunet_mcc_work", "ablation_gwdl_ce"), plot=dict(fold="0", c="3", variants=())),
+    "gwdl-rare": dict(**RARE_DATA, full=RARE_BUDGET, variants=GWDL_VARIANTS, quick_variants=("GWDL", "GWDL_missed"),
                       work_dir=os.path.join("nnunet_mcc_work", "ablation_gwdl_rare"),
                       plot=dict(fold="1", c="3", variants=("GWDL", "GWDL_missed"))),
 }

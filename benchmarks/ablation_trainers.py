@@ -151,20 +151,8 @@ def trainer_classes(variants: Dict[str, tuple]) -> Dict[str, type]:
     class AblationGWDL(GWDLVariant):
         pass
 
-    class AblationGWDL_zeroOne(GWDLVariant):
-        gwdl_matrix = "zero_one"
-
-    class AblationGWDL_brats(GWDLVariant):
-        gwdl_matrix = "brats"
-
-    class AblationGWDL_GDL(GWDLVariant):
-        gwdl_weighting = "GDL"
-
     class AblationGWDL_lr1e3(GWDLVariant):
         lr = 1e-3
-
-    class AblationGWDL_missed(GWDLVariant):
-        gwdl_missed_weight = 1.0
 
     class AblationGWDL_missedPerSample(GWDLVariant):
         gwdl_missed_weight = 1.0
@@ -179,17 +167,11 @@ def trainer_classes(variants: Dict[str, tuple]) -> Dict[str, type]:
     class AblationGWDLCE(Probed, nnUNetTrainerGWDL_CE):
         gwdl_missed_weight = 0.0
 
-    class AblationGWDLCE_GDL(AblationGWDLCE):
-        gwdl_weighting = "GDL"
-
-    class AblationGWDLCE_brats(AblationGWDLCE):
-        gwdl_matrix = "brats"
-
-    class AblationGWDLCE_zeroOne(AblationGWDLCE):
-        gwdl_matrix = "zero_one"
-
-    class AblationGWDLCE_missed(AblationGWDLCE):
-        gwdl_missed_weight = 1.0
+    # one setting changed around GWDL alone and around GWDL + CE: AblationGWDL_zeroOne, ..., AblationGWDLCE_missed
+    settings = {"zeroOne": {"gwdl_matrix": "zero_one"}, "brats": {"gwdl_matrix": "brats"},
+                "GDL": {"gwdl_weighting": "GDL"}, "missed": {"gwdl_missed_weight": 1.0}}
+    one_setting = [type(f"{base.__name__}_{suffix}", (base,), dict(attributes))
+                   for base in (AblationGWDL, AblationGWDLCE) for suffix, attributes in settings.items()]
 
     class SegANVariant(Probed, nnUNetTrainerSegAN):
         segan_lambda, critic_lr, critic_warmup_fraction, segan_lambda_ramp_fraction = 1.0, 1e-4, 0.0, 0.0
@@ -215,12 +197,10 @@ def trainer_classes(variants: Dict[str, tuple]) -> Dict[str, type]:
     class AblationSegAN_DiceCE_criticLr1e3(AblationSegAN_DiceCE):
         critic_lr = 1e-3
 
-    classes = {c.__name__: c for c in (AblationSegAN, AblationSegAN_lambda0, AblationSegAN_lambda01,
-                                       AblationSegAN_warmup, AblationSegAN_criticLr1e3, AblationSegAN_DiceCE,
-                                       AblationSegAN_DiceCE_criticLr1e3,
+    classes = {c.__name__: c for c in (
         AblationMCC, AblationMCC_lr1e3, AblationMCC_perSample, AblationMCC_withBG, AblationMCC_eps1e6,
-        AblationMCC_missed, AblationDCCE, AblationMCCCE, AblationCE, AblationDice, AblationGWDL, AblationGWDL_zeroOne,
-        AblationGWDL_brats, AblationGWDL_GDL, AblationGWDL_lr1e3, AblationGWDL_missed, AblationGWDL_missedPerSample,
-        AblationGWDL_perSample, AblationGWDLCE, AblationGWDLCE_GDL, AblationGWDLCE_brats, AblationGWDLCE_zeroOne,
-        AblationGWDLCE_missed)}
+        AblationMCC_missed, AblationDCCE, AblationMCCCE, AblationCE, AblationDice, AblationGWDL, AblationGWDL_lr1e3,
+        AblationGWDL_missedPerSample, AblationGWDL_perSample, AblationGWDLCE, *one_setting, AblationSegAN,
+        AblationSegAN_lambda0, AblationSegAN_lambda01, AblationSegAN_warmup, AblationSegAN_criticLr1e3,
+        AblationSegAN_DiceCE, AblationSegAN_DiceCE_criticLr1e3)}
     return {variant: classes[class_name] for variant, (class_name, _) in variants.items()}

@@ -162,19 +162,45 @@ def snapshot_epochs_from_env(environ=os.environ) -> List[int]:
     return epochs
 
 
-def seed_from_env(environ=os.environ) -> Optional[int]:
-    value = environ.get(SEED_VARIABLE, "").strip()
+def _number_from_env(name: str, convert, kind: str, environ) -> Optional[float]:
+    """``convert`` of the variable's value, None when unset; UserError naming the variable otherwise."""
+    value = environ.get(name, "").strip()
     if not value:
         return None
     try:
-        return int(value)
+        return convert(value)
     except ValueError:
-        raise UserError(f"environment variable {SEED_VARIABLE}={value!r} must be a whole number") from None
+        raise UserError(f"environment variable {name}={value!r} must be {kind}") from None
+
+
+def seed_from_env(environ=os.environ) -> Optional[int]:
+    return _number_from_env(SEED_VARIABLE, int, "a whole number", environ)
+
+
+def torch_threads_from_env(environ=os.environ) -> int:
+    """Torch threads of an in-process worker (0, the default: torch's own choice)."""
+    value = environ.get(TORCH_THREADS_VARIABLE, "").strip()
+    if not value or value == "0":
+        return 0
+    return positive_int(value, f"environment variable {TORCH_THREADS_VARIABLE}={value!r}", " or 0")
+
+
+def segan_lambda_from_env(environ=os.environ) -> Optional[float]:
+    """SegAN's adversarial weight from ``NNUNET_MCC_SEGAN_LAMBDA`` (None when unset; the trainer checks >= 0)."""
+    return _number_from_env(SEGAN_LAMBDA_VARIABLE, float, "a number", environ)
+
+
+def critic_mode_from_env(environ=os.environ) -> Optional[str]:
+    """SegAN's critic mode from ``NNUNET_MCC_CRITIC_MODE`` (None when unset; the trainer checks the name)."""
+    return environ.get(CRITIC_MODE_VARIABLE, "").strip() or None
 
 
 def check_environment(environ=os.environ) -> None:
-    """Every ``NNUNET_MCC_*`` knob the trainers read, parsed as they parse it: the first bad one is a UserError."""
+    """Every ``NNUNET_MCC_*`` knob the trainers read, parsed as they parse it: the first bad one is a UserError.
+    (The loss settings' values are checked against each trainer by its ``identity_settings`` as well.)"""
     for name in list(BUDGET_VARIABLES.values()) + list(SCHEDULE_VARIABLES.values()):
         positive_int_from_env(name, environ)
     snapshot_epochs_from_env(environ)
     seed_from_env(environ)
+    torch_threads_from_env(environ)
+    segan_lambda_from_env(environ)

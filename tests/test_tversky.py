@@ -137,37 +137,33 @@ def _ddp_data():
     return torch.randn(4, 1, 16, 16, generator=g), labels
 
 
+def _shifted(logits: torch.Tensor) -> torch.Tensor:
+    """Class 2 pushed 30 below the others in every sample: missed on both ranks, so the gate pools over them."""
+    shift = torch.zeros_like(logits)
+    shift[:, 2] = -30
+    return logits + shift
+
+
 def _tversky_ddp_worker(rank, world):
-    import torch.distributed as dist
+    from ddp_harness import mean_loss_and_grads
 
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(1, 3, 3, padding=1)
-    model = torch.nn.parallel.DistributedDataParallel(conv)
     image, labels = _ddp_data()
     part = slice(rank * 2, rank * 2 + 2)
-    shift = torch.zeros(2, 3, 16, 16)
-    shift[:, 2] = -30  # class 2 missed on both ranks: the gate pools over them
-    value = TverskyLoss("softmax", gamma=4 / 3, batch=True, ddp=True, missed_weight=1.0)(model(image[part]) + shift,
-                                                                                          labels[part])
-    value.backward()
-    total = value.detach().clone()
-    dist.all_reduce(total)
-    return {"loss": total / world, "grads": [p.grad.clone() for p in conv.parameters()]}
+    model = torch.nn.parallel.DistributedDataParallel(conv)  # kept alive: its hooks average the gradients
+    loss = TverskyLoss("softmax", gamma=4 / 3, batch=True, ddp=True, missed_weight=1.0)
+    return mean_loss_and_grads(loss(_shifted(model(image[part])), labels[part]), conv)
 
 
 @pytest.mark.e2e  # spawns gloo processes
 def test_pooled_over_two_ddp_ranks_equals_one_process(tmp_path):
-    from ddp_harness import run_ranks
+    from ddp_harness import assert_one_process_matches, run_ranks
 
-    ddp = run_ranks(_tversky_ddp_worker, 2, tmp_path)[0]
+    ranks = run_ranks(_tversky_ddp_worker, 2, tmp_path)
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(1, 3, 3, padding=1)
     image, labels = _ddp_data()
-    shift = torch.zeros(4, 3, 16, 16)
-    shift[:, 2] = -30
-    value = TverskyLoss("softmax", gamma=4 / 3, batch=True, missed_weight=1.0)(conv(image) + shift, labels)
-    value.backward()
+    value = TverskyLoss("softmax", gamma=4 / 3, batch=True, missed_weight=1.0)(_shifted(conv(image)), labels)
     assert float(value.detach()) > 1  # the gate is on
-    assert ddp["loss"].item() == pytest.approx(value.item(), rel=1e-6)
-    for got, expected in zip(ddp["grads"], [p.grad for p in conv.parameters()]):
-        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-4)
+    assert_one_process_matches(ranks[0], value, conv)

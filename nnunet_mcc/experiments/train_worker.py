@@ -14,9 +14,9 @@ import traceback
 
 def main() -> int:
     status = os.fdopen(os.dup(1), "w", buffering=1)
-    from nnunet_mcc.budget import TORCH_THREADS_VARIABLE
+    from nnunet_mcc.budget import torch_threads_from_env
 
-    threads = int(os.environ.get(TORCH_THREADS_VARIABLE, "0") or 0)
+    threads = torch_threads_from_env()
     import torch
     from nnunetv2.run.run_training import run_training
 

@@ -38,6 +38,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.budget import CRITIC_MODE_VARIABLE, SEGAN_LAMBDA_VARIABLE as LAMBDA_VARIABLE
+from nnunet_mcc.budget import critic_mode_from_env, segan_lambda_from_env
 from nnunet_mcc.losses.segan import adversarial_l1, mask_input, multiscale_l1
 from nnunet_mcc.losses.weighted_ce import MaskedBCEWithLogits
 from nnunet_mcc.networks.segan_critic import CRITIC_MODES, SegANCritic
@@ -141,15 +142,12 @@ class nnUNetTrainerSegAN(ComparisonTrainer):
     def lambda_and_mode(cls, environ=os.environ):
         """``segan_lambda`` and ``critic_mode`` of a run of this class (``NNUNET_MCC_SEGAN_LAMBDA`` and
         ``NNUNET_MCC_CRITIC_MODE`` win); UserError naming the variable for a bad value."""
-        lam, mode = environ.get(LAMBDA_VARIABLE, "").strip(), environ.get(CRITIC_MODE_VARIABLE, "").strip()
-        try:
-            segan_lambda = float(lam) if lam else float(cls.segan_lambda)
-        except ValueError:
-            raise UserError(f"environment variable {LAMBDA_VARIABLE}={lam!r} must be a number") from None
+        from_env = segan_lambda_from_env(environ)
+        segan_lambda = float(cls.segan_lambda) if from_env is None else from_env
         if not segan_lambda >= 0:
             raise UserError(f"{cls.__name__}: the SegAN weight must be >= 0, got {segan_lambda}"
-                            + (f" ({LAMBDA_VARIABLE})" if lam else ""))
-        mode = mode or cls.critic_mode
+                            + (f" ({LAMBDA_VARIABLE})" if from_env is not None else ""))
+        mode = critic_mode_from_env(environ) or cls.critic_mode
         if mode not in CRITIC_MODES:
             raise UserError(f"{cls.__name__}: critic mode {mode!r} ({CRITIC_MODE_VARIABLE}) must be one of "
                             f"{', '.join(CRITIC_MODES)}")
