@@ -37,6 +37,7 @@ import pandas as pd
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.experiments import convergence, report, results, stats
 from nnunet_mcc.experiments.collect import FINAL, METRICS, SNAPSHOT, Collected, collect
+from nnunet_mcc.experiments.plots import plot_distributions, plot_learning_curves
 from nnunet_mcc.fileio import atomic_folder
 
 TESTED_METRICS = ("Dice", "MCC")
@@ -396,10 +397,10 @@ def _write_report(output: str, data: Collected, tidy: pd.DataFrame, page: "repor
             os.makedirs(os.path.join(tmp, "plots"))
             final = seed_average(tidy[(tidy["stage"] == FINAL) & tidy["case"].isin(page.cases)])
             for metric in TESTED_METRICS:
-                report.plot_distributions(os.path.join(tmp, "plots", f"per_case_{metric.lower()}.png"),
+                plot_distributions(os.path.join(tmp, "plots", f"per_case_{metric.lower()}.png"),
                                           final[final["metric"] == metric], page.trainers, page.classes, metric)
             if len(data.curves):
-                report.plot_learning_curves(os.path.join(tmp, "plots", "learning_curves.png"), data.curves,
+                plot_learning_curves(os.path.join(tmp, "plots", "learning_curves.png"), data.curves,
                                             page.trainers)
             markdown += "\n\n## Plots\n\n" + "\n".join(
                 f"![{n}](plots/{n})" for n in sorted(os.listdir(os.path.join(tmp, "plots"))))
