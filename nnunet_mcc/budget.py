@@ -185,6 +185,21 @@ def torch_threads_from_env(environ=os.environ) -> int:
     return positive_int(value, f"environment variable {TORCH_THREADS_VARIABLE}={value!r}", " or 0")
 
 
+def train_command_from_env(given: Optional[str] = None, environ=os.environ) -> Optional[List[str]]:
+    """The train executable and leading arguments crossval runs: ``given`` (``--train-command``), else
+    ``NNUNET_MCC_TRAIN_COMMAND``, split as a shell would; None for nnU-Net's own ``nnUNetv2_train``."""
+    import shlex
+
+    command = (given or environ.get(TRAIN_COMMAND_VARIABLE, "")).strip()
+    if not command:
+        return None
+    try:
+        return shlex.split(command)
+    except ValueError as e:
+        raise UserError(f"{'--train-command' if given else TRAIN_COMMAND_VARIABLE}={command!r} cannot be split "
+                        f"into a command ({e})") from None
+
+
 def segan_lambda_from_env(environ=os.environ) -> Optional[float]:
     """SegAN's adversarial weight from ``NNUNET_MCC_SEGAN_LAMBDA`` (None when unset; the trainer checks >= 0)."""
     return _number_from_env(SEGAN_LAMBDA_VARIABLE, float, "a number", environ)

@@ -4,7 +4,6 @@ every case succeeded (:func:`nnunet_mcc.fileio.atomic_folder`), the summary, and
 options."""
 
 import errno
-import json
 import os
 import re
 import signal
@@ -71,11 +70,12 @@ def write_dataset_json(folder: str, channel_names: Dict[int, str], labels: Dict[
     path = os.path.join(folder, "dataset.json")
     try:
         generate_dataset_json(folder, dict(channel_names), dict(labels), num_training, file_ending, **extra)
-        with open(path) as f:
-            content = json.load(f)
-    except (OSError, ValueError) as e:  # ValueError: cut short by a full disk or a file-size limit
-        cause = fileio.os_error_cause(e) if isinstance(e, OSError) else "written incompletely"
-        raise UserError(f"{path}: cannot write dataset.json ({cause})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot write dataset.json ({fileio.os_error_cause(e)})") from None
+    try:
+        content = fileio.read_json(path, "dataset.json")
+    except UserError:  # cut short by a full disk or a file-size limit
+        raise UserError(f"{path}: cannot write dataset.json (written incompletely)") from None
     fileio.write_json(path, content, what="dataset.json")
 
 

@@ -24,7 +24,6 @@ Run: ``nnunet-mcc convert podocyte SRC [-d 503] [--mask-map ...] [--classes ...]
 """
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -35,6 +34,7 @@ import numpy as np
 
 from nnunet_mcc.dataset_conversion import common
 from nnunet_mcc.dataset_conversion.common import Case, CaseResult, UserError
+from nnunet_mcc.fileio import read_json
 
 DEFAULT_ID, DEFAULT_NAME = 503, "Podocyte"
 DEFAULT_CLASSES = ("background", "glomeruli", "podocyte", "non_podocyte")
@@ -73,11 +73,10 @@ def parse_mask_map(spec: Optional[str], classes: Sequence[str]) -> Optional[Dict
     where = "--mask-map"
     if os.path.isfile(spec):
         where = spec
-        try:
-            with open(spec) as f:
-                items = [(str(k), str(v)) for k, v in json.load(f).items()]
-        except (OSError, ValueError, AttributeError) as e:
-            raise UserError(f"{spec}: cannot read mask map ({e})") from None
+        content = read_json(spec, "mask map")
+        if not isinstance(content, dict):
+            raise UserError(f"{spec}: cannot read mask map (a JSON object of image name -> mask name is needed)")
+        items = [(str(k), str(v)) for k, v in content.items()]
     else:
         items = []
         for entry in re.split(r"[,;]", spec):

@@ -38,7 +38,8 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 from nnunet_mcc.budget import (BUDGET_OPTIONS, BUDGET_VARIABLES, SEED_VARIABLE, TRAIN_COMMAND_VARIABLE,
-                               check_environment, run_environment, seed_from_env, seed_variant_name, split_seed)
+                               check_environment, run_environment, seed_from_env, seed_variant_name, split_seed,
+                               train_command_from_env)
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.experiments import results
 from nnunet_mcc.experiments.runner import RESUME, SKIP, TRAIN, VALIDATE, Run, run_pending
@@ -93,9 +94,9 @@ def run(args) -> int:
 
 
 def train_executable(train_command: Optional[str] = None) -> List[str]:
-    command = train_command or os.environ.get(TRAIN_COMMAND_VARIABLE)
+    command = train_command_from_env(train_command)
     if command:
-        return shlex.split(command)
+        return command
     beside_python = os.path.join(os.path.dirname(sys.executable), "nnUNetv2_train")
     if os.path.isfile(beside_python):
         return [beside_python]
@@ -339,7 +340,7 @@ def crossval(dataset: str, configuration: str, trainers: Sequence[str], folds: S
     if jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {jobs}")
     extra_env = run_environment(budget, snapshot_epochs)
-    custom = bool(train_command or os.environ.get(TRAIN_COMMAND_VARIABLE))
+    custom = train_command_from_env(train_command) is not None
     if in_process and custom:
         raise UserError("--in-process runs nnU-Net's own training function: it cannot use --train-command")
     if retrain_mismatched and (script or slurm):

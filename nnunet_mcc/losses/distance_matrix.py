@@ -16,12 +16,13 @@ Sources, in the order :func:`resolve_distance_matrix` tries them:
    more, a voxel given to a wrong foreground label counts as one missed voxel).
 """
 
-import json
 import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from nnunet_mcc.errors import UserError
+from nnunet_mcc.fileio import read_json
 from nnunet_mcc.labels import BRATS_LABEL_NAMES, DatasetLabelsError, checked_region, label_names_by_value
 
 # Fidon et al. 2017, in the BraTS label space (nnunet_mcc.labels.BRATS_LABELS)
@@ -174,10 +175,9 @@ def load_matrix_file(path: str, label_names: Sequence[str]) -> np.ndarray:
     if not os.path.isfile(path):
         raise DistanceMatrixError(f"distance matrix file {path} does not exist")
     try:
-        with open(path) as f:
-            content = json.load(f)
-    except (OSError, ValueError) as e:
-        raise DistanceMatrixError(f"distance matrix file {path} is not valid JSON: {e}") from None
+        content = read_json(path, "distance matrix file")
+    except UserError as e:
+        raise DistanceMatrixError(str(e)) from None
     return matrix_from_names(content, label_names, source=f"distance matrix file {path}")
 
 

@@ -22,6 +22,7 @@ the epochs (docs/segan.md shows the measured effect). The critic and its optimiz
 inference needs nothing of the critic.
 """
 
+import io
 import os
 from contextlib import nullcontext
 from typing import List, Optional, Sequence
@@ -36,9 +37,10 @@ from torch import autocast, nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nnunet_mcc.errors import UserError
 from nnunet_mcc.budget import CRITIC_MODE_VARIABLE, SEGAN_LAMBDA_VARIABLE as LAMBDA_VARIABLE
 from nnunet_mcc.budget import critic_mode_from_env, segan_lambda_from_env
+from nnunet_mcc.errors import UserError
+from nnunet_mcc.fileio import write_bytes
 from nnunet_mcc.losses.segan import adversarial_l1, mask_input, multiscale_l1
 from nnunet_mcc.losses.weighted_ce import MaskedBCEWithLogits
 from nnunet_mcc.networks.segan_critic import CRITIC_MODES, SegANCritic
@@ -300,8 +302,8 @@ class nnUNetTrainerSegAN(ComparisonTrainer):
                 "settings": self.critic_settings()}
 
     def save_checkpoint(self, filename: str) -> None:
-        """nnU-Net's checkpoint (same keys, so stock inference reads it) plus the critic's state,
-        written to a temporary file first so an interrupted save never leaves a broken checkpoint."""
+        """nnU-Net's checkpoint (same keys, so stock inference reads it) plus the critic's state, written through
+        ``fileio`` (a temporary file first, verified), so an interrupted save never leaves a broken checkpoint."""
         if self.local_rank != 0:
             return
         if self.disable_checkpointing:
@@ -322,9 +324,9 @@ class nnUNetTrainerSegAN(ComparisonTrainer):
             "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
             CHECKPOINT_KEY: self.critic_state(),
         }
-        partial = filename + ".partial"
-        torch.save(checkpoint, partial)
-        os.replace(partial, filename)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        write_bytes(filename, buffer.getvalue(), "checkpoint")  # atomic, read back and compared
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)
