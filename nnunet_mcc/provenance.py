@@ -60,3 +60,23 @@ def recorded_budget(fold_folder: str) -> Dict[str, int]:
     if record is not None:
         return {key: int(record["budget"][key]) for key in BUDGET_KEYS}
     return budget_from_debug_json(fold_folder)
+
+
+# the scheduler's variables a run records (SLURM's, when it runs in a job)
+SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT",
+                   "SLURM_CPUS_PER_TASK", "SLURM_JOB_PARTITION")
+# nnU-Net's worker counts: final validation/export (default 8) and data augmentation (default min(12, cores))
+WORKER_VARIABLES = ("nnUNet_def_n_proc", "nnUNet_n_proc_DA")
+
+
+def allocation(environ=os.environ) -> Dict[str, object]:
+    """What the run may use and what it was told to use: the cores it may run on (CPU affinity), SLURM's job
+    variables that are set, and nnU-Net's worker counts (None: nnU-Net's defaults)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count()
+    record: Dict[str, object] = {"cpus_available": cores}
+    record.update({name.lower(): environ[name] for name in SLURM_VARIABLES if environ.get(name)})
+    record.update({name: environ.get(name) or None for name in WORKER_VARIABLES})
+    return record

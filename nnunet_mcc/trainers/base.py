@@ -51,11 +51,12 @@ from nnunet_mcc.losses.base import ConfusionLoss
 from nnunet_mcc.losses.targets import TargetFormat
 from nnunet_mcc.metrics import mcc_score
 from nnunet_mcc.trainers.cost import RunCost
+from nnunet_mcc.trainers.preemption import Preemption
 from nnunet_mcc.trainers.progress import MCCLocalLogger, jsonable
 from nnunet_mcc.trainers.snapshots import Snapshots
 
 
-class ComparisonTrainer(RunCost, Snapshots, nnUNetTrainer):
+class ComparisonTrainer(RunCost, Snapshots, Preemption, nnUNetTrainer):
     """Base of this package's trainers (see the module docstring). Loss unchanged: Dice + CE."""
 
     budget_epochs: Optional[int] = None
@@ -220,6 +221,8 @@ class ComparisonTrainer(RunCost, Snapshots, nnUNetTrainer):
             "identity": type(self).identity_settings(self.dataset_json),
             "snapshot_epochs": list(self.snapshot_epochs),
             "started_at_epoch": int(self.current_epoch),
+            "interruptions": list(self.interruptions),
+            "allocation": provenance.allocation(),
         }
 
     def on_train_start(self):
@@ -230,8 +233,14 @@ class ComparisonTrainer(RunCost, Snapshots, nnUNetTrainer):
             raise SystemExit(2)
         self._start_cost()
         super().on_train_start()  # nnU-Net writes debug.json here
+        self._load_interruptions()
         if self.local_rank == 0:
             write_json(join(self.output_folder, provenance.PROVENANCE_FILE), self.provenance(), "run record")
+        self._install_stop_handlers()
+
+    def on_train_end(self):
+        self._restore_handlers()
+        super().on_train_end()
 
     def _write_log(self) -> None:
         series = self.logger.local_logger.my_fantastic_logging
@@ -239,7 +248,7 @@ class ComparisonTrainer(RunCost, Snapshots, nnUNetTrainer):
                    {"format": provenance.FORMAT, "trainer": type(self).__name__,
                     "iterations_per_epoch": int(self.num_iterations_per_epoch),
                     "epochs_completed": int(self.current_epoch),
-                    "cost": self.cost(),
+                    "cost": self.cost(), "interruptions": list(self.interruptions),
                     "series": {key: jsonable(values) for key, values in series.items()}}, "training log")
 
     # ---- loss helpers for subclasses ---------------------------------------------------------
@@ -321,3 +330,6 @@ class ComparisonTrainer(RunCost, Snapshots, nnUNetTrainer):
             self.save_checkpoint(join(self.output_folder, f"checkpoint_epoch_{finished_epoch}.pth"))
             self.current_epoch += 1
             self.validate_snapshot(finished_epoch)
+        stop = self.stop_requested()
+        if stop is not None and self.current_epoch < self.num_epochs:
+            self.stop_at_epoch_boundary(stop)
