@@ -42,8 +42,10 @@ from nnunet_mcc.budget import (BUDGET_OPTIONS, BUDGET_VARIABLES, SEED_VARIABLE, 
                                train_command_from_env)
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.experiments import results
-from nnunet_mcc.experiments.runner import RESUME, SKIP, TRAIN, VALIDATE, Run, run_pending
-from nnunet_mcc.experiments.scripts import shell_script, write_executable
+from nnunet_mcc.experiments.runner import RESUME, SKIP, TRAIN, VALIDATE, Run, run_pending, state_text
+from nnunet_mcc.experiments.scripts import (DEFAULT_REQUEUES, DEFAULT_SIGNAL_MARGIN, compare_job_script, shell_script,
+                                            write_executable)
+from nnunet_mcc.experiments.scripts import submit as submit_jobs
 from nnunet_mcc.fileio import os_error_cause, read_json, write_json
 
 
@@ -82,6 +84,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slurm", metavar="FILE", help="write a SLURM job-array script, one task per run")
     parser.add_argument("--slurm-option", action="append", default=[], metavar="OPTION",
                         help="extra '#SBATCH OPTION' line for --slurm (repeatable), e.g. --slurm-option=--time=48:00:00")
+    parser.add_argument("--slurm-signal-margin", type=int, default=DEFAULT_SIGNAL_MARGIN, metavar="SECONDS",
+                        help="--slurm: ask for SIGUSR1 this long before the time limit, then stop after the epoch, "
+                             f"checkpoint and requeue (default {DEFAULT_SIGNAL_MARGIN}; longer than an epoch; "
+                             "0: no warning, no requeue)")
+    parser.add_argument("--slurm-requeues", type=int, default=DEFAULT_REQUEUES, metavar="N",
+                        help=f"--slurm: requeue a task at most N times (default {DEFAULT_REQUEUES})")
+    parser.add_argument("--submit", action="store_true",
+                        help="--slurm: submit the array with sbatch, and a compare job that runs when it has ended")
 
 
 def run(args) -> int:
@@ -90,7 +100,8 @@ def run(args) -> int:
                     device=args.device, npz=args.npz, jobs=args.jobs, budget=budget,
                     snapshot_epochs=args.snapshot_epochs, train_command=args.train_command,
                     in_process=args.in_process, dry_run=args.dry_run, retrain_mismatched=args.retrain_mismatched,
-                    script=args.write_script, slurm=args.slurm, slurm_options=args.slurm_option, seeds=args.seeds)
+                    script=args.write_script, slurm=args.slurm, slurm_options=args.slurm_option, seeds=args.seeds,
+                    signal_margin=args.slurm_signal_margin, max_requeues=args.slurm_requeues, submit=args.submit)
 
 
 def train_executable(train_command: Optional[str] = None) -> List[str]:
@@ -334,7 +345,8 @@ def crossval(dataset: str, configuration: str, trainers: Sequence[str], folds: S
              train_command: Optional[str] = None, in_process: bool = False, dry_run: bool = False,
              retrain_mismatched: bool = False, script: Optional[str] = None, slurm: Optional[str] = None,
              slurm_options: Sequence[str] = (), check_trainers: Optional[bool] = None,
-             seeds: Optional[Sequence[int]] = None, log=print) -> int:
+             seeds: Optional[Sequence[int]] = None, signal_margin: int = DEFAULT_SIGNAL_MARGIN,
+             max_requeues: int = DEFAULT_REQUEUES, submit: bool = False, log=print) -> int:
     """Returns 0 when every run is finished, 1 when some failed (listed at the end). With ``seeds`` every trainer is
     trained once per seed, as ``<Trainer>_seed<S>``."""
     if jobs < 1:
@@ -343,10 +355,16 @@ def crossval(dataset: str, configuration: str, trainers: Sequence[str], folds: S
     custom = train_command_from_env(train_command) is not None
     if in_process and custom:
         raise UserError("--in-process runs nnU-Net's own training function: it cannot use --train-command")
+    if submit and not slurm:
+        raise UserError("--submit submits the --slurm script: give --slurm FILE")
+    if signal_margin < 0 or max_requeues < 0:
+        raise UserError(f"--slurm-signal-margin and --slurm-requeues must be >= 0, got {signal_margin} and "
+                        f"{max_requeues}")
     if retrain_mismatched and (script or slurm):
         raise UserError("--retrain-mismatched moves fold folders aside here: run it without --write-script/--slurm "
                         "(or move the folders aside yourself)")
     check_seeds(trainers, seeds)
+    asked_trainers = list(trainers)  # before --seeds turns them into their seeded variants
     dataset_name = check_inputs(dataset, configuration, trainers, folds, plans)
     env = dict(os.environ, **extra_env)
     check_environment(env)  # every NNUNET_MCC_* knob the runs will read, before anything starts
@@ -388,11 +406,24 @@ def crossval(dataset: str, configuration: str, trainers: Sequence[str], folds: S
             log(f"{r.trainer} fold {r.fold}: {r.mismatch}: moved aside to {target}")
         r.action = TRAIN
         r.command = command_for(executable, dataset_name, configuration, r.fold, r.trainer, plans, device, npz, TRAIN)
+    if script:
+        write_executable(script, shell_script(runs, extra_env, None))
+        log(f"wrote {script} ({len(runs)} runs)")
+    if slurm:
+        compare_script = os.path.splitext(slurm)[0] + "_compare.sh"
+        write_executable(slurm, shell_script(runs, extra_env, slurm_options or (), signal_margin, max_requeues,
+                                             script_path=slurm, compare_script=compare_script))
+        common = ["-d", dataset_name, "-c", configuration, "-tr", *asked_trainers, "-p", plans,
+                  "-f", *map(str, folds)]
+        crossval_only = [f"--{name.replace('_', '-')}={value}" for name, value in (budget or {}).items()
+                         if value is not None] + ["-device", device]
+        crossval_only += ["--seeds", *map(str, seeds)] if seeds else []
+        crossval_only += ["--snapshot-epochs", *map(str, snapshot_epochs)] if snapshot_epochs else []
+        write_executable(compare_script, compare_job_script(common + crossval_only, common, slurm_options or ()))
+        log(f"wrote {slurm} ({len(runs)} array tasks) and {compare_script} (the comparison, after the array)")
+        if submit:
+            submit_jobs(slurm, compare_script, log)
     if script or slurm:
-        for path, slurm_lines in ((script, None), (slurm, slurm_options or ())):
-            if path:
-                write_executable(path, shell_script(runs, extra_env, slurm_lines))
-                log(f"wrote {path} ({len(runs)} runs)")
         return 0
     pending = [r for r in runs if r.action != SKIP]
     if seeds and dry_run:
@@ -401,7 +432,8 @@ def crossval(dataset: str, configuration: str, trainers: Sequence[str], folds: S
     for r in runs:
         if dry_run or r.action == SKIP:
             trained = f", trained {r.recorded.short()}" if r.recorded else ""
-            log(f"{r.trainer} fold {r.fold}: {r.action}{trained}" +
+            state = f" ({state_text(r)})" if dry_run and r.action != SKIP else ""  # skipped: finished
+            log(f"{r.trainer} fold {r.fold}: {r.action}{state}{trained}" +
                 ("" if r.action == SKIP else f"  $ {shlex.join(r.command)}"))
     if dry_run:
         if extra_env:

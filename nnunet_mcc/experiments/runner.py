@@ -33,6 +33,25 @@ class Run:
     note: Optional[str] = None                  # what could not be checked
 
 
+def state_text(r: Run) -> str:
+    """What a run's folder says about it, for ``crossval --dry-run``: finished, trained but not validated,
+    interrupted (after which epoch, by what), or not started."""
+    if r.action == SKIP:
+        return "finished"
+    if r.action == VALIDATE:
+        return "trained, not validated"
+    if r.action == RESUME:
+        try:
+            with open(os.path.join(r.folder, provenance.LOG_FILE)) as handle:
+                log = json.load(handle)
+            stops = [i for i in log.get("interruptions") or [] if isinstance(i, dict)]
+            by = f", stopped by {stops[-1].get('signal')}" if stops else ""
+            return f"interrupted after epoch {int(log['epochs_completed'])}{by}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "interrupted"
+    return "started, no checkpoint" if os.path.isdir(r.folder) and os.listdir(r.folder) else "not started"
+
+
 def run_pending(pending: Sequence[Run], env: Dict[str, str], jobs: int, log_folder: str, *, in_process: bool = False,
                 device: str = "cpu", epochs: Optional[Dict[str, Optional[int]]] = None, log=print,
                 worker_job: Optional[Dict[str, object]] = None) -> List[Tuple[Run, str, str]]:
