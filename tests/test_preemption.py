@@ -103,3 +103,25 @@ def test_a_signal_stops_at_an_epoch_boundary_and_the_run_resumes_exactly(prepare
     run(_train_command(dataset, resume=True), again_env)
     _assert_same(_weights(os.path.join(fold, "checkpoint_final.pth")),
                  _weights(os.path.join(again, "checkpoint_final.pth")))
+
+
+class _Rank:
+    """What ``Preemption.stop_requested`` reads of a trainer under DDP."""
+    is_ddp = True
+    device = torch.device("cpu")
+
+    def __init__(self, stop_signal):
+        self._stop_signal = stop_signal
+
+
+def _stop_worker(rank, world):
+    from nnunet_mcc.trainers.preemption import Preemption
+
+    # only rank 1 got the signal; every rank must stop after the same epoch
+    return Preemption.stop_requested(_Rank(signal.SIGUSR1 if rank == 1 else None))
+
+
+def test_every_ddp_rank_stops_when_one_was_signalled(tmp_path):
+    from ddp_harness import run_ranks
+
+    assert run_ranks(_stop_worker, 2, tmp_path) == ["SIGUSR1", "SIGUSR1"]
