@@ -82,6 +82,8 @@ supervised() {
 
 # nnU-Net's worker counts from the task's cores (see the module docstring)
 _ALLOCATION = r'''
+# nnU-Net's worker processes within this task's allocation, unless set: cores = SLURM_CPUS_PER_TASK, else the
+# CPU affinity; export workers = cores, augmentation workers = cores - 1 (0: augmentation in the training process)
 cores="${SLURM_CPUS_PER_TASK:-$(python3 -c 'import os; print(len(os.sched_getaffinity(0)))' 2>/dev/null || nproc)}"
 export nnUNet_def_n_proc="${nnUNet_def_n_proc:-$cores}"
 export nnUNet_n_proc_DA="${nnUNet_n_proc_DA:-$(( cores > 1 ? cores - 1 : 0 ))}"
