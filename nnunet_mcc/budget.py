@@ -48,7 +48,9 @@ SNAPSHOT_VARIABLE = "NNUNET_MCC_SNAPSHOT_EPOCHS"
 SEED_VARIABLE = "NNUNET_MCC_SEED"
 # set by ``nnunet-mcc crossval`` for the runs it starts: how many runs share this machine (the run's cost record)
 JOBS_VARIABLE = "NNUNET_MCC_JOBS"
-# torch threads of each ``crossval --in-process`` worker (0: torch's default)
+# torch threads of a run of this package's trainers, and of each ``crossval --in-process`` worker (unset or 0:
+# nnU-Net's choice, every core of the machine on the CPU); 1 makes a seeded CPU run repeatable bit for bit even
+# on a busy machine (several threads may sum a convolution's gradient in another order)
 TORCH_THREADS_VARIABLE = "NNUNET_MCC_TORCH_THREADS"
 # the train executable and leading arguments ``crossval`` runs (default: nnUNetv2_train)
 TRAIN_COMMAND_VARIABLE = "NNUNET_MCC_TRAIN_COMMAND"
@@ -178,7 +180,7 @@ def seed_from_env(environ=os.environ) -> Optional[int]:
 
 
 def torch_threads_from_env(environ=os.environ) -> int:
-    """Torch threads of an in-process worker (0, the default: torch's own choice)."""
+    """Torch threads of a run (0, the default: nnU-Net's and torch's own choice)."""
     value = environ.get(TORCH_THREADS_VARIABLE, "").strip()
     if not value or value == "0":
         return 0

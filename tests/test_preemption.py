@@ -55,7 +55,9 @@ def _assert_same(a: dict, b: dict) -> None:
 
 def test_a_signal_stops_at_an_epoch_boundary_and_the_run_resumes_exactly(prepared, nnunet_env, tmp_path):
     dataset = prepared("2d_multiclass")
-    env = dict(nnunet_env, NNUNET_MCC_EPOCHS=str(EPOCHS), NNUNET_MCC_ITERATIONS="2", NNUNET_MCC_VAL_ITERATIONS="1")
+    # one torch thread: several may sum a gradient in another order on a busy machine
+    env = dict(nnunet_env, NNUNET_MCC_EPOCHS=str(EPOCHS), NNUNET_MCC_ITERATIONS="2", NNUNET_MCC_VAL_ITERATIONS="1",
+               NNUNET_MCC_TORCH_THREADS="1")
     fold = trainer_output(env["nnUNet_results"], dataset, TRAINER, "2d_small")
 
     # SIGUSR1 once the first epoch is logged: the run ends its epoch, checkpoints and exits 75
@@ -85,6 +87,7 @@ def test_a_signal_stops_at_an_epoch_boundary_and_the_run_resumes_exactly(prepare
     assert log["epochs_completed"] == EPOCHS and [i["after_epoch"] for i in log["interruptions"]] == [k]
     assert record["started_at_epoch"] == k and record["interruptions"] == log["interruptions"]
     assert record["allocation"]["cpus_available"] >= 1 and record["allocation"]["nnUNet_n_proc_DA"] == "0"
+    assert log["cost"]["torch_threads"] == 1  # NNUNET_MCC_TORCH_THREADS over nnUNetv2_train's every-core default
     assert os.path.isfile(os.path.join(fold, "validation", "summary.json"))
 
     # an uninterrupted run with the same seed: its state after epoch k is the checkpoint the signal wrote

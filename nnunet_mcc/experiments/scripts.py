@@ -58,9 +58,11 @@ supervised() { "$@"; }
 # the batch shell gets SLURM's signals: it runs the training in the background, passes them on, and waits
 _SUPERVISED = r'''
 SIGNALLED=""
+TRAPPED=""
 CHILD=""
 forward() {
     SIGNALLED="$1"
+    TRAPPED=1
     echo "nnunet-mcc: SIG$1 received, passing it to the training (it stops after its current epoch)"
     if [ -n "$CHILD" ]; then kill -"$1" "$CHILD" 2>/dev/null; fi
 }
@@ -72,8 +74,11 @@ supervised() {
     if [ -n "$SIGNALLED" ]; then kill -"$SIGNALLED" "$CHILD" 2>/dev/null; fi
     local status
     while true; do
+        TRAPPED=""
         wait "$CHILD"; status=$?
-        kill -0 "$CHILD" 2>/dev/null || break  # a trapped signal ended the wait, not the training
+        # a trapped signal ends the wait, not the training: wait again, which returns the training's own status
+        # once it has ended (also when it ended in the meantime)
+        [ -z "$TRAPPED" ] && break
     done
     CHILD=""
     return $status

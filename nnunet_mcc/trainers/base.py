@@ -43,7 +43,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mcc import __version__, provenance
 from nnunet_mcc.budget import (BUDGET_KEYS, BUDGET_VARIABLES, NNUNET_DEFAULT_BUDGET, SCHEDULE_VARIABLES, SEED_VARIABLE,
-                               describe_budget, positive_int_from_env, seed_from_env,
+                               describe_budget, positive_int_from_env, seed_from_env, torch_threads_from_env,
                                snapshot_epochs_from_env)
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.fileio import write_json
@@ -231,6 +231,9 @@ class ComparisonTrainer(RunCost, Snapshots, Preemption, nnUNetTrainer):
             self.print_to_log_file(refusal, also_print_to_console=False)
             print(refusal, file=sys.stderr)
             raise SystemExit(2)
+        threads = torch_threads_from_env()
+        if threads:  # after nnUNetv2_train's torch.set_num_threads(cpu_count) on the CPU
+            torch.set_num_threads(threads)
         self._start_cost()
         super().on_train_start()  # nnU-Net writes debug.json here
         self._load_interruptions()
