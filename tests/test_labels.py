@@ -50,3 +50,15 @@ def test_the_distance_matrix_reads_the_same_labels_and_the_brats_names_once():
     from nnunet_mcc.dataset_conversion import brats15
 
     assert brats15.BRATS_LABELS is labels.BRATS_LABELS
+
+
+def test_the_target_form_from_dataset_json_agrees_with_nnunets_label_manager():
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+    from nnunet_mcc.losses.targets import TargetFormat
+
+    regions = {"labels": {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": 3, "ignore": 4},
+               "regions_class_order": [1, 2, 3]}
+    for dataset_json in (BRATS_LIKE, regions, {"labels": {"background": 0, "a": 1}}):
+        manager = LabelManager(dataset_json["labels"], dataset_json.get("regions_class_order"))
+        assert TargetFormat.from_dataset_json(dataset_json) == TargetFormat.from_label_manager(manager)

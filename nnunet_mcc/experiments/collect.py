@@ -52,6 +52,13 @@ def _check_trainer_folders(results_root: str, dataset_name: str, trainers: Seque
                             f"{plans}/{configuration}: {', '.join(present) or 'none'})")
 
 
+def _ignore_label(dataset_json: dict):
+    """The label value nnU-Net's evaluation leaves out, as the trainers read it (``TargetFormat``)."""
+    from nnunet_mcc.losses.targets import TargetFormat
+
+    return TargetFormat.from_dataset_json(dataset_json).ignore_label
+
+
 def _dataset_context(dataset_name: str) -> dict:
     preprocessed = os.path.join(results.nnunet_folder("preprocessed"), dataset_name)
     dataset_json = read_json(os.path.join(preprocessed, "dataset.json"), "dataset.json")
@@ -59,7 +66,7 @@ def _dataset_context(dataset_name: str) -> dict:
                "names": dataset_labels.summary_key_names(dataset_json),
                "regions": dataset_labels.evaluation_regions(dataset_json),
                "gt_folder": os.path.join(preprocessed, "gt_segmentations"),
-               "ignore_label": dataset_labels.ignore_label(dataset_json), "reader_writer": None}
+               "ignore_label": _ignore_label(dataset_json), "reader_writer": None}
     if context["regions"]:
         from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 

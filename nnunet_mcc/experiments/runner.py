@@ -14,7 +14,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from nnunet_mcc import provenance
 from nnunet_mcc.budget import Budget, JOBS_VARIABLE, TORCH_THREADS_VARIABLE
+from nnunet_mcc.errors import UserError
 from nnunet_mcc.experiments import results
+from nnunet_mcc.fileio import read_json
 
 # what happens to a run, decided by its folder's state
 TRAIN, RESUME, VALIDATE, SKIP = "train", "resume", "validate", "skip"
@@ -42,12 +44,11 @@ def state_text(r: Run) -> str:
         return "trained, not validated"
     if r.action == RESUME:
         try:
-            with open(os.path.join(r.folder, provenance.LOG_FILE)) as handle:
-                log = json.load(handle)
+            log = read_json(os.path.join(r.folder, provenance.LOG_FILE), "training log")
             stops = [i for i in log.get("interruptions") or [] if isinstance(i, dict)]
             by = f", stopped by {stops[-1].get('signal')}" if stops else ""
             return f"interrupted after epoch {int(log['epochs_completed'])}{by}"
-        except (OSError, ValueError, KeyError, TypeError):
+        except (UserError, AttributeError, KeyError, TypeError, ValueError):
             return "interrupted"
     return "started, no checkpoint" if os.path.isdir(r.folder) and os.listdir(r.folder) else "not started"
 
@@ -188,9 +189,8 @@ def _epochs_completed(folder: str, since: float) -> Optional[int]:
     try:
         if os.stat(path).st_mtime < since - 1:
             return None
-        with open(path) as handle:
-            return int(json.load(handle)["epochs_completed"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(read_json(path, "training log")["epochs_completed"])
+    except (OSError, UserError, ValueError, KeyError, TypeError):
         return None  # not written yet, or being rewritten right now
 
 

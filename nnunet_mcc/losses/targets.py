@@ -125,6 +125,19 @@ class TargetFormat:
         return -100 if self.ignore_label is None else self.ignore_label
 
     @classmethod
+    def from_dataset_json(cls, dataset_json: dict) -> "TargetFormat":
+        """The form a dataset's training targets take, from its dataset.json alone (``nnunet_mcc.labels``'
+        rules; compare reads the ignore label through this without building nnU-Net's LabelManager)."""
+        from nnunet_mcc import labels
+
+        ignore = labels.ignore_label(dataset_json)
+        if labels.is_region_based(dataset_json):
+            regions = [k for k in dataset_json["labels"] if k not in ("background", "ignore")]
+            return cls(len(regions), None, ignore is not None)
+        classes = [k for k in dataset_json["labels"] if k != "ignore"]
+        return cls(max(len(classes), 1), ignore)
+
+    @classmethod
     def from_label_manager(cls, label_manager) -> "TargetFormat":
         """The form nnU-Net's training targets take for a dataset (``trainer.label_manager``)."""
         regions = label_manager.has_regions
