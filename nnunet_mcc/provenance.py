@@ -65,8 +65,9 @@ def recorded_budget(fold_folder: str) -> Dict[str, int]:
 # the scheduler's variables a run records (SLURM's, when it runs in a job)
 SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT",
                    "SLURM_CPUS_PER_TASK", "SLURM_JOB_PARTITION")
-# nnU-Net's worker counts: final validation/export (default 8) and data augmentation (default min(12, cores))
-WORKER_VARIABLES = ("nnUNet_def_n_proc", "nnUNet_n_proc_DA")
+# nnU-Net's worker counts: final validation/export (default 8) and data augmentation (default min(12, cores));
+# this package's torch threads (default: nnUNetv2_train's, every core on the CPU)
+WORKER_VARIABLES = ("nnUNet_def_n_proc", "nnUNet_n_proc_DA", "NNUNET_MCC_TORCH_THREADS")
 
 
 def allocation(environ=os.environ) -> Dict[str, object]:

@@ -1,8 +1,8 @@
 """``nnunet-mcc crossval --slurm ... --submit`` on a real one-node SLURM cluster (munged, slurmctld and slurmd started
 here from tests/slurm/slurm.conf.in), whenever SLURM is installed and the tests run as root (slurmd must be able
 to start jobs as their user): a 2-task array at a tiny budget on the embedded dataset with its dependent compare
-job, and a task warned mid-training (``scancel -b --signal=USR1``) that checkpoints, requeues, resumes and
-finishes. The daemons are stopped afterwards, on failure too, and no process of theirs is left."""
+job, one task of which is warned mid-training (``scancel -b --signal=USR1``) and checkpoints, requeues, resumes
+and finishes. The daemons are stopped afterwards, on failure too, and no process of theirs is left."""
 
 import json
 import os
@@ -89,7 +89,7 @@ def _wait(condition, seconds: float, message: str) -> None:
     while time.time() < deadline:
         if condition():
             return
-        time.sleep(0.5)
+        time.sleep(0.2)
     raise AssertionError(message)
 
 
@@ -98,10 +98,10 @@ def _queued(env, jobs) -> str:
                           capture_output=True, text=True).stdout
 
 
-def _submit(env, cwd, dataset, folds, epochs, name):
+def _submit(env, cwd, dataset, folds, epochs, name, iterations=10):
     script = os.path.join(cwd, f"{name}.sbatch")
     proc = subprocess.run([os.path.join(BIN, "nnunet-mcc"), "crossval", "-d", dataset, "-c", CONFIG, "-tr", TRAINER,
-                           "-f", *map(str, folds), "-device", "cpu", f"--epochs={epochs}", "--iterations=2",
+                           "-f", *map(str, folds), "-device", "cpu", f"--epochs={epochs}", f"--iterations={iterations}",
                            "--val-iterations=1", "--slurm", script, "--slurm-option=--cpus-per-task=1", "--submit"],
                           env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -111,54 +111,53 @@ def _submit(env, cwd, dataset, folds, epochs, name):
 @pytest.fixture
 def job_env(cluster, prepared, nnunet_env, tmp_path):
     """nnU-Net's folders and seeded CPU trainings; nnU-Net's worker counts left to the array's allocation."""
-    env = {k: v for k, v in nnunet_env.items() if k not in ("nnUNet_def_n_proc", "nnUNet_n_proc_DA")}
+    env = {k: v for k, v in nnunet_env.items()
+           if k not in ("nnUNet_def_n_proc", "nnUNet_n_proc_DA", "NNUNET_MCC_TORCH_THREADS")}
     env.update(cluster["env"], PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     return env
 
 
-def test_an_array_trains_within_its_allocation_and_the_compare_job_follows(job_env, prepared, tmp_path):
+def test_an_array_within_its_allocation_a_warned_task_requeued_and_the_compare_job_after_them(job_env, prepared,
+                                                                                             tmp_path):
     dataset = prepared("2d_multiclass")
-    array, comparison = _submit(job_env, str(tmp_path), dataset, [0, 1], epochs=2, name="array")
+    array, comparison = _submit(job_env, str(tmp_path), dataset, [0, 1], epochs=30, name="array")
+    folders = [trainer_output(job_env["nnUNet_results"], dataset, TRAINER, CONFIG, fold) for fold in (0, 1)]
+
+    def epochs_logged(folder):
+        try:
+            with open(os.path.join(folder, provenance.LOG_FILE)) as f:
+                return json.load(f)["epochs_completed"]
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    # task 1 is warned as SLURM warns before a time limit (to the batch shell only)
+    _wait(lambda: epochs_logged(folders[1]) >= 1, 300, "task 1 did not start training")
+    subprocess.run([_tool("scancel"), "-b", "--signal=USR1", f"{array}_1"], env=job_env, check=True)
+    # requeued, it starts again once its old credential has expired (cred_expire in the test's slurm.conf)
     _wait(lambda: not _queued(job_env, [array, comparison]), 600, "the jobs did not end")
-    for fold in (0, 1):
-        folder = trainer_output(job_env["nnUNet_results"], dataset, TRAINER, CONFIG, fold)
-        assert os.path.isfile(os.path.join(folder, "validation", "summary.json")), fold
+
+    records = []
+    for folder in folders:
+        assert os.path.isfile(os.path.join(folder, "validation", "summary.json")), folder
         with open(os.path.join(folder, provenance.PROVENANCE_FILE)) as f:
-            allocation = json.load(f)["allocation"]
+            records.append(json.load(f))
+        allocation = records[-1]["allocation"]
         assert allocation["slurm_array_job_id"] == array and allocation["slurm_cpus_per_task"] == "1"
         assert (allocation["nnUNet_def_n_proc"], allocation["nnUNet_n_proc_DA"]) == ("1", "0")
+        assert allocation["NNUNET_MCC_TORCH_THREADS"] == "1"
+    assert records[0]["interruptions"] == [] and "slurm_restart_count" not in records[0]["allocation"]
+    with open(os.path.join(folders[1], provenance.LOG_FILE)) as f:
+        log = json.load(f)
+    [stop] = log["interruptions"]
+    assert stop["signal"] == "SIGUSR1" and 1 <= stop["after_epoch"] < 30 and log["epochs_completed"] == 30
+    assert records[1]["started_at_epoch"] == stop["after_epoch"]
+    assert records[1]["allocation"]["slurm_restart_count"] == "1"
+    task_log = open(os.path.join(tmp_path, f"nnunet-mcc-crossval_{array}_1.log")).read()
+    assert "SIGUSR1 received" in task_log and "requeueing" in task_log
+
+    # the compare job ran after the array, requeue included: every run's state, then the report
     report = os.path.join(job_env["nnUNet_results"], dataset, f"nnunet_mcc_comparison_nnUNetPlans_{CONFIG}",
                           "report.md")
     assert os.path.isfile(report)
     log = open(os.path.join(tmp_path, f"nnunet-mcc-compare_{comparison}.log")).read()
     assert f"{TRAINER} fold 0: skip" in log and f"{TRAINER} fold 1: skip" in log
-
-
-def test_a_warned_task_checkpoints_requeues_resumes_and_finishes(job_env, prepared, tmp_path):
-    dataset = prepared("2d_multiclass")
-    array, comparison = _submit(job_env, str(tmp_path), dataset, [2], epochs=40, name="warned")
-    folder = trainer_output(job_env["nnUNet_results"], dataset, TRAINER, CONFIG, 2)
-    log_file = os.path.join(folder, provenance.LOG_FILE)
-
-    def epochs_logged():
-        try:
-            with open(log_file) as f:
-                return json.load(f)["epochs_completed"]
-        except (OSError, ValueError, KeyError):
-            return 0
-
-    _wait(lambda: epochs_logged() >= 1, 300, "the task did not start training")
-    subprocess.run([_tool("scancel"), "-b", "--signal=USR1", f"{array}_0"], env=job_env, check=True)
-    # requeued, it starts again once its old credential has expired (cred_expire in the test's slurm.conf)
-    _wait(lambda: not _queued(job_env, [array, comparison]), 600, "the jobs did not end")
-
-    assert os.path.isfile(os.path.join(folder, "validation", "summary.json"))
-    with open(log_file) as f:
-        log = json.load(f)
-    with open(os.path.join(folder, provenance.PROVENANCE_FILE)) as f:
-        record = json.load(f)
-    [stop] = log["interruptions"]
-    assert stop["signal"] == "SIGUSR1" and 1 <= stop["after_epoch"] < 40 and log["epochs_completed"] == 40
-    assert record["started_at_epoch"] == stop["after_epoch"] and record["allocation"]["slurm_restart_count"] == "1"
-    task_log = open(os.path.join(tmp_path, f"nnunet-mcc-crossval_{array}_0.log")).read()
-    assert "SIGUSR1 received" in task_log and "requeueing" in task_log

@@ -23,7 +23,8 @@ trainer = args[args.index("-tr") + 1]
 folder = os.path.join(os.environ["nnUNet_results"], dataset, f"{trainer}__nnUNetPlans__{config}", f"fold_{fold}")
 os.makedirs(folder, exist_ok=True)
 record = {"flags": [a for a in args if a in ("--c", "--val")], "signal": None,
-          **{k: os.environ.get(k) for k in ("nnUNet_def_n_proc", "nnUNet_n_proc_DA", "NNUNET_MCC_SAVE_EVERY")}}
+          **{k: os.environ.get(k) for k in ("nnUNet_def_n_proc", "nnUNet_n_proc_DA", "NNUNET_MCC_SAVE_EVERY",
+                                           "NNUNET_MCC_TORCH_THREADS")}}
 def stop(signum, frame):  # as this package's trainers do: checkpoint at the epoch's end, exit 75
     record["signal"] = signal.Signals(signum).name
     open(os.path.join(folder, "checkpoint_latest.pth"), "w").close()
@@ -110,7 +111,8 @@ def test_a_warned_task_checkpoints_requeues_and_resumes_within_its_allocation(fa
     [record] = cluster["records"]()
     assert record["signal"] == "SIGUSR1" and record["flags"] == []
     # one core: nnU-Net's export workers 1, augmentation in the training process; a checkpoint every 5 epochs
-    assert (record["nnUNet_def_n_proc"], record["nnUNet_n_proc_DA"], record["NNUNET_MCC_SAVE_EVERY"]) == ("1", "0", "5")
+    assert (record["nnUNet_def_n_proc"], record["nnUNet_n_proc_DA"], record["NNUNET_MCC_SAVE_EVERY"],
+            record["NNUNET_MCC_TORCH_THREADS"]) == ("1", "0", "5", "1")
     assert "requeue 1 of at most 2" in out
 
     # the requeued task resumes with --c and finishes; the user's own worker counts are kept
@@ -118,6 +120,7 @@ def test_a_warned_task_checkpoints_requeues_and_resumes_within_its_allocation(fa
     assert code == 0, out
     [record] = cluster["records"]()
     assert record["flags"] == ["--c"] and (record["nnUNet_def_n_proc"], record["nnUNet_n_proc_DA"]) == ("2", "3")
+    assert record["NNUNET_MCC_TORCH_THREADS"] == "4"
     assert cluster["slurm_calls"]() == ["scontrol requeue 123_0"]  # no second requeue
 
 

@@ -7,7 +7,10 @@ A SLURM array task
 * **stays inside its allocation**: unless they are set already, nnU-Net's worker counts follow the cores the task
   may use, ``cores = $SLURM_CPUS_PER_TASK``, else the CPU affinity of the task (``len(os.sched_getaffinity(0))``):
   ``nnUNet_def_n_proc = cores`` (the final validation's export workers) and ``nnUNet_n_proc_DA = cores - 1``
-  (augmentation workers beside the training process; with one core, 0: augmentation in the training process);
+  (augmentation workers beside the training process; with one core, 0: augmentation in the training process),
+  and this package's trainers use ``cores`` torch threads (``NNUNET_MCC_TORCH_THREADS``; on the CPU
+  ``nnUNetv2_train`` would take every core of the node, and OpenMP threads that outnumber the cores slow each
+  other down many times over: measured 14 s against 0.2 s per epoch for two 1-CPU tasks on a 2-core node);
 * **loses no finished epoch to a time limit**: it asks SLURM for a warning (``--signal=B:USR1@<margin>``, to the
   batch shell only), runs the training in the background, and forwards USR1 (and TERM) to it. This package's
   trainers then finish their epoch, write ``checkpoint_latest.pth`` and exit 75
@@ -88,10 +91,12 @@ supervised() {
 # nnU-Net's worker counts from the task's cores (see the module docstring)
 _ALLOCATION = r'''
 # nnU-Net's worker processes within this task's allocation, unless set: cores = SLURM_CPUS_PER_TASK, else the
-# CPU affinity; export workers = cores, augmentation workers = cores - 1 (0: augmentation in the training process)
+# CPU affinity; export workers = cores, augmentation workers = cores - 1 (0: augmentation in the training process),
+# torch threads of this package's trainers = cores
 cores="${SLURM_CPUS_PER_TASK:-$(python3 -c 'import os; print(len(os.sched_getaffinity(0)))' 2>/dev/null || nproc)}"
 export nnUNet_def_n_proc="${nnUNet_def_n_proc:-$cores}"
 export nnUNet_n_proc_DA="${nnUNet_n_proc_DA:-$(( cores > 1 ? cores - 1 : 0 ))}"
+export NNUNET_MCC_TORCH_THREADS="${NNUNET_MCC_TORCH_THREADS:-$cores}"  # nnUNetv2_train would take every core
 '''
 
 
