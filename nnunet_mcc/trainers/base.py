@@ -245,6 +245,12 @@ class ComparisonTrainer(RunCost, Snapshots, Preemption, nnUNetTrainer):
         self._restore_handlers()
         super().on_train_end()
 
+    def run_training(self):
+        try:
+            super().run_training()
+        finally:  # also when training fails: a long-lived worker process must not keep this run's handlers
+            self._restore_handlers()
+
     def _write_log(self) -> None:
         series = self.logger.local_logger.my_fantastic_logging
         write_json(join(self.output_folder, provenance.LOG_FILE),
