@@ -26,7 +26,7 @@ CASES = [("2d_multiclass", "2d_small", "nnUNetTrainerSegAN"),
          ("3d_multiclass", "3d_fullres_small", "nnUNetTrainerSegANWeightedCE")]
 
 
-INTERRUPTED_BUDGET = {"NNUNET_MCC_EPOCHS": 20, "NNUNET_MCC_ITERATIONS": 2}
+INTERRUPTED_BUDGET = {"NNUNET_MCC_EPOCHS": 10, "NNUNET_MCC_ITERATIONS": 2}
 
 
 def _train_until_first_checkpoint(env, dataset, configuration, trainer, output, log_path, timeout=400) -> None:
