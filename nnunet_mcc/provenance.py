@@ -17,7 +17,8 @@ Files in a fold folder ``$nnUNet_results/DatasetXXX/<trainer>__<plans>__<configu
 import os
 from typing import Dict, Optional
 
-from nnunet_mcc.budget import BUDGET_KEYS, NNUNET_DEFAULT_BUDGET, describe_budget  # noqa: F401 (read from here too)
+from nnunet_mcc.budget import (BUDGET_KEYS, NNUNET_DEFAULT_BUDGET, TORCH_THREADS_VARIABLE,  # noqa: F401 (read from here too)
+                               describe_budget)
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.fileio import read_json
 
@@ -67,7 +68,7 @@ SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", 
                    "SLURM_CPUS_PER_TASK", "SLURM_JOB_PARTITION")
 # nnU-Net's worker counts: final validation/export (default 8) and data augmentation (default min(12, cores));
 # this package's torch threads (default: nnUNetv2_train's, every core on the CPU)
-WORKER_VARIABLES = ("nnUNet_def_n_proc", "nnUNet_n_proc_DA", "NNUNET_MCC_TORCH_THREADS")
+WORKER_VARIABLES = ("nnUNet_def_n_proc", "nnUNet_n_proc_DA", TORCH_THREADS_VARIABLE)
 
 
 def allocation(environ=os.environ) -> Dict[str, object]:

@@ -27,7 +27,7 @@ import os
 import shlex
 from typing import Dict, List, Optional, Sequence
 
-from nnunet_mcc.budget import JOBS_VARIABLE, SCHEDULE_VARIABLES
+from nnunet_mcc.budget import JOBS_VARIABLE, SCHEDULE_VARIABLES, TORCH_THREADS_VARIABLE
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.experiments.runner import Run
 from nnunet_mcc.fileio import os_error_cause, write_text
@@ -96,8 +96,7 @@ _ALLOCATION = r'''
 cores="${SLURM_CPUS_PER_TASK:-$(python3 -c 'import os; print(len(os.sched_getaffinity(0)))' 2>/dev/null || nproc)}"
 export nnUNet_def_n_proc="${nnUNet_def_n_proc:-$cores}"
 export nnUNet_n_proc_DA="${nnUNet_n_proc_DA:-$(( cores > 1 ? cores - 1 : 0 ))}"
-export NNUNET_MCC_TORCH_THREADS="${NNUNET_MCC_TORCH_THREADS:-$cores}"  # nnUNetv2_train would take every core
-'''
+''' + f'export {TORCH_THREADS_VARIABLE}="${{{TORCH_THREADS_VARIABLE}:-$cores}}"  # nnUNetv2_train would take every core\n'
 
 
 def _requeue_block(max_requeues: int) -> List[str]:
