@@ -20,7 +20,7 @@ from nnunet_e2e import BIN, run, trainer_output
 pytestmark = pytest.mark.e2e
 
 TRAINER = "nnUNetTrainerMCC"
-EPOCHS = 6
+EPOCHS = 40  # a stop must land before the last epoch: ample room after the first
 
 
 def _train_command(dataset, resume=False):
@@ -65,7 +65,7 @@ def test_a_signal_stops_at_an_epoch_boundary_and_the_run_resumes_exactly(prepare
                                text=True)
     deadline = time.time() + 300
     while _epochs_logged(fold) < 1 and process.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.05)
     process.send_signal(signal.SIGUSR1)
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == PREEMPTED_EXIT_CODE, stderr[-3000:]
