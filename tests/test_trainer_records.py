@@ -106,7 +106,7 @@ def test_records_snapshot_and_a_resumed_run_keeps_its_schedule(prepared, nnunet_
     assert record["budget_sources"]["num_epochs"] == "environment NNUNET_MCC_EPOCHS"
     assert record["loss"]["name"] == "soft MCC" and record["loss"]["settings"]["batch"] is True
     assert provenance.budget_from_debug_json(fold) == record["budget"]
-    assert record["identity"] == {"missed_weight": 1.0}  # the loss settings that are part of the run's identity
+    assert record["identity"] == {"missed_weight": 1.0, "min_recall": 0.5, "min_specificity": 0.9}  # the loss settings that are part of the run's identity
     # seeded from NNUNET_MCC_SEED, augmentation in the training process, on the CPU: repeatable bit for bit
     assert record["training"]["seed"] == 0 and record["training"]["seed_source"] == "environment"
     assert record["training"]["deterministic"] is True

@@ -1,9 +1,9 @@
 """Plain torch loss modules, usable without nnU-Net's trainers."""
 
-from nnunet_mcc.losses.base import ConfusionLoss
+from nnunet_mcc.losses.base import ConfusionLoss, missed_class_penalty
 from nnunet_mcc.losses.distance_matrix import DistanceMatrixError, resolve_distance_matrix, validate_distance_matrix
 from nnunet_mcc.losses.gwdl import GeneralizedWassersteinDiceLoss, generalized_wasserstein_dice_loss
-from nnunet_mcc.losses.mcc import MCCLoss, missed_class_penalty, soft_mcc
+from nnunet_mcc.losses.mcc import MCCLoss, soft_mcc
 from nnunet_mcc.losses.segan import adversarial_l1, mask_input, multiscale_l1
 from nnunet_mcc.losses.targets import TargetFormat
 from nnunet_mcc.losses.tversky import TverskyLoss

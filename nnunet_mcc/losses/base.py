@@ -2,6 +2,7 @@
 the public base of the losses built from soft confusion counts (subclass it to add a loss: see the README's
 "Adding a loss")."""
 
+import math
 from typing import Callable, Optional, Tuple, Union
 
 import torch
@@ -125,6 +126,44 @@ class ConfusionLoss(nn.Module):
         """The settings of this loss that change results, JSON-able (subclasses add theirs)."""
         return {"activation": self.nonlin_kind, "include_background": self.include_background, "batch": self.batch}
 
+    def init_gate(self, missed_weight: float, min_recall: float, nonlin_kind: Optional[str] = None,
+                  min_specificity: float = 0.0) -> None:
+        """Set the missed-class gate (:func:`missed_class_penalty` and :func:`flooded_class_penalty`): its weight
+        and its room."""
+        self.missed_weight = check_missed_weight(missed_weight, nonlin_kind)
+        self.min_recall = check_min_recall(min_recall)
+        self.min_specificity = check_min_recall(min_specificity, "min_specificity")
+
+    def gated_confusion(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor] = None):
+        """:meth:`confusion` and the gate's penalty per class (float64; an exact 0 for every class with room)."""
+        tp, fp, fn, tn, *extra = self.confusion(x, y, loss_mask, hard_tp=self.gate_needs_hard_tp,
+                                                direct_tn=bool(self.missed_weight and self.min_specificity))
+        hard = extra.pop(0) if self.gate_needs_hard_tp else None
+        penalty = self.gate_penalty(tp, fn, hard, fp, extra[0] if extra else None)
+        return tp, fp, fn, tn, penalty
+
+    @property
+    def gate_needs_hard_tp(self) -> bool:
+        """Whether the gate reads the hard prediction (only the ``min_recall = 0`` rule does)."""
+        return bool(self.missed_weight) and not self.min_recall
+
+    def gate_settings(self) -> dict:
+        """The gate's part of :meth:`settings`: its weight, and its room when it has a weight (a loss without
+        the gate records what it always did; a room of 0 on the complement is not recorded)."""
+        room = {"min_recall": self.min_recall, **({"min_specificity": self.min_specificity}
+                                                  if self.min_specificity else {})}
+        return {"missed_weight": self.missed_weight, **(room if self.missed_weight else {})}
+
+    def gate_penalty(self, tp: torch.Tensor, fn: torch.Tensor, hard_tp: Optional[torch.Tensor] = None,
+                     fp: Optional[torch.Tensor] = None, tn: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``missed_weight`` times :func:`missed_class_penalty` (and, with a room on the complement,
+        :func:`flooded_class_penalty` of ``fp`` and ``tn``) per class (float64): an exact 0 for every class with
+        room, so adding it keeps the plain loss's value and gradient bit for bit there."""
+        penalty = missed_class_penalty(tp, fn, hard_tp, self.min_recall)
+        if self.min_specificity:
+            penalty = penalty + flooded_class_penalty(fp, tn, self.min_specificity)
+        return self.missed_weight * penalty
+
     def target_format(self, num_channels: int) -> TargetFormat:
         return TargetFormat(num_channels, self.ignore_index, self.region_ignore_channel)
 
@@ -156,10 +195,12 @@ class ConfusionLoss(nn.Module):
         return probs[:, start:].flatten(2), onehot[:, start:].flatten(2), mask
 
     def confusion(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor] = None,
-                  hard_tp: bool = False):
+                  hard_tp: bool = False, direct_tn: bool = False):
         """Soft TP, FP, FN, TN, each (B, K), or (1, K) when pooled over the batch (and DDP ranks), float32, K
         the scored classes; with ``hard_tp`` also the number of each class's voxels predicted as the class,
-        pooled the same way. With probabilities p, one-hot g and valid voxels m of one class:
+        pooled the same way; with ``direct_tn`` last TN summed voxel by voxel (the TN returned fourth is the valid
+        voxels less TP, FP and FN, which float32 cannot resolve when a class floods the image and TN is a sum of
+        tiny terms). With probabilities p, one-hot g and valid voxels m of one class:
         TP = sum m p g, FP = sum m p (1 - g), FN = sum m (1 - p) g, TN = sum m (1 - p)(1 - g)."""
         probs, onehot, mask = self._probabilities_and_target(x, y, loss_mask)
         if mask is not None:
@@ -174,7 +215,10 @@ class ConfusionLoss(nn.Module):
         fp, fn = sum_p - tp, sum_g - tp
         tn = n_valid - tp - fp - fn
         extra = (self._hard_tp(x, probs, onehot),) if hard_tp else ()
-        stats = torch.stack((tp, fp, fn, tn) + extra)  # (4 or 5, B, K)
+        if direct_tn:
+            valid = 1.0 if mask is None else mask
+            extra += (((valid - probs) * (valid - onehot)).sum(-1),)
+        stats = torch.stack((tp, fp, fn, tn) + extra)  # (4 to 6, B, K)
         if self.batch:
             stats = stats.sum(1, keepdim=True)
             if ddp_active(self.ddp):
@@ -203,3 +247,77 @@ def check_missed_weight(missed_weight: float, nonlin_kind: Optional[str] = None)
         raise ValueError("missed_weight needs apply_nonlin 'softmax', 'sigmoid' or None: the hard "
                          "prediction of a custom activation is unknown")
     return float(missed_weight)
+
+
+def check_min_recall(value: float, name: str = "min_recall") -> float:
+    """A room of the gate (``min_recall``, ``min_specificity``) as a float; ValueError unless 0 <= value <= 1."""
+    if not 0 <= value <= 1:
+        meaning = ("0: the gate acts only on a class of which no voxel is predicted" if name == "min_recall"
+                   else "0: no room on the class's complement")
+        raise ValueError(f"{name} must be in [0, 1] ({meaning}), got {value}")
+    return float(value)
+
+
+def missed_class_penalty(tp: torch.Tensor, fn: torch.Tensor, hard_tp: Optional[torch.Tensor] = None,
+                         min_recall: float = 0.0, floor: float = 1e-30) -> torch.Tensor:
+    r"""The missed-class gate of the confusion-count losses (MCC, GWDL, Tversky): for each class present in
+    the target (``TP + FN > 0``) whose soft recall :math:`r = TP / (TP + FN)` has too little room, minus
+    the log of the recall over its floor; 0 for every other class. Elementwise, in float64.
+
+    * ``min_recall = m > 0`` (the trainers' default, 0.5): the room is a soft recall of at least ``m``.
+      A present class with :math:`r < m` adds :math:`\log m - \log r`, which is 0 at :math:`r = m`
+      (the loss stays continuous) and pushes the class until its voxels carry, on average, probability
+      ``m``. With ``m >= 0.5`` a class of which no voxel is predicted is always below the room (its
+      voxels' probabilities are all at most one half), so this subsumes the rule below, and holds the class
+      well above the decision margin, where test-time mirroring cannot erase it.
+    * ``min_recall = 0``: the gate acts only on a class of which no voxel is predicted as the class
+      (``hard_tp == 0``, which must then be given) and adds :math:`-\log r`. It brings a lost class back to
+      the margin only: one voxel predicted switches it off (docs/mcc_rare_classes.md).
+
+    Why a log-recall: once a network stops predicting a class, the probabilities on its voxels saturate
+    near 0 and an overlap loss's gradient with respect to their logits vanishes (the softmax or sigmoid
+    Jacobian multiplies it by :math:`p (1 - p)`), so the class never comes back. The gradient of
+    :math:`\log TP` with respect to the logit of each of the class's voxels is :math:`p_i (1 - p_i) / TP`,
+    which sums to about 1 however far the class has saturated. The recall is floored at ``floor`` (a logit
+    gap of about 70): below it the penalty keeps its value but has no gradient, so gradients stay finite.
+    Wherever no class is gated the penalty is an exact 0 with zero gradient, so the loss it is added to
+    keeps its value and gradient bit for bit.
+    """
+    recall = tp.double() / (tp + fn).double().clamp_min(1e-12)
+    with torch.no_grad():
+        present = tp + fn > 0
+        if min_recall > 0:
+            gate = present & (recall < min_recall)
+        else:
+            if hard_tp is None:
+                raise ValueError("missed_class_penalty: min_recall 0 gates on the hard prediction: give hard_tp")
+            gate = present & (hard_tp == 0)
+    value = -torch.log(recall.clamp_min(floor))
+    if min_recall > 0:
+        value = value + math.log(min_recall)
+    return torch.where(gate, value, torch.zeros_like(recall))
+
+
+def flooded_class_penalty(fp: torch.Tensor, tn: torch.Tensor, min_specificity: float,
+                          floor: float = 1e-30) -> torch.Tensor:
+    r"""The gate's other side: for each class whose complement has voxels (``TN + FP > 0``) and whose soft
+    specificity :math:`s = TN / (TN + FP)` is below ``min_specificity = m``, :math:`\log m - \log s`; 0 for
+    every other class. Elementwise, in float64.
+
+    A class can saturate the other way too: predicted on every voxel with a probability near 1. Its soft counts
+    then have TN and FN near 0, the MCC is near 0/0 (the overlap losses near a constant), and the softmax
+    Jacobian :math:`p (1 - p)` takes away the gradient that would bring it down, as it does for a class pushed
+    to 0 (measured: a 0.5 % class predicted on the whole image for 50 epochs). The gradient of
+    :math:`\log TN` with respect to the logit of each of the complement's voxels is :math:`-p_i (1 - p_i) / TN`,
+    which sums to about -1 however far the class has flooded. The MCC is symmetric in a class and its complement;
+    the gate with both rooms is too: the class keeps a soft recall of at least ``min_recall`` and its complement
+    one of at least ``min_specificity``. At initialisation (probabilities near 1 / C) a specificity is about
+    1 - 1 / C: with a room of one half this side is off unless a class floods; with the trainers' 0.9 it acts
+    from the start, beside the recall side, as a class-balanced cross-entropy would, until the class has both
+    rooms (a class predicted on half of a mostly-background image still has a specificity of one half).
+    """
+    specificity = tn.double() / (tn + fp).double().clamp_min(1e-12)
+    with torch.no_grad():
+        gate = (tn + fp > 0) & (specificity < min_specificity)
+    value = math.log(min_specificity) - torch.log(specificity.clamp_min(floor))
+    return torch.where(gate, value, torch.zeros_like(specificity))

@@ -4,10 +4,9 @@ from typing import Optional
 
 import torch
 
-from nnunet_mcc.losses.base import (ConfusionLoss, Nonlin, check_missed_weight, ddp_active, reduce_per_sample,
+from nnunet_mcc.losses.base import (ConfusionLoss, Nonlin, ddp_active, reduce_per_sample,
                                    sum_over_ranks)
 from nnunet_mcc.losses.distance_matrix import validate_distance_matrix
-from nnunet_mcc.losses.mcc import missed_class_penalty
 from nnunet_mcc.losses.targets import check_prediction
 
 WEIGHTINGS = ("default", "GDL")
@@ -74,16 +73,17 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
     also under autocast.
 
     **Missed labels.** With ``missed_weight = w > 0``, each foreground label l that is present (in the
-    sample, or in the batch when pooled) and of which no voxel is predicted as l (the argmax) adds
-    :math:`-w \log(TP_l / V_l)`, minus the log of the label's soft recall
-    (:math:`TP_l = \sum_{i: g_i = l} m_i\, p_{i,l}`, :math:`V_l` its valid voxels), to the loss; every
-    other label adds an exact 0. A label that is rare and close to another in ``M`` costs little to
+    sample, or in the batch when pooled) and has too little room adds :math:`w (\log m - \log r_l)`,
+    with :math:`r_l = TP_l / V_l` the label's soft recall (:math:`TP_l = \sum_{i: g_i = l} m_i\, p_{i,l}`,
+    :math:`V_l` its valid voxels): with ``min_recall = m > 0`` a label has room when :math:`r_l \ge m`;
+    with ``m = 0`` when at least one voxel is predicted as l (the argmax), and a label without adds
+    :math:`-w \log r_l`. Every label with room adds an exact 0. A label that is rare and close to another in ``M`` costs little to
     miss: once the network gives its voxels to the neighbour, the label's probability saturates near 0
     and the softmax Jacobian (:math:`dW/dx_l = p_l (M_{g,l} - W)`) takes away the gradient that could
     bring it back. The gradient of :math:`\log TP_l` with respect to the logits of the label's voxels
     sums to about 1 however far it has saturated (the gate of ``MCCLoss``,
-    :func:`nnunet_mcc.losses.mcc.missed_class_penalty`). Whenever every present label has at least one
-    predicted voxel the loss is Fidon et al.'s, value and gradient bit for bit (docs/gwdl.md).
+    :func:`nnunet_mcc.losses.base.missed_class_penalty`). Whenever every present label has room the loss
+    is Fidon et al.'s, value and gradient bit for bit (docs/gwdl.md).
 
     References: L. Fidon et al., "Generalised Wasserstein Dice Score for Imbalanced Multi-class
     Segmentation using Holistic Convolutional Networks", BrainLes 2017 (eq. 6-9); S. Tilborghs et al.,
@@ -106,6 +106,10 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
             losses ``(B,)``, or ``(1,)`` with ``batch=True``; the score is one number over all classes,
             so there is no per-class value).
         missed_weight: weight of the missed-label term above (0, the default: the paper's loss).
+        min_recall: the term's room ``m`` above (0, the default: only a label with no predicted voxel).
+        min_specificity: the room of each foreground label's complement: a label whose soft specificity (one
+            minus its mean probability over the other valid voxels) is below it adds ``w (log m - log
+            specificity)`` (``nnunet_mcc.losses.base.flooded_class_penalty``); 0, the default: none.
 
     ``forward(x, y, loss_mask=None)``: ``x`` logits ``(B, K, *S)``; ``y`` label map ``(B, 1, *S)`` /
     ``(B, *S)`` or one-hot ``(B, K, *S)``; ``loss_mask`` ``(B, 1, *S)``, nonzero where valid (the form
@@ -116,7 +120,8 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
 
     Raises:
         ValueError: sigmoid activation, an unknown ``weighting`` or ``reduction``, ``smooth < 0``, a
-            matrix breaking a rule (:class:`DistanceMatrixError`), ``missed_weight < 0``, and (in ``forward``) a prediction whose
+            matrix breaking a rule (:class:`DistanceMatrixError`), ``missed_weight < 0``, ``min_recall`` outside
+            [0, 1], and (in ``forward``) a prediction whose
             channels differ from the matrix's size, shapes that do not fit or labels outside 0..K-1.
 
     Example:
@@ -131,7 +136,8 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
 
     def __init__(self, distance_matrix, apply_nonlin: Nonlin = "softmax", weighting: str = "default",
                  batch: bool = False, ignore_index: Optional[int] = None, smooth: float = 1e-5, ddp: bool = False,
-                 check_target: bool = True, reduction: str = "mean", missed_weight: float = 0.0):
+                 check_target: bool = True, reduction: str = "mean", missed_weight: float = 0.0,
+                 min_recall: float = 0.0, min_specificity: float = 0.0):
         super().__init__(apply_nonlin, True, ignore_index, False, check_target, reduction, batch, ddp)
         if self.nonlin_kind == "sigmoid":
             raise ValueError("apply_nonlin: the Generalized Wasserstein Dice loss needs softmax probabilities of "
@@ -148,13 +154,13 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
         self.num_classes = matrix.shape[0]
         self.weighting = weighting
         self.smooth = float(smooth)
-        self.missed_weight = check_missed_weight(missed_weight)  # the argmax of any activation is the logits'
+        self.init_gate(missed_weight, min_recall, None, min_specificity)  # the argmax of any activation is the logits'
 
     def settings(self) -> dict:
         # read from the buffer that trains, rounded so that a JSON round trip compares equal
         matrix = [[round(float(v), 6) for v in row] for row in self.distance_matrix.tolist()]
         return {"activation": self.nonlin_kind, "batch": self.batch, "distance_matrix": matrix,
-                "weighting": self.weighting, "smooth": self.smooth, "missed_weight": self.missed_weight}
+                "weighting": self.weighting, "smooth": self.smooth, **self.gate_settings()}
 
     def _labels_and_weights(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor]):
         """Label map (B, N) int64 and voxel weights (B, N) float32 (None when every voxel counts)."""
@@ -163,10 +169,12 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
         return labels.flatten(1), None if valid is None else valid.to(torch.float32).flatten(1)
 
     def statistics(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor] = None,
-                   recall: bool = False):
+                   recall: bool = False, hard: bool = True, mass: bool = False):
         """Per-label voxel counts V and sums of W over each label's voxels S, each (B, K), or (1, K) pooled.
         With ``recall`` also each label's soft true positives (the sum of its probability over its own
-        voxels) and hard true positives (its voxels whose argmax is the label), pooled the same way."""
+        voxels) and, with ``hard`` too, its hard true positives (its voxels whose argmax is the label); with
+        ``mass`` last each label's missing mass (the sum of one minus its probability over all valid voxels); all
+        pooled the same way."""
         if check_prediction(x).shape[1] != self.num_classes:
             raise ValueError(f"prediction has {x.shape[1]} channels but the distance matrix is "
                              f"{self.num_classes} x {self.num_classes}")
@@ -184,29 +192,39 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
             counts = torch.ones_like(w) if weights is None else weights
             if weights is not None:
                 w = w * weights
-            per_voxel = [counts, w] + (list(self._true_label_hits(x, labels, counts)) if recall else [])
+            per_voxel = [counts, w] + (list(self._true_label_hits(x, labels, counts, hard)) if recall else [])
             zeros = torch.zeros(w.shape[0], self.num_classes, device=w.device, dtype=torch.float32)
-            stats = torch.stack([zeros.scatter_add(1, labels, v) for v in per_voxel], 1)  # (B, 2 or 4, K)
+            stats = torch.stack([zeros.scatter_add(1, labels, v) for v in per_voxel], 1)  # (B, 2 to 4, K)
+            if mass:
+                probs = torch.softmax(x, 1) if self.nonlin_kind == "softmax" else (
+                    self.nonlin(x) if self.nonlin is not None else x)
+                # each label's 1 - p summed over every valid voxel, directly: in a flood it is a sum of tiny terms
+                stats = torch.cat([stats, ((1 - probs) * counts.unsqueeze(1)).sum(-1).unsqueeze(1)], 1)
             if self.batch:
                 stats = stats.sum(0, keepdim=True)
                 if ddp_active(self.ddp):
                     stats = sum_over_ranks(stats)
         return stats.unbind(1)
 
-    def _true_label_hits(self, x: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor):
-        """Per voxel (B, N), masked voxels 0: the probability of the true label, and 1 where the true label
-        is the argmax (ties count). ``x``: float32 logits (B, K, N), or probabilities without softmax."""
+    def _true_label_hits(self, x: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, hard: bool = True):
+        """Per voxel (B, N), masked voxels 0: the probability of the true label, and (with ``hard``) 1 where
+        the true label is the argmax (ties count). ``x``: float32 logits (B, K, N), or probabilities without
+        softmax."""
         true_x = x.gather(1, labels.unsqueeze(1)).squeeze(1)
         if self.nonlin_kind == "softmax":
             p_true = torch.exp(true_x - torch.logsumexp(x, 1))
         else:
             p_true = true_x if self.nonlin is None else self.nonlin(x).gather(1, labels.unsqueeze(1)).squeeze(1)
+        if not hard:
+            return (p_true * counts,)
         with torch.no_grad():  # softmax keeps the order: the largest logit is the argmax
             hit = (true_x >= x.detach().amax(1)).to(torch.float32) * counts
         return p_true * counts, hit
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        volumes, errors, *hits = self.statistics(x, y, loss_mask, recall=bool(self.missed_weight))
+        flood = bool(self.missed_weight and self.min_specificity)
+        volumes, errors, *hits = self.statistics(x, y, loss_mask, recall=bool(self.missed_weight),
+                                                 hard=self.gate_needs_hard_tp, mass=flood)
         if self.weighting == "default":
             alpha = torch.ones_like(volumes)
             alpha[:, 0] = 0
@@ -218,10 +236,16 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
         score = (2 * true_positives + self.smooth) / (2 * true_positives + error_sum + self.smooth)
         loss = 1 - score
         if hits:
-            soft_tp, hard_tp = (h[:, 1:] for h in hits)  # the foreground labels
-            # an exact 0 for every label that is found keeps the paper's value and gradient bit for bit
-            penalty = missed_class_penalty(soft_tp, volumes[:, 1:] - soft_tp, hard_tp).sum(-1)
-            loss = loss + (self.missed_weight * penalty).to(loss.dtype)
+            missing = hits.pop()[:, 1:] if flood else None
+            soft_tp, *hard_tp = (h[:, 1:] for h in hits)  # the foreground labels
+            fp = tn = None
+            if flood:  # each foreground label's complement: every other valid voxel
+                tn = missing - (volumes[:, 1:] - soft_tp)
+                fp = volumes.sum(-1, keepdim=True) - volumes[:, 1:] - tn
+            # an exact 0 for every label with room keeps the paper's value and gradient bit for bit
+            penalty = self.gate_penalty(soft_tp, volumes[:, 1:] - soft_tp, hard_tp[0] if hard_tp else None,
+                                        fp, tn).sum(-1)
+            loss = loss + penalty.to(loss.dtype)
         loss = reduce_per_sample(loss.unsqueeze(-1), self.reduction, self.batch, self.ddp)
         return loss.squeeze(-1) if self.reduction == "none" else loss
 

@@ -4,7 +4,7 @@ from typing import Optional
 
 import torch
 
-from nnunet_mcc.losses.base import ConfusionLoss, Nonlin, check_missed_weight, reduce_per_sample
+from nnunet_mcc.losses.base import ConfusionLoss, Nonlin, reduce_per_sample
 
 
 def soft_mcc(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, tn: torch.Tensor,
@@ -23,26 +23,6 @@ def soft_mcc(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, tn: torch.Ten
     numerator = tp * tn - fp * fn
     denominator = torch.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn) + eps)
     return numerator / denominator
-
-
-def missed_class_penalty(tp: torch.Tensor, fn: torch.Tensor, hard_tp: torch.Tensor,
-                         floor: float = 1e-30) -> torch.Tensor:
-    """``-log(TP / (TP + FN))``, minus the log of the soft recall, for each class that is present
-    (``TP + FN > 0``) and missed: none of its voxels is predicted as the class (``hard_tp``, the number
-    of its voxels predicted as the class, is 0). 0 for every other class. Elementwise, in float64.
-
-    Once a network stops predicting a class, the probabilities on its voxels saturate near 0 and the
-    soft MCC's gradient with respect to their logits vanishes: the softmax (or sigmoid) Jacobian
-    multiplies the gradient with respect to the probabilities by ``p (1 - p)``, and the MCC's own
-    gradient grows too slowly to make up for it, so the class never comes back. The gradient of
-    ``log TP`` with respect to the logit of each of the class's voxels is ``p_i (1 - p_i) / TP``, which
-    sums to about 1 however far the class has saturated. The recall is floored at ``floor`` (a logit
-    gap of about 70): below it the penalty keeps its value but has no gradient, so gradients stay finite.
-    """
-    with torch.no_grad():
-        gate = (hard_tp == 0) & (tp + fn > 0)
-    recall = tp.double() / (tp + fn).double().clamp_min(1e-12)
-    return torch.where(gate, -torch.log(recall.clamp_min(floor)), torch.zeros_like(recall))
 
 
 class MCCLoss(ConfusionLoss):
@@ -94,19 +74,27 @@ class MCCLoss(ConfusionLoss):
         reduction: as in MONAI: ``"mean"`` (the mean over classes and samples), ``"sum"`` (the sum
             over classes and samples) or ``"none"`` (the per-sample, per-class losses ``(B, K)``, or
             ``(1, K)`` with ``batch=True``, K the scored classes).
-        missed_weight: weight of :func:`missed_class_penalty`, added to the loss of a class that is
-            present in the target (of the batch when pooled, of the sample otherwise) but of which no
-            voxel is predicted as the class (the argmax, or probability > 0.5 for sigmoid regions and a
-            single binary channel). 0 (the default) is the plain soft MCC. With any weight, the loss of
-            every class of which at least one voxel is predicted is exactly ``1 - MCC``, value and
-            gradient bit for bit. ``nnUNetTrainerMCC`` uses 1: docs/mcc_rare_classes.md shows why.
+        missed_weight: weight of :func:`nnunet_mcc.losses.base.missed_class_penalty` (the missed-class gate), added to the loss
+            of a class present in the target (of the batch when pooled, of the sample otherwise) that has
+            too little room. 0 (the default) is the plain soft MCC.
+        min_recall: the gate's room. ``m > 0``: a present class whose soft recall TP / (TP + FN) is
+            below ``m`` adds ``missed_weight * (log m - log recall)``; 0 (the default): a present class
+            of which no voxel is predicted as the class (the argmax, or probability > 0.5 for sigmoid
+            regions and a single binary channel) adds ``-missed_weight * log recall``. Wherever every
+            present class has room, the loss is exactly ``1 - MCC``, value and gradient bit for bit.
+        min_specificity: the room of each class's complement: a class whose soft specificity
+            TN / (TN + FP) is below it (a class flooding the image) adds ``missed_weight * (log m - log
+            specificity)`` (:func:`nnunet_mcc.losses.base.flooded_class_penalty`); 0 (the default): none.
+            ``nnUNetTrainerMCC`` uses weight 1, recall room 0.5 and specificity room 0.9:
+            docs/mcc_rare_classes.md shows why.
 
     ``forward(x, y, loss_mask=None)``: ``x`` logits ``(B, C, *S)``; ``y`` label map ``(B, 1, *S)`` /
     ``(B, *S)`` or one-hot/regions ``(B, C, *S)``; ``loss_mask`` ``(B, 1, *S)``, 1 where valid (the
     form nnU-Net's compound losses pass, so ``MCCLoss`` fits their Dice slot).
 
     Raises:
-        ValueError: on an unknown ``apply_nonlin`` or ``reduction``, ``eps <= 0``, ``missed_weight < 0``
+        ValueError: on an unknown ``apply_nonlin`` or ``reduction``, ``eps <= 0``, ``missed_weight < 0``,
+            ``min_recall`` outside [0, 1],
             or set with a custom activation, a non-integer ``ignore_index``, and (in ``forward``) on
             shapes that do not fit or target values outside the classes.
 
@@ -125,23 +113,22 @@ class MCCLoss(ConfusionLoss):
     def __init__(self, apply_nonlin: Nonlin = "softmax", batch: bool = True, include_background: bool = False,
                  ignore_index: Optional[int] = None, region_ignore_channel: bool = False, eps: float = 1e-20,
                  ddp: bool = False, check_target: bool = True, reduction: str = "mean",
-                 missed_weight: float = 0.0):
+                 missed_weight: float = 0.0, min_recall: float = 0.0, min_specificity: float = 0.0):
         super().__init__(apply_nonlin, include_background, ignore_index, region_ignore_channel, check_target,
                          reduction, batch, ddp)
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps}")
         self.eps = float(eps)
-        self.missed_weight = check_missed_weight(missed_weight, self.nonlin_kind)
+        self.init_gate(missed_weight, min_recall, self.nonlin_kind, min_specificity)
 
     def settings(self) -> dict:
-        return {**super().settings(), "eps": self.eps, "missed_weight": self.missed_weight}
+        return {**super().settings(), "eps": self.eps, **self.gate_settings()}
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         if not self.missed_weight:
             loss = 1 - soft_mcc(*self.confusion(x, y, loss_mask), eps=self.eps)
         else:
-            tp, fp, fn, tn, hard_tp = self.confusion(x, y, loss_mask, hard_tp=True)
-            # adding an exact 0 keeps the value and gradient of every class that is found bit for bit
-            penalty = self.missed_weight * missed_class_penalty(tp, fn, hard_tp)
+            tp, fp, fn, tn, penalty = self.gated_confusion(x, y, loss_mask)
+            # adding an exact 0 keeps the value and gradient of every class with room bit for bit
             loss = 1 - soft_mcc(tp, fp, fn, tn, eps=self.eps) + penalty
         return reduce_per_sample(loss, self.reduction, self.batch, self.ddp)

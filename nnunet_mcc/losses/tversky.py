@@ -4,8 +4,7 @@ from typing import Optional
 
 import torch
 
-from nnunet_mcc.losses.base import ConfusionLoss, Nonlin, check_missed_weight, reduce_per_sample
-from nnunet_mcc.losses.mcc import missed_class_penalty
+from nnunet_mcc.losses.base import ConfusionLoss, Nonlin, reduce_per_sample
 
 
 class TverskyLoss(ConfusionLoss):
@@ -25,9 +24,10 @@ class TverskyLoss(ConfusionLoss):
     the power: the gradient of a perfectly scored class is then 0 rather than infinite.
 
     With ``missed_weight > 0``, a class present in the target (of the batch when pooled, of the sample
-    otherwise) of which no voxel is predicted adds ``missed_weight`` times minus the log of its soft
-    recall (:func:`nnunet_mcc.losses.mcc.missed_class_penalty`, the gate of ``MCCLoss``): the loss of every
-    class with at least one predicted voxel is exactly the Tversky loss, value and gradient bit for bit.
+    otherwise) that has too little room (a soft recall below ``min_recall``; with ``min_recall = 0``, no voxel
+    predicted) adds ``missed_weight`` times minus the log of its soft recall over ``min_recall``
+    (:func:`nnunet_mcc.losses.base.missed_class_penalty`, the gate of ``MCCLoss``): wherever every present
+    class has room the loss is exactly the Tversky loss, value and gradient bit for bit.
 
     References:
         S. S. M. Salehi, D. Erdogmus, A. Gholipour, "Tversky loss function for image segmentation using 3D
@@ -49,6 +49,8 @@ class TverskyLoss(ConfusionLoss):
         check_target: validate target values (one device sync per call).
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (the ``(B, K)`` losses, ``(1, K)`` pooled), as MONAI.
         missed_weight: weight of the missed-class penalty (0: the plain loss).
+        min_recall: the penalty's room, in [0, 1] (0: only a class of which no voxel is predicted).
+        min_specificity: the room of each class's complement, in [0, 1] (0: none; see ``MCCLoss``).
 
     ``forward(x, y, loss_mask=None)`` takes nnU-Net's target forms, so the loss fits the Dice slot of its
     compound losses (``DC_and_CE_loss(..., dice_class=TverskyLoss)``).
@@ -69,7 +71,8 @@ class TverskyLoss(ConfusionLoss):
     def __init__(self, apply_nonlin: Nonlin = "softmax", alpha: float = 0.3, beta: float = 0.7, gamma: float = 1.0,
                  batch: bool = False, include_background: bool = False, ignore_index: Optional[int] = None,
                  region_ignore_channel: bool = False, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5,
-                 ddp: bool = False, check_target: bool = True, reduction: str = "mean", missed_weight: float = 0.0):
+                 ddp: bool = False, check_target: bool = True, reduction: str = "mean", missed_weight: float = 0.0,
+                 min_recall: float = 0.0, min_specificity: float = 0.0):
         super().__init__(apply_nonlin, include_background, ignore_index, region_ignore_channel, check_target,
                          reduction, batch, ddp)
         for name, value in (("alpha", alpha), ("beta", beta), ("smooth_nr", smooth_nr), ("smooth_dr", smooth_dr)):
@@ -82,21 +85,24 @@ class TverskyLoss(ConfusionLoss):
             raise ValueError(f"gamma must be >= 1 (1: Tversky, > 1: Focal Tversky), got {gamma}")
         self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
         self.smooth_nr, self.smooth_dr = float(smooth_nr), float(smooth_dr)
-        self.missed_weight = check_missed_weight(missed_weight, self.nonlin_kind)
+        self.init_gate(missed_weight, min_recall, self.nonlin_kind, min_specificity)
         if self.gamma > 1:
             self.loss_name = "Focal Tversky"
 
     def settings(self) -> dict:
         return {**super().settings(), "alpha": self.alpha, "beta": self.beta, "gamma": self.gamma,
-                "smooth_nr": self.smooth_nr, "smooth_dr": self.smooth_dr, "missed_weight": self.missed_weight}
+                "smooth_nr": self.smooth_nr, "smooth_dr": self.smooth_dr, **self.gate_settings()}
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        tp, fp, fn, _, *hard = self.confusion(x, y, loss_mask, hard_tp=bool(self.missed_weight))
+        if self.missed_weight:
+            tp, fp, fn, _, penalty = self.gated_confusion(x, y, loss_mask)
+        else:
+            tp, fp, fn, _ = self.confusion(x, y, loss_mask)
         index = (tp + self.smooth_nr) / (tp + self.alpha * fp + self.beta * fn + self.smooth_dr)
         loss = 1 - index
         if self.gamma != 1:
             loss = loss.clamp_min(1e-12) ** (1 / self.gamma)
-        if hard:
-            # an exact 0 for every class that is found keeps the plain loss bit for bit
-            loss = loss + (self.missed_weight * missed_class_penalty(tp, fn, hard[0])).to(loss.dtype)
+        if self.missed_weight:
+            # an exact 0 for every class with room keeps the plain loss bit for bit
+            loss = loss + penalty.to(loss.dtype)
         return reduce_per_sample(loss, self.reduction, self.batch, self.ddp)

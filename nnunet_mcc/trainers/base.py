@@ -56,6 +56,23 @@ from nnunet_mcc.trainers.progress import MCCLocalLogger, jsonable
 from nnunet_mcc.trainers.snapshots import Snapshots
 
 
+# The rooms of the missed-class gate of the confusion-count trainers used alone (MCC, GWDL, Tversky): a present
+# class is pushed until its voxels carry on average at least GATE_MIN_RECALL of the class's probability (soft
+# recall), and every class until the other voxels carry on average at most 1 - GATE_MIN_SPECIFICITY of it (soft
+# specificity; in imbalanced data the complement is mostly background, and at 0.5 a class predicted on half the
+# image still had room). At initialisation both act, as a class-balanced cross-entropy would; nothing changes once
+# every class has both rooms. docs/mcc_rare_classes.md has the evidence.
+GATE_MIN_RECALL = 0.5
+GATE_MIN_SPECIFICITY = 0.9
+
+
+def gate_identity(missed_weight: float, min_recall: float, min_specificity: float = 0.0) -> dict:
+    """The gate's part of a trainer's identity, as the loss records it (``ConfusionLoss.gate_settings``): its
+    weight, and its rooms when it has a weight (a trainer without the gate keeps the identity it always had)."""
+    room = {"min_recall": float(min_recall), **({"min_specificity": float(min_specificity)} if min_specificity else {})}
+    return {"missed_weight": float(missed_weight), **(room if missed_weight else {})}
+
+
 class ComparisonTrainer(RunCost, Snapshots, Preemption, nnUNetTrainer):
     """Base of this package's trainers (see the module docstring). Loss unchanged: Dice + CE."""
 

@@ -23,7 +23,7 @@ from nnunet_mcc.budget import GWDL_MATRIX_VARIABLE
 from nnunet_mcc.losses.distance_matrix import (PRESETS, DistanceMatrixError, format_matrix, matrix_to_json,
                                                resolve_distance_matrix)
 from nnunet_mcc.losses.gwdl import GeneralizedWassersteinDiceLoss
-from nnunet_mcc.trainers.base import ComparisonTrainer
+from nnunet_mcc.trainers.base import GATE_MIN_RECALL, GATE_MIN_SPECIFICITY, ComparisonTrainer, gate_identity
 from nnunet_mcc.trainers.weighted_ce import TrainingLabelCounts
 
 MATRIX_FILE_NAME = "gwdl_distance_matrix.json"
@@ -51,20 +51,24 @@ class nnUNetTrainerGWDL(TrainingLabelCounts, ComparisonTrainer):
     Statistics per sample or pooled over the batch (and DDP ranks) as the plans' ``batch_dice`` says.
     Region-based datasets are refused at initialisation: the loss needs exclusive labels.
 
-    The gate: a label present in the batch of which no voxel is predicted adds minus the log of its soft
-    recall (``GeneralizedWassersteinDiceLoss(missed_weight=...)``); for every label the network finds on
-    at least one voxel the loss is exactly Fidon et al.'s. Without it, the paper's loss lost a whole
-    label on the demo's dataset whatever the matrix (tree, 0/1, BraTS), the weighting or the learning
-    rate: once the network gives a label's voxels to a neighbour, the label's probability saturates and
-    its gradient vanishes (docs/gwdl.md). The gate brings such a label back, but only to the margin: with it
-    a label was still lost in 1 of 3 folds (2 of 3 on a rarer dataset), while ``nnUNetTrainerGWDL_CE`` lost
-    none and matched nnU-Net's Dice + CE; prefer it where a label is small. A subclass with
-    ``gwdl_missed_weight = 0`` trains the paper's loss and warns at start.
+    The gate: a label present in the batch whose soft recall is below ``gwdl_min_recall`` (0.5) adds
+    ``log 0.5 - log recall`` (``GeneralizedWassersteinDiceLoss(missed_weight=..., min_recall=...)``);
+    a label whose soft specificity is below ``gwdl_min_specificity`` (0.9), one flooding the image, adds
+    ``log 0.9 - log specificity``; wherever every present label has a soft recall of at least 0.5 and a soft
+    specificity of at least 0.9 the loss is exactly Fidon et al.'s.
+    Without it, the paper's loss lost a whole label on the demo's dataset whatever the matrix (tree, 0/1,
+    BraTS), the weighting or the learning rate: once the network gives a label's voxels to a neighbour, the
+    label's probability saturates and its gradient vanishes (docs/gwdl.md). A gate acting only while no
+    voxel was predicted (``gwdl_min_recall = 0``) brought such a label back to the margin only, and a label
+    was still lost in 1 of 3 folds. A subclass with ``gwdl_missed_weight = 0`` trains the paper's loss and
+    warns at start.
     """
 
     gwdl_matrix: Optional[str] = None  # JSON file path or preset name; the environment variable wins
     gwdl_weighting: str = "default"  # or "GDL"
     gwdl_missed_weight: float = 1.0  # the missed-label gate of GeneralizedWassersteinDiceLoss (0: the paper's loss)
+    gwdl_min_recall: float = GATE_MIN_RECALL  # its room (0: only a label of which no voxel is predicted)
+    gwdl_min_specificity: float = GATE_MIN_SPECIFICITY  # the room of a label's complement (0: none)
     # without the gate, the start-up warning names the labels under this share of the foreground voxels that
     # lie closer than this to another foreground label: the cheapest to lose
     gwdl_warn_rare_below: float = 0.02
@@ -102,7 +106,8 @@ class nnUNetTrainerGWDL(TrainingLabelCounts, ComparisonTrainer):
         except DistanceMatrixError as e:
             raise UserError(f"{cls.__name__}: {e}") from None
         return {"distance_matrix": [[round(float(v), 6) for v in row] for row in matrix], "label_names": list(names),
-                "weighting": cls.gwdl_weighting, "missed_weight": float(cls.gwdl_missed_weight)}
+                "weighting": cls.gwdl_weighting, **gate_identity(cls.gwdl_missed_weight, cls.gwdl_min_recall,
+                                                                        cls.gwdl_min_specificity)}
 
     def on_train_start(self):
         super().on_train_start()
@@ -130,7 +135,8 @@ class nnUNetTrainerGWDL(TrainingLabelCounts, ComparisonTrainer):
         # target values were checked by nnU-Net's preprocessing: skip the per-call check (a device sync)
         return {"distance_matrix": self.gwdl_distance_matrix, "weighting": self.gwdl_weighting,
                 "batch": self.configuration_manager.batch_dice, "ddp": self.is_ddp, "check_target": False,
-                "missed_weight": self.gwdl_missed_weight}
+                "missed_weight": self.gwdl_missed_weight, "min_recall": self.gwdl_min_recall,
+                "min_specificity": self.gwdl_min_specificity}
 
     def _record_distance_matrix(self) -> None:
         self.print_to_log_file(f"Generalized Wasserstein Dice loss, weighting {self.gwdl_weighting!r}, "

@@ -1,36 +1,42 @@
 """Trainers with the soft MCC loss (seed 000: 1 - MCC) and MCC + cross-entropy."""
 
 from nnunet_mcc.losses import MCCLoss
-from nnunet_mcc.trainers.base import ComparisonTrainer
+from nnunet_mcc.trainers.base import GATE_MIN_RECALL, GATE_MIN_SPECIFICITY, ComparisonTrainer, gate_identity
 
 
 class nnUNetTrainerMCC(ComparisonTrainer):
     """1 - soft MCC. Softmax over classes (background excluded), or sigmoid per region; counts pooled
     over the batch (and DDP ranks) when the plans say ``batch_dice``.
 
-    A class present in the batch of which no voxel is predicted adds ``missed_weight`` times minus the
-    log of its soft recall (``MCCLoss(missed_weight=...)``). Early in training a rare class is often
-    pushed below the others on all its voxels; its probabilities then saturate near 0 and the soft MCC's
-    gradient with respect to the logits vanishes with them, so the plain loss never brings it back. On
-    a synthetic 2D dataset with nested classes at 3 %, 1.5 % and 0.5 % of the image, the plain loss lost
-    the 0.5 % class on 2 of 3 folds (Dice 0.30 +- 0.53); with the penalty no class was lost and every class scored as with
-    nnU-Net's Dice + CE (0.87 +- 0.02), see docs/mcc_rare_classes.md. For every class the network finds
-    on at least one voxel the loss is exactly 1 - soft MCC. A subclass with ``missed_weight = 0`` gives
-    the plain loss of the seed. ``nnUNetTrainerMCC_CE`` (MCC + cross-entropy) scored the same on that
-    ablation and is the safer choice when the classes are very rare.
+    The missed-class gate: a class present in the batch whose soft recall is below ``missed_min_recall``
+    (0.5) adds ``missed_weight`` (1) times ``log 0.5 - log recall`` (``MCCLoss(missed_weight=...,
+    min_recall=...)``). Early in training a rare class is often pushed below the others on all its voxels;
+    its probabilities then saturate near 0 and the soft MCC's gradient with respect to the logits vanishes
+    with them, so the plain loss never brings it back (it lost the 0.5 % class of a synthetic dataset on 2
+    of 3 folds). A gate that acted only while no voxel was predicted brought such a class back to the
+    decision margin only, where a seed could still lose it (docs/mcc_rare_classes.md). The other side: a
+    class whose soft specificity is below ``missed_min_specificity`` (0.9), one flooding the image, adds
+    ``log 0.9 - log specificity``; it saturates too, at a probability near 1 everywhere. Wherever every
+    present class has a soft recall of at least 0.5 and a soft specificity of at least 0.9 the loss is exactly
+    1 - soft MCC, value and gradient.
+    A subclass with ``missed_weight = 0`` gives the plain loss of the seed, ``missed_min_recall = 0`` the
+    former gate.
     """
 
     missed_weight = 1.0
+    missed_min_recall = GATE_MIN_RECALL
+    missed_min_specificity = GATE_MIN_SPECIFICITY
 
     @classmethod
     def identity_settings(cls, dataset_json: dict, environ=None) -> dict:
-        return {"missed_weight": float(cls.missed_weight)}
+        return gate_identity(cls.missed_weight, cls.missed_min_recall, cls.missed_min_specificity)
 
     def _mcc_kwargs(self) -> dict:
         return self._confusion_kwargs()
 
     def _build_loss(self):
-        return self._confusion_loss(MCCLoss, missed_weight=self.missed_weight, **self._mcc_kwargs())
+        return self._confusion_loss(MCCLoss, missed_weight=self.missed_weight, min_recall=self.missed_min_recall,
+                                    min_specificity=self.missed_min_specificity, **self._mcc_kwargs())
 
 
 class nnUNetTrainerMCC_CE(nnUNetTrainerMCC):

@@ -1,7 +1,7 @@
 """Trainers with the Tversky loss (Salehi et al. 2017) and Tversky + cross-entropy."""
 
 from nnunet_mcc.losses import TverskyLoss
-from nnunet_mcc.trainers.base import ComparisonTrainer
+from nnunet_mcc.trainers.base import GATE_MIN_RECALL, GATE_MIN_SPECIFICITY, ComparisonTrainer, gate_identity
 
 
 class nnUNetTrainerTversky(ComparisonTrainer):
@@ -10,25 +10,31 @@ class nnUNetTrainerTversky(ComparisonTrainer):
     ``tversky_beta`` false negatives (MONAI's meaning; 0.3 / 0.7, Salehi et al.'s choice for small lesions);
     ``tversky_gamma > 1`` gives the Focal Tversky loss (Abraham and Khan: 4/3).
 
-    Like ``nnUNetTrainerMCC`` it adds the missed-class gate (``tversky_missed_weight = 1``): an overlap loss
-    alone loses its gradient for a class whose softmax has saturated near 0 (docs/mcc_rare_classes.md,
-    docs/gwdl.md), and the gate leaves the loss of every class that is predicted somewhere unchanged, bit
-    for bit. A subclass with ``tversky_missed_weight = 0`` trains the paper's loss.
+    Like ``nnUNetTrainerMCC`` it adds the missed-class gate (``tversky_missed_weight = 1``, rooms
+    ``tversky_min_recall = 0.5`` and ``tversky_min_specificity = 0.9``, the latter for a class flooding the
+    image): an overlap loss alone loses its gradient for a class whose softmax has saturated near 0 or 1
+    (docs/mcc_rare_classes.md, docs/gwdl.md), and the gate leaves the loss unchanged, bit for bit, wherever
+    every present class has a soft recall of at least 0.5 and a soft specificity of at least 0.9. A subclass with
+    ``tversky_missed_weight = 0`` trains the paper's loss.
     """
 
     tversky_alpha = 0.3
     tversky_beta = 0.7
     tversky_gamma = 1.0
     tversky_missed_weight = 1.0
+    tversky_min_recall = GATE_MIN_RECALL
+    tversky_min_specificity = GATE_MIN_SPECIFICITY
 
     @classmethod
     def identity_settings(cls, dataset_json: dict, environ=None) -> dict:
         return {"alpha": float(cls.tversky_alpha), "beta": float(cls.tversky_beta),
-                "gamma": float(cls.tversky_gamma), "missed_weight": float(cls.tversky_missed_weight)}
+                "gamma": float(cls.tversky_gamma), **gate_identity(cls.tversky_missed_weight, cls.tversky_min_recall,
+                                                                     cls.tversky_min_specificity)}
 
     def _tversky_kwargs(self) -> dict:
         return {"alpha": self.tversky_alpha, "beta": self.tversky_beta, "gamma": self.tversky_gamma,
-                "missed_weight": self.tversky_missed_weight}
+                "missed_weight": self.tversky_missed_weight, "min_recall": self.tversky_min_recall,
+                "min_specificity": self.tversky_min_specificity}
 
     def _build_loss(self):
         return self._confusion_loss(TverskyLoss, **self._tversky_kwargs())
