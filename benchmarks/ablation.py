@@ -252,13 +252,15 @@ def run_all(work: str, variants: Sequence[str], folds: Sequence[int], budget: di
 
 
 # ---- the table ---------------------------------------------------------------------------------
-def plateau(logging: dict) -> dict:
+def plateau(logging: dict, class_names: Sequence[str] = ()) -> dict:
     """nnU-Net's EMA pseudo Dice at two thirds of training and at the end, and the project's convergence
-    verdict (``nnunet_mcc.experiments.convergence``, the criterion ``compare`` applies) on the raw series."""
+    verdict (``nnunet_mcc.experiments.convergence``, the criterion ``compare`` applies) on the raw series and the
+    per-class pseudo Dice (``dice_per_class_or_region``, its entries named by ``class_names``)."""
     from nnunet_mcc.experiments.convergence import judge
 
     ema = logging["ema_fg_dice"]
-    verdict = judge({k: logging.get(k) for k in ("mean_fg_dice", "mean_fg_mcc")})
+    verdict = judge({k: logging.get(k) for k in ("mean_fg_dice", "mean_fg_mcc")}, None,
+                    logging.get("dice_per_class_or_region"), class_names)
     if len(ema) < 2:
         return {"ema_two_thirds": None, "ema_end": None, "converged": verdict.converged}
     return {"ema_two_thirds": float(ema[(2 * len(ema)) // 3 - 1]), "ema_end": float(ema[-1]),
@@ -298,7 +300,8 @@ def collect(variants: Sequence[str], folds: Sequence[int]) -> dict:
                 "ema_fg_dice": [float(v) for v in logging["ema_fg_dice"]],
                 "pseudo_mcc_per_class": [[float(x) if x == x else None for x in v]
                                          for v in logging.get("mcc_per_class_or_region", [])],
-                **plateau(logging), "seconds": record["total_seconds"], "budget": record["budget"]}
+                **plateau(logging, [names[k] for k in sorted(names, key=int)]), "seconds": record["total_seconds"],
+                "budget": record["budget"]}
     return runs
 
 

@@ -9,10 +9,14 @@
 * **The other knobs**: the seed, snapshots, checkpoint and plot schedules, the train command, the torch
   threads of in-process workers, and the loss settings read from the environment (GWDL's matrix, SegAN's
   weight and critic mode).
+* **The cores of a run** (:func:`allocation_environment`): nnU-Net's worker counts and the threads a run given
+  some cores is told to use, the one rule of a SLURM array task and of each of crossval's runs on the CPU
+  (:func:`cpu_run_environment`: its share of this machine's cores, and when it redraws progress.png).
 
 ``nnunet_mcc.trainers.base`` applies them; ``nnunet-mcc crossval`` sets them for the runs it starts and checks
 every one before anything starts (:func:`check_environment`). Also the names of seeded trainers
-(``split_seed``, ``seed_variant_name``), which crossval and compare read without torch.
+(``split_seed``, ``seed_variant_name``) and of trainers with a length (``split_epochs``, ``epochs_variant_name``),
+which crossval and compare read without torch.
 """
 
 import os
@@ -52,6 +56,16 @@ JOBS_VARIABLE = "NNUNET_MCC_JOBS"
 # nnU-Net's choice, every core of the machine on the CPU); 1 makes a seeded CPU run repeatable bit for bit even
 # on a busy machine (several threads may sum a convolution's gradient in another order)
 TORCH_THREADS_VARIABLE = "NNUNET_MCC_TORCH_THREADS"
+# nnU-Net's worker counts: the final validation's export workers (nnU-Net's default 8) and the augmentation workers
+# beside the training process (nnU-Net's default min(12, cores); 0: augmentation in the training process)
+EXPORT_WORKERS_VARIABLE = "nnUNet_def_n_proc"
+AUGMENTATION_WORKERS_VARIABLE = "nnUNet_n_proc_DA"
+# the OpenMP and MKL threads of a run's processes (numpy, the augmentation, torch before set_num_threads)
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# progress.png of crossval's runs on the CPU: redrawn with nnU-Net's periodic checkpoint (every 50 epochs) and at the
+# last epoch (always drawn) instead of after every epoch (nnU-Net's default), which cost ~8 s per 20-iteration epoch
+# on a busy 2-core machine (0.03 s without the drawing)
+CPU_PLOT_EVERY = 50
 # the train executable and leading arguments ``crossval`` runs (default: nnUNetv2_train)
 TRAIN_COMMAND_VARIABLE = "NNUNET_MCC_TRAIN_COMMAND"
 # loss settings, part of a run's identity: the GWDL distance matrix (a JSON file or a preset name), SegAN's
@@ -81,6 +95,34 @@ def seed_variant_name(name: str, seed: int) -> str:
     if split_seed(name)[1] is not None:
         raise ValueError(f"{name} carries a seed already")
     return f"{name}_seed{seed}"
+
+
+# ---- trainer names with a length: ``<Trainer>_<N>epoch(s)`` (nnU-Net's short style; ``_1epoch`` for one) ----------
+_EPOCHS_SUFFIX = re.compile(r"^(?P<name>\w+?)_(?P<epochs>[1-9][0-9]*)epochs?$")
+
+
+def split_epochs(name: str) -> Tuple[str, Optional[int]]:
+    """``"nnUNetTrainerMCC_50epochs"`` -> ``("nnUNetTrainerMCC", 50)``; a name without an epochs suffix in nnU-Net's
+    spelling (``_1epoch``, ``_<N>epochs`` for N > 1; a seed suffix must be split off first) -> ``(name, None)``."""
+    match = _EPOCHS_SUFFIX.match(name)
+    if not match or _with_epochs(match.group("name"), int(match.group("epochs"))) != name:
+        return name, None
+    return match.group("name"), int(match.group("epochs"))
+
+
+def _with_epochs(base: str, epochs: int) -> str:
+    return f"{base}_{epochs}epoch" + ("s" if epochs > 1 else "")
+
+
+def epochs_variant_name(name: str, epochs: int) -> str:
+    """The trainer that trains ``name`` for ``epochs`` epochs (``nnunet_mcc.trainers.variants``' spelling, checked
+    against it by the tests): ``nnUNetTrainerMCC`` or ``nnUNetTrainerMCC_50epochs`` + 100 ->
+    ``nnUNetTrainerMCC_100epochs``; a seed suffix stays last (``..._seed1`` -> ``nnUNetTrainerMCC_100epochs_seed1``)."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"a trainer's epochs are a positive integer, got {epochs!r}")
+    unseeded, seed = split_seed(name)
+    named = _with_epochs(split_epochs(unseeded)[0], epochs)
+    return named if seed is None else seed_variant_name(named, seed)
 
 
 @dataclass(frozen=True)
@@ -221,3 +263,42 @@ def check_environment(environ=os.environ) -> None:
     seed_from_env(environ)
     torch_threads_from_env(environ)
     segan_lambda_from_env(environ)
+
+
+
+# ---- the cores of a run -------------------------------------------------------------------------------
+def available_cores() -> int:
+    """The cores this process may run on: its CPU affinity (a SLURM task's, a container's, ``taskset``'s), else the
+    machine's CPU count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def cores_per_run(jobs: int, cores: Optional[int] = None) -> int:
+    """The share of each of ``jobs`` runs at a time on ``cores`` cores (default :func:`available_cores`):
+    ``max(1, cores // jobs)``."""
+    return max(1, (available_cores() if cores is None else int(cores)) // max(1, int(jobs)))
+
+
+def allocation_environment(cores: int) -> Dict[str, str]:
+    """What a run given ``cores`` cores is told to use: nnU-Net's export workers = cores, augmentation workers =
+    cores - 1 (one core: 0, augmentation in the training process), torch, OpenMP and MKL threads = cores. On the CPU
+    ``nnUNetv2_train`` would take every core of the machine, and threads that outnumber the cores slow each other
+    down many times over. The rule of a SLURM array task (``experiments/scripts.py`` writes it in bash, checked
+    against this function by the tests) and of each of crossval's runs on the CPU."""
+    cores = max(1, int(cores))
+    env = {EXPORT_WORKERS_VARIABLE: str(cores), AUGMENTATION_WORKERS_VARIABLE: str(cores - 1 if cores > 1 else 0),
+           TORCH_THREADS_VARIABLE: str(cores)}
+    env.update({name: str(cores) for name in THREAD_VARIABLES})
+    return env
+
+
+def cpu_run_environment(jobs: int, environ=os.environ, cores: Optional[int] = None) -> Dict[str, str]:
+    """What each of ``jobs`` runs at a time on this machine's CPU gets, every variable only where ``environ`` does
+    not set it (a value the user set is kept): its share of the cores, ``allocation_environment(cores_per_run(jobs,
+    cores))``, and progress.png redrawn every ``CPU_PLOT_EVERY`` epochs."""
+    defaults = dict(allocation_environment(cores_per_run(jobs, cores)),
+                    **{SCHEDULE_VARIABLES["plot_every"]: str(CPU_PLOT_EVERY)})
+    return {name: value for name, value in defaults.items() if not environ.get(name, "").strip()}

@@ -72,6 +72,25 @@ def label_names_by_value(dataset_json: Mapping, needed_by: str = "this") -> List
     return [by_value[v] for v in values]
 
 
+def pseudo_dice_names(dataset_json: Mapping) -> List[str]:
+    """The names of the entries of nnU-Net's per-epoch pseudo Dice (``dice_per_class_or_region``), in its order:
+    the regions in the order of ``labels`` for a region-based dataset (``LabelManager.foreground_regions``), else the
+    foreground labels by value (``foreground_labels``); background and the ignore label left out. Empty when the
+    labels cannot be read (the per-class curves are then named by position)."""
+    labels = dataset_json.get("labels")
+    if not isinstance(labels, Mapping):
+        return []
+    try:
+        entries = [(name, [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)])
+                   for name, value in labels.items() if name != "ignore"]
+    except (TypeError, ValueError):
+        return []
+    foreground = [(name, values) for name, values in entries if set(values) != {0}]
+    if any(len(values) > 1 for _, values in entries):
+        return [name for name, _ in foreground]
+    return [name for name, _ in sorted(foreground, key=lambda entry: entry[1][0])]
+
+
 def summary_key_names(dataset_json: Mapping) -> Dict[str, str]:
     """nnU-Net's summary.json key of each label or region -> its name in ``labels`` (both spellings of a
     one-value entry: ``"3"`` and ``"(3,)"``)."""

@@ -12,25 +12,36 @@ Files in a fold folder ``$nnUNet_results/DatasetXXX/<trainer>__<plans>__<configu
   validation MCC, rewritten after every epoch, so learning curves survive without checkpoints.
 * ``snapshots/epoch_<N>/summary.json`` (this package's trainers, ``NNUNET_MCC_SNAPSHOT_EPOCHS``): nnU-Net's
   per-case evaluation of the fold's validation cases after epoch N, for "score after N iterations".
+* ``validation_nomirror/`` (``nnunet_mcc.experiments.mirroring``, on request): the fold's validation cases
+  predicted from ``checkpoint_final.pth`` exactly as nnU-Net's final validation does, except without
+  test-time mirroring, and its ``summary.json`` (nnU-Net's format): tells a class lost in training from
+  one lost by mirroring.
 """
 
 import os
 from typing import Dict, Optional
 
-from nnunet_mcc.budget import (BUDGET_KEYS, NNUNET_DEFAULT_BUDGET, TORCH_THREADS_VARIABLE,  # noqa: F401 (read from here too)
-                               describe_budget)
+from nnunet_mcc.budget import (AUGMENTATION_WORKERS_VARIABLE, BUDGET_KEYS, EXPORT_WORKERS_VARIABLE,  # noqa: F401
+                               NNUNET_DEFAULT_BUDGET, SCHEDULE_VARIABLES, THREAD_VARIABLES, TORCH_THREADS_VARIABLE,
+                               available_cores, describe_budget)  # (some read from here too)
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.fileio import read_json
 
 PROVENANCE_FILE = "nnunet_mcc_provenance.json"
 LOG_FILE = "nnunet_mcc_log.json"
 SNAPSHOT_FOLDER = "snapshots"
+UNMIRRORED_FOLDER = "validation_nomirror"
 FORMAT = 1
 
 
 
 def snapshot_summary(fold_folder: str, epoch: int) -> str:
     return os.path.join(fold_folder, SNAPSHOT_FOLDER, f"epoch_{epoch}", "summary.json")
+
+
+def unmirrored_summary(fold_folder: str) -> str:
+    """``validation_nomirror/summary.json``: the fold's validation predicted without test-time mirroring."""
+    return os.path.join(fold_folder, UNMIRRORED_FOLDER, "summary.json")
 
 
 def budget_from_debug_json(fold_folder: str) -> Dict[str, int]:
@@ -67,18 +78,19 @@ def recorded_budget(fold_folder: str) -> Dict[str, int]:
 SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT",
                    "SLURM_CPUS_PER_TASK", "SLURM_JOB_PARTITION")
 # nnU-Net's worker counts: final validation/export (default 8) and data augmentation (default min(12, cores));
-# this package's torch threads (default: nnUNetv2_train's, every core on the CPU)
-WORKER_VARIABLES = ("nnUNet_def_n_proc", "nnUNet_n_proc_DA", TORCH_THREADS_VARIABLE)
+# this package's torch threads (default: nnUNetv2_train's, every core on the CPU); OpenMP's and MKL's threads.
+# crossval sets them on the CPU (each run's share of the cores) and SLURM tasks (their allocation) unless the user
+# has: ``budget.allocation_environment``
+WORKER_VARIABLES = (EXPORT_WORKERS_VARIABLE, AUGMENTATION_WORKERS_VARIABLE, TORCH_THREADS_VARIABLE, *THREAD_VARIABLES)
 
 
 def allocation(environ=os.environ) -> Dict[str, object]:
     """What the run may use and what it was told to use: the cores it may run on (CPU affinity), SLURM's job
-    variables that are set, and nnU-Net's worker counts (None: nnU-Net's defaults)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count()
-    record: Dict[str, object] = {"cpus_available": cores}
+    variables that are set, nnU-Net's worker counts and the threads (None: unset, nnU-Net's and torch's defaults),
+    and how often it checkpoints and redraws progress.png (``NNUNET_MCC_SAVE_EVERY``, ``NNUNET_MCC_PLOT_EVERY``;
+    None: the trainer's default)."""
+    record: Dict[str, object] = {"cpus_available": available_cores()}
     record.update({name.lower(): environ[name] for name in SLURM_VARIABLES if environ.get(name)})
     record.update({name: environ.get(name) or None for name in WORKER_VARIABLES})
+    record.update({name: environ.get(name) or None for name in SCHEDULE_VARIABLES.values()})
     return record

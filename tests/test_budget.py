@@ -40,3 +40,49 @@ def test_knob_readers_and_their_defaults():
     assert budget.train_command_from_env(None, environ) == ["srun", "nnUNetv2_train"]
     assert budget.train_command_from_env("my-wrapper --x 'a b'", environ) == ["my-wrapper", "--x", "a b"]
     assert budget.train_command_from_env(None, {}) is None
+
+
+# ---- the cores of a run: one rule for a SLURM task and for crossval's CPU runs ----------------------------
+def test_the_share_of_the_cores_and_what_the_user_set_is_kept():
+    assert [budget.cores_per_run(jobs, 4) for jobs in (1, 2, 3, 4, 8)] == [4, 2, 1, 1, 1]
+    assert budget.allocation_environment(1) == {"nnUNet_def_n_proc": "1", "nnUNet_n_proc_DA": "0",
+                                                "NNUNET_MCC_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1",
+                                                "MKL_NUM_THREADS": "1"}
+    assert budget.allocation_environment(3)["nnUNet_n_proc_DA"] == "2"
+    env = budget.cpu_run_environment(2, {}, cores=4)
+    assert env == dict(budget.allocation_environment(2), NNUNET_MCC_PLOT_EVERY=str(budget.CPU_PLOT_EVERY))
+    # a value in the environment (even 0: nnU-Net's own choice) is the user's: not overridden
+    user = {"NNUNET_MCC_TORCH_THREADS": "0", "OMP_NUM_THREADS": "8", "NNUNET_MCC_PLOT_EVERY": "1",
+            "MKL_NUM_THREADS": " "}
+    env = budget.cpu_run_environment(2, user, cores=4)
+    assert not set(env) & {"NNUNET_MCC_TORCH_THREADS", "OMP_NUM_THREADS", "NNUNET_MCC_PLOT_EVERY"}
+    assert env["MKL_NUM_THREADS"] == "2"  # blank counts as unset, as in the SLURM script's ${VAR:-...}
+
+
+@pytest.mark.parametrize("cores", [1, 2, 3, 5])
+def test_the_slurm_scripts_bash_applies_the_same_rule(cores):
+    import os
+    import subprocess
+
+    from nnunet_mcc.experiments.scripts import _ALLOCATION
+
+    names = list(budget.allocation_environment(1))
+    env = {k: v for k, v in os.environ.items() if k not in names}
+    script = _ALLOCATION + "".join(f'echo "{name}=${name}"\n' for name in names)
+    out = subprocess.run(["bash", "-c", script], env=dict(env, SLURM_CPUS_PER_TASK=str(cores)), capture_output=True,
+                         text=True, check=True).stdout
+    assert dict(line.split("=", 1) for line in out.splitlines()) == budget.allocation_environment(cores)
+    kept = subprocess.run(["bash", "-c", script], env=dict(env, SLURM_CPUS_PER_TASK=str(cores), OMP_NUM_THREADS="7"),
+                          capture_output=True, text=True, check=True).stdout
+    assert "OMP_NUM_THREADS=7" in kept.splitlines()
+
+
+def test_the_run_record_says_what_the_run_was_told_to_use():
+    from nnunet_mcc import provenance
+
+    record = provenance.allocation(dict(budget.cpu_run_environment(2, {}, cores=2), SLURM_JOB_ID="7"))
+    assert record["cpus_available"] == budget.available_cores() and record["slurm_job_id"] == "7"
+    assert (record["NNUNET_MCC_TORCH_THREADS"], record["OMP_NUM_THREADS"], record["MKL_NUM_THREADS"],
+            record["nnUNet_n_proc_DA"], record["nnUNet_def_n_proc"]) == ("1", "1", "1", "0", "1")
+    assert record["NNUNET_MCC_PLOT_EVERY"] == "50" and record["NNUNET_MCC_SAVE_EVERY"] is None
+    assert provenance.allocation({})["NNUNET_MCC_TORCH_THREADS"] is None  # unset: nnU-Net's choice

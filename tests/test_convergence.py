@@ -62,3 +62,54 @@ def test_collapse_epoch():
     assert convergence.collapse_epoch([0.0, 0.0009, None, 0.0]) == ("never learned", None)
     assert convergence.collapse_epoch([0.0, 0.2, float("nan")])[0] == "not at the end"  # NaN epochs skipped
     assert convergence.collapse_epoch([None, None]) == ("no per-class curve", None)
+
+
+# ---- a class at zero: a flat curve that is not convergence ----------------------------------------------
+def per_class_curves(columns, seed=0):
+    """One list per epoch from per-class curves (each a function of the epoch index), with small noise."""
+    rng = np.random.default_rng(seed)
+    return [[max(0.0, f(e) + rng.normal(0, 0.005)) if f(e) > 0 else 0.0 for f in columns] for e in range(EPOCHS)]
+
+
+def test_a_flat_run_with_classes_never_learned_is_not_converged():
+    """The recorded case: Dice + CE runs that never learned two small classes had flat curves (projected gains
+    +0.001 to +0.003) and were judged converged; retrained at twice the iterations one of them found both."""
+    per_class = per_class_curves([lambda e: 0.9, lambda e: 0.0, lambda e: 0.0])
+    mean = [float(np.mean(e)) for e in per_class]  # flat at ~0.3: the learned class alone
+    old = convergence.judge({"mean_fg_dice": mean}, PER_EPOCH)
+    assert old.converged and abs(old.gains["mean_fg_dice"]) < 0.01  # without the per-class curves: "converged"
+    verdict = convergence.judge({"mean_fg_dice": mean}, PER_EPOCH, per_class, ["edema", "core", "enhancing"])
+    assert verdict.status == convergence.NO and verdict.rising == []
+    assert verdict.at_zero == {"core": convergence.NEVER_LEARNED, "enhancing": convergence.NEVER_LEARNED}
+    text = verdict.describe()
+    assert text.startswith("no (last 15 epochs: pseudo Dice projected gain")
+    assert "core never learned, enhancing never learned: per-epoch pseudo Dice below 0.05 over the whole window, " \
+           "and a flat curve with a class at zero is not convergence" in text
+    assert "class at zero is not convergence" in convergence.CRITERION
+    # unnamed entries are named by position
+    assert convergence.judge({"mean_fg_dice": mean}, PER_EPOCH, per_class).at_zero == {
+        "class 2": convergence.NEVER_LEARNED, "class 3": convergence.NEVER_LEARNED}
+
+
+def test_a_class_lost_before_the_window_and_the_edges_of_the_rule():
+    lost_at_8 = per_class_curves([lambda e: 0.9, lambda e: 0.6 if e < 8 else 0.0])
+    mean = flat(4)
+    verdict = convergence.judge({"mean_fg_dice": mean}, PER_EPOCH, lost_at_8)
+    assert verdict.status == convergence.NO and verdict.at_zero == {"class 2": convergence.LOST}
+    assert "class 2 lost" in verdict.describe()
+    # lost inside the window (above the floor in part of it): the class rule does not apply
+    assert convergence.judge({"mean_fg_dice": mean}, PER_EPOCH,
+                             per_class_curves([lambda e: 0.9, lambda e: 0.6 if e < 20 else 0.0])).converged
+    # a small class that is being learned (0.06 in the window) is not at zero; one below 0.05 throughout is
+    low = [[0.9, 0.06] for _ in range(EPOCHS)]
+    assert convergence.judge({"mean_fg_dice": mean}, PER_EPOCH, low).converged
+    assert not convergence.judge({"mean_fg_dice": mean}, PER_EPOCH, [[0.9, 0.049]] * EPOCHS).converged
+    # epochs without a value (the class absent from the validation batches) are skipped; fewer than 3 in the
+    # window say nothing
+    sparse = [[0.9, float("nan") if e % 7 else 0.0] for e in range(EPOCHS)]
+    assert convergence.judge({"mean_fg_dice": mean}, PER_EPOCH, sparse).converged
+    gappy = [[0.9, None if e % 2 else 0.0] for e in range(EPOCHS)]
+    assert convergence.judge({"mean_fg_dice": mean}, PER_EPOCH, gappy).at_zero == {"class 2": convergence.NEVER_LEARNED}
+    # too short to judge stays too short; a healthy run stays converged
+    assert convergence.judge({"mean_fg_dice": mean[:9]}, PER_EPOCH, [[0.0]] * 9).status == convergence.TOO_SHORT
+    assert convergence.judge({"mean_fg_dice": mean}, PER_EPOCH, [[0.9, 0.5]] * EPOCHS).converged

@@ -31,7 +31,8 @@ plans = args[args.index("-p") + 1]
 with open(os.environ["FAKE_CALLS"], "a") as f:
     f.write(json.dumps({"trainer": trainer, "fold": fold, "flags": [a for a in args if a in ("--c", "--val")],
                         "epochs": os.environ.get("NNUNET_MCC_EPOCHS"),
-                        "jobs": os.environ.get("NNUNET_MCC_JOBS")}) + "\n")
+                        "jobs": os.environ.get("NNUNET_MCC_JOBS"),
+                        "env": {k: os.environ.get(k) for k in json.loads(os.environ.get("FAKE_SHOW", "[]"))}}) + "\n")
 behaviour = json.loads(os.environ.get("FAKE_BEHAVIOUR", "{}")).get(f"{trainer}:{fold}", "finish")
 folder = os.path.join(os.environ["nnUNet_results"], dataset, f"{trainer}__{plans}__{config}", f"fold_{fold}")
 os.makedirs(folder, exist_ok=True)
@@ -385,6 +386,51 @@ def test_a_bad_budget_variable_names_the_trainer():
     with pytest.raises(UserError, match=r"^nnUNetTrainerMCC: environment variable NNUNET_MCC_ITERATIONS='x' must be"):
         planned_budgets({"nnUNetTrainerMCC": nnUNetTrainerMCC, "Stock": StockLikeTrainer},
                         {"NNUNET_MCC_ITERATIONS": "x"})
+
+
+# ---- each run's share of the cores on the CPU --------------------------------------------------------
+SHARE_VARIABLES = ("NNUNET_MCC_TORCH_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "nnUNet_n_proc_DA",
+                   "nnUNet_def_n_proc", "NNUNET_MCC_PLOT_EVERY")
+
+
+def test_each_run_on_the_cpu_gets_its_share_of_the_cores_and_draws_progress_now_and_then(fake, monkeypatch, capsys):
+    """nnUNetv2_train gives a CPU run every core: crossval -j N sets the SLURM task's rule for max(1, cores // N)
+    cores (4 cores, -j 2: 2 threads each) and progress.png every 50 epochs, keeping what the user set."""
+    import nnunet_mcc.budget
+    import nnunet_mcc.experiments.crossval
+
+    for module in (nnunet_mcc.budget, nnunet_mcc.experiments.crossval):
+        monkeypatch.setattr(module, "available_cores", lambda: 4)
+    for name in SHARE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FAKE_SHOW", json.dumps(SHARE_VARIABLES))
+    assert crossval("555", CONFIG, ["A", "B"], folds=[0], device="cpu", train_command=fake["command"], jobs=2) == 0
+    calls = fake["calls"]()
+    assert len(calls) == 2 and all(c["jobs"] == "2" for c in calls)
+    expected = {"NNUNET_MCC_TORCH_THREADS": "2", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2",
+                "nnUNet_n_proc_DA": "1", "nnUNet_def_n_proc": "2", "NNUNET_MCC_PLOT_EVERY": "50"}
+    assert all(c["env"] == expected for c in calls), calls
+    assert "each run on the CPU (2 at a time on 4 cores: 2 per run" in capsys.readouterr().out
+
+    # three at a time on 4 cores: one core each, augmentation in the training process; the user's values are kept
+    monkeypatch.setenv("NNUNET_MCC_TORCH_THREADS", "3")
+    monkeypatch.setenv("NNUNET_MCC_PLOT_EVERY", "1")
+    assert crossval("555", CONFIG, ["A", "B", "C"], folds=[1], device="cpu", train_command=fake["command"],
+                    jobs=3) == 0
+    assert [c["env"] for c in fake["calls"]()] == [{
+        "NNUNET_MCC_TORCH_THREADS": "3", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "nnUNet_n_proc_DA": "0",
+        "nnUNet_def_n_proc": "1", "NNUNET_MCC_PLOT_EVERY": "1"}] * 3
+    # the dry run says it; on a GPU nothing is set
+    assert crossval("555", CONFIG, ["D"], folds=[0], device="cpu", train_command=fake["command"], jobs=2,
+                    dry_run=True) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("each run on the CPU (1 at a time on 4 cores: 4 per run; variables already set are kept)")
+    assert "OMP_NUM_THREADS=4" in line and "nnUNet_n_proc_DA=3" in line and "NNUNET_MCC_TORCH_THREADS" not in line
+    monkeypatch.delenv("NNUNET_MCC_TORCH_THREADS")
+    monkeypatch.delenv("NNUNET_MCC_PLOT_EVERY")
+    assert crossval("555", CONFIG, ["D"], folds=[0], device="cuda", train_command=fake["command"], jobs=2) == 0
+    assert [c["env"] for c in fake["calls"]()] == [dict.fromkeys(SHARE_VARIABLES)]
+    assert "each run on the CPU" not in capsys.readouterr().out
 
 
 # ---- progress ---------------------------------------------------------------------------------------

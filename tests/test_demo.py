@@ -97,6 +97,11 @@ def test_demo_small_end_to_end(tmp_path):
         assert (report / name).stat().st_size > 0
     settings = json.loads((work / "demo_settings.json").read_text())
     assert settings["budget"] == {"epochs": 3, "iterations": 4, "val_iterations": 1}
+    # two trainings at a time on the CPU: each its share of the cores (crossval's rule), recorded
+    share = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    allocation = json.loads((fold / "nnunet_mcc_provenance.json").read_text())["allocation"]
+    assert (allocation["NNUNET_MCC_TORCH_THREADS"], allocation["OMP_NUM_THREADS"]) == (share, share)
+    assert {r["cost_torch_threads"] for r in runs} == {share} and {r["cost_jobs"] for r in runs} == {"2"}
 
 
 def test_run_all_reports_broken_benchmarks_as_rows(tmp_path):

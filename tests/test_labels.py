@@ -62,3 +62,14 @@ def test_the_target_form_from_dataset_json_agrees_with_nnunets_label_manager():
     for dataset_json in (BRATS_LIKE, regions, {"labels": {"background": 0, "a": 1}}):
         manager = LabelManager(dataset_json["labels"], dataset_json.get("regions_class_order"))
         assert TargetFormat.from_dataset_json(dataset_json) == TargetFormat.from_label_manager(manager)
+
+
+def test_the_names_of_nnunets_per_class_pseudo_dice_in_its_order():
+    from nnunet_mcc.labels import pseudo_dice_names
+
+    # labels: foreground by value (nnU-Net's foreground_labels), the ignore label left out
+    assert pseudo_dice_names({"labels": {"background": 0, "core": 2, "edema": 1, "ignore": 3}}) == ["edema", "core"]
+    # regions: in the order of ``labels`` (nnU-Net's foreground_regions)
+    regions = {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": [3]}
+    assert pseudo_dice_names({"labels": regions}) == ["whole", "core", "enhancing"]
+    assert pseudo_dice_names({}) == [] and pseudo_dice_names({"labels": {"a": "x"}}) == []

@@ -18,7 +18,14 @@ for a trend in the raw series over a long window:
   half of the run would add at the current trend;
 * **not converged** when, for some judged series, the rise is significant (p < 0.05) *and* its
   projected gain is at least 0.02 (two points of Dice or MCC); converged otherwise. A run with fewer
-  than 10 logged epochs is too short to judge and counts as not converged.
+  than 10 logged epochs is too short to judge and counts as not converged;
+* **a class at zero**: also not converged when some class's (or region's) per-epoch pseudo Dice
+  (nnU-Net's ``dice_per_class_or_region``) stayed below 0.05 over the whole window (at least 3 epochs
+  with a value): "never learned" when it was never above that, "lost" when it was earlier. A flat curve
+  with a class at zero is not convergence: on a rare-class dataset, Dice + CE runs that had never learned
+  two small classes had flat curves (projected gains +0.001 to +0.003), and one of them, retrained with
+  twice the iterations, found both (Dice 0.82 and 0.51). The foreground mean hides such a class: its
+  curve is flat at the level of the classes that were learned.
 
 What this buys and costs, measured on synthetic curves of 30 epochs x 20 iterations with a per-epoch
 noise of std 0.02 (``tests/test_convergence.py``): a steady climb of 0.02 per 100 iterations is called
@@ -27,12 +34,13 @@ unconverged in ~91 % of noise draws, a flat plateau converged in ~95 %. The clim
 every time; longer runs or quieter validation (more validation iterations) do.
 
 A falling curve has stopped improving and counts as converged. Like any plateau test, it cannot tell a
-plateau that lasts from one a later jump ends (a rare class learned late).
+plateau that lasts from one a later jump ends (a rare class learned late), except where that class is
+still at zero, which the class rule above catches.
 """
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -42,13 +50,20 @@ MIN_EPOCHS = 10
 TOLERANCE = 0.02
 ALPHA = 0.05
 COLLAPSE_THRESHOLD = 1e-3
+# a class whose per-epoch pseudo Dice stays below CLASS_FLOOR over the whole window (with at least CLASS_MIN_EPOCHS
+# epochs that have a value: the class absent from an epoch's validation batches gives none) is not learned
+CLASS_FLOOR = 0.05
+CLASS_MIN_EPOCHS = 3
 SERIES = {"mean_fg_dice": "pseudo Dice", "mean_fg_mcc": "pseudo MCC"}
+NEVER_LEARNED, LOST = "never learned", "lost"
 
 CRITERION = (f"not converged = over the last {WINDOW_FRACTION:.0%} of the logged epochs "
              f"(at least {MIN_WINDOW_EPOCHS}), "
              f"the per-epoch validation pseudo Dice or pseudo MCC still rises significantly (one-sided Mann-Kendall "
              f"test, p < {ALPHA}) and its Theil-Sen slope projects a gain of at least {TOLERANCE} over another such "
-             f"stretch; converged otherwise; runs with fewer than {MIN_EPOCHS} logged epochs are too short to judge")
+             f"stretch, or some class's per-epoch pseudo Dice stays below {CLASS_FLOOR} over that whole window "
+             f"(never learned or lost: a flat curve with a class at zero is not convergence); converged otherwise; "
+             f"runs with fewer than {MIN_EPOCHS} logged epochs are too short to judge")
 
 YES, NO, TOO_SHORT, NO_LOG = "yes", "no", "too short", "no log"
 
@@ -60,6 +75,8 @@ class Verdict:
     window_epochs: int = 0
     gains: Dict[str, float] = field(default_factory=dict)   # series name -> projected gain
     p_values: Dict[str, float] = field(default_factory=dict)  # series name -> one-sided Mann-Kendall p
+    rising: List[str] = field(default_factory=list)           # the series still rising (significant, >= TOLERANCE)
+    at_zero: Dict[str, str] = field(default_factory=dict)     # class -> NEVER_LEARNED or LOST over the window
 
     @property
     def converged(self) -> bool:
@@ -74,7 +91,12 @@ class Verdict:
                           + (f", rise p {self.p_values[k]:.2g}" if math.isfinite(self.p_values.get(k, math.nan))
                              else "")
                           for k, v in self.gains.items())
-        return f"{self.status} (last {self.window_epochs} epochs: {gains})"
+        text = f"{self.status} (last {self.window_epochs} epochs: {gains})"
+        if self.at_zero:
+            classes = ", ".join(f"{name} {how}" for name, how in self.at_zero.items())
+            text += (f"; {classes}: per-epoch pseudo Dice below {CLASS_FLOOR} over the whole window, and a flat "
+                     f"curve with a class at zero is not convergence")
+        return text
 
 
 def _finite_series(values: Optional[Sequence[float]]) -> Optional[np.ndarray]:
@@ -84,8 +106,12 @@ def _finite_series(values: Optional[Sequence[float]]) -> Optional[np.ndarray]:
     return array if np.isfinite(array).any() else None
 
 
-def judge(series: Optional[Dict[str, Sequence[float]]], iterations_per_epoch: Optional[int] = None) -> Verdict:
-    """Verdict for one run from its per-epoch series (``mean_fg_dice``, optionally ``mean_fg_mcc``)."""
+def judge(series: Optional[Dict[str, Sequence[float]]], iterations_per_epoch: Optional[int] = None,
+          per_class: Optional[Sequence[Sequence[Optional[float]]]] = None,
+          class_names: Optional[Sequence[str]] = None) -> Verdict:
+    """Verdict for one run from its per-epoch series (``mean_fg_dice``, optionally ``mean_fg_mcc``) and, when
+    given, its per-epoch pseudo Dice per class (``per_class``: one list per epoch, nnU-Net's
+    ``dice_per_class_or_region``; ``class_names`` in that order, else "class 1", "class 2", ...)."""
     if not series:
         return Verdict(NO_LOG)
     judged = {name: _finite_series(series.get(name)) for name in SERIES}
@@ -103,7 +129,34 @@ def judge(series: Optional[Dict[str, Sequence[float]]], iterations_per_epoch: Op
         return Verdict(TOO_SHORT, epochs=epochs)
     p_values = {name: rise_p_value(judged[name][-window:]) for name in gains}
     rising = [name for name, g in gains.items() if g >= TOLERANCE and p_values[name] < ALPHA]
-    return Verdict(NO if rising else YES, epochs=epochs, window_epochs=window, gains=gains, p_values=p_values)
+    at_zero = classes_at_zero(per_class, window, epochs, class_names)
+    return Verdict(NO if rising or at_zero else YES, epochs=epochs, window_epochs=window, gains=gains,
+                   p_values=p_values, rising=rising, at_zero=at_zero)
+
+
+def classes_at_zero(per_class: Optional[Sequence[Sequence[Optional[float]]]], window: int, epochs: int,
+                    class_names: Optional[Sequence[str]] = None) -> Dict[str, str]:
+    """The classes whose per-epoch pseudo Dice stayed below ``CLASS_FLOOR`` over the last ``window`` of ``epochs``
+    (the judged series' epochs): class -> ``NEVER_LEARNED`` (never above it) or ``LOST`` (above it before the
+    window). A class needs ``CLASS_MIN_EPOCHS`` epochs with a value in the window; other epochs are skipped."""
+    if not per_class:
+        return {}
+    rows = [list(e) if isinstance(e, (list, tuple)) else [e] for e in list(per_class)[:epochs]]
+    width = max(len(r) for r in rows)
+    values = np.asarray([[np.nan if i >= len(r) or r[i] is None else float(r[i]) for i in range(width)]
+                         for r in rows], dtype=float)
+    found = {}
+    for index in range(width):
+        column = values[:, index]
+        tail = column[-window:]
+        tail = tail[np.isfinite(tail)]
+        if tail.size < CLASS_MIN_EPOCHS or tail.max() >= CLASS_FLOOR:
+            continue
+        before = column[:-window]
+        learned = bool((before[np.isfinite(before)] >= CLASS_FLOOR).any()) if len(before) else False
+        name = class_names[index] if class_names and index < len(class_names) else f"class {index + 1}"
+        found[name] = LOST if learned else NEVER_LEARNED
+    return found
 
 
 def rise_p_value(window: np.ndarray) -> float:

@@ -19,6 +19,17 @@ With ``--seeds 0 1 2`` each (trainer, fold) is trained once per seed, as the run
 ``<Trainer>_seed<S>`` (its own ``<Trainer>_seed<S>__<plans>__<configuration>/fold_<f>``); only this package's
 trainers read a seed.
 
+On the CPU (``-device cpu``) every run gets its share of this machine's cores, the rule of a SLURM array task
+(``budget.allocation_environment`` of ``max(1, cores // runs at the same time)`` cores: torch, OpenMP and MKL
+threads, nnU-Net's augmentation and export workers), and redraws ``progress.png`` every ``budget.CPU_PLOT_EVERY``
+epochs and at the last one; a variable already set in the environment is kept. Otherwise ``nnUNetv2_train`` would
+give every run all the cores (measured on 2 cores, ``-j 2``: 5.1 s against 1.46 s per epoch).
+
+With ``--auto-budget`` the runs are judged after each round with compare's convergence criterion, and every run of
+a trainer with one not converged is trained again at twice the epochs (``<Trainer>_<2N>epochs[_seed<S>]``, a new
+schedule in its own folder; the old one is kept and marked superseded), up to ``--max-epochs``: ``auto_rounds``
+here, the bookkeeping and the record compare reads in ``auto_budget.py``.
+
 A failed run does not stop the others; failures are listed at the end and the exit status is 1. Progress:
 one line per finished run, or one progress bar with the running runs' epochs when stderr is a terminal.
 Instead of training here, ``--write-script`` writes the same logic as a shell script and ``--slurm`` as a
@@ -34,11 +45,14 @@ import shlex
 import shutil
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence
 
-from nnunet_mcc.budget import (BUDGET_OPTIONS, BUDGET_VARIABLES, TRAIN_COMMAND_VARIABLE, check_environment,
-                               run_environment, train_command_from_env)
+from nnunet_mcc.budget import (BUDGET_OPTIONS, BUDGET_VARIABLES, TRAIN_COMMAND_VARIABLE, available_cores,
+                               check_environment, cores_per_run, cpu_run_environment, run_environment,
+                               train_command_from_env)
 from nnunet_mcc.errors import UserError
+from nnunet_mcc.experiments import auto_budget as auto
 from nnunet_mcc.experiments import results
 from nnunet_mcc.experiments.checks import (aside_name, check_budgets, check_seed_environment, check_seeds,
                                            planned_budgets, planned_identities, run_trainers, seedable)
@@ -63,8 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="nnUNetv2_train's -device (default: cuda)")
     parser.add_argument("--npz", action="store_true", help="also save validation probabilities (nnU-Net's --npz)")
     parser.add_argument("-j", "--jobs", type=int, default=1,
-                        help="runs at the same time on this machine (default 1; e.g. 2 on a 2-core CPU with "
-                             "OMP_NUM_THREADS=1)")
+                        help="runs at the same time on this machine (default 1); on the CPU each gets its share of "
+                             "the cores, max(1, cores // N) threads, unless NNUNET_MCC_TORCH_THREADS / "
+                             "OMP_NUM_THREADS / ... are set")
     parser.add_argument("--epochs", type=int, help="NNUNET_MCC_EPOCHS for this package's trainers")
     parser.add_argument("--iterations", type=int, help="NNUNET_MCC_ITERATIONS (training iterations per epoch)")
     parser.add_argument("--val-iterations", type=int, help="NNUNET_MCC_VAL_ITERATIONS")
@@ -92,6 +107,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"--slurm: requeue a task at most N times (default {DEFAULT_REQUEUES})")
     parser.add_argument("--submit", action="store_true",
                         help="--slurm: submit the array with sbatch, and a compare job that runs when it has ended")
+    parser.add_argument("--auto-budget", action="store_true",
+                        help="after the runs, judge them with compare's convergence criterion and train every (fold, "
+                             "seed) of a trainer with a run not converged again at twice the epochs, as "
+                             "<Trainer>_<2N>epochs in its own folder (the old runs are kept, marked superseded), up to "
+                             "--max-epochs; the record is $nnUNet_results/<dataset>/nnunet_mcc_auto_budget_<plans>_"
+                             "<configuration>.json, for compare --auto-budget")
+    parser.add_argument("--max-epochs", type=int, metavar="N",
+                        help=f"--auto-budget: train no trainer longer than N epochs (default: "
+                             f"{auto.DEFAULT_CAP_FACTOR} x its first budget, two doublings)")
+    parser.add_argument("--same-budget", action="store_true",
+                        help="--auto-budget: double every trainer while any has a run not converged, so that all have "
+                             "runs at the largest budget (for compare --same-budget)")
+    parser.add_argument("--after-round", type=int, metavar="K",
+                        help="--auto-budget with --slurm, set by the judge job after round K's array: do not submit "
+                             "round K again when some of its runs did not finish")
 
 
 def run(args) -> int:
@@ -101,7 +131,17 @@ def run(args) -> int:
                     snapshot_epochs=args.snapshot_epochs, train_command=args.train_command,
                     in_process=args.in_process, dry_run=args.dry_run, retrain_mismatched=args.retrain_mismatched,
                     script=args.write_script, slurm=args.slurm, slurm_options=args.slurm_option, seeds=args.seeds,
-                    signal_margin=args.slurm_signal_margin, max_requeues=args.slurm_requeues, submit=args.submit)
+                    signal_margin=args.slurm_signal_margin, max_requeues=args.slurm_requeues, submit=args.submit,
+                    auto_budget=args.auto_budget, max_epochs=args.max_epochs, same_budget=args.same_budget,
+                    after_round=args.after_round)
+
+
+def share_text(at_once: int, shared: Dict[str, str]) -> str:
+    """What crossval sets for each run on the CPU, in one line."""
+    cores = available_cores()
+    return (f"each run on the CPU ({at_once} at a time on {cores} core{'s' if cores != 1 else ''}: "
+            f"{cores_per_run(at_once, cores)} per run; variables already set are kept): "
+            + " ".join(f"{k}={v}" for k, v in shared.items()))
 
 
 def train_executable(train_command: Optional[str] = None) -> List[str]:
@@ -207,9 +247,13 @@ def crossval(dataset: str, configuration: str, trainers: Sequence[str], folds: S
              retrain_mismatched: bool = False, script: Optional[str] = None, slurm: Optional[str] = None,
              slurm_options: Sequence[str] = (), check_trainers: Optional[bool] = None,
              seeds: Optional[Sequence[int]] = None, signal_margin: int = DEFAULT_SIGNAL_MARGIN,
-             max_requeues: int = DEFAULT_REQUEUES, submit: bool = False, log=print) -> int:
+             max_requeues: int = DEFAULT_REQUEUES, submit: bool = False, auto_budget: bool = False,
+             max_epochs: Optional[int] = None, same_budget: bool = False, after_round: Optional[int] = None,
+             log=print) -> int:
     """Returns 0 when every run is finished, 1 when some failed (listed at the end). With ``seeds`` every trainer is
-    trained once per seed, as ``<Trainer>_seed<S>``."""
+    trained once per seed, as ``<Trainer>_seed<S>``. With ``auto_budget`` the runs are judged after each round and
+    a trainer with a run not converged is trained again at twice the epochs (``auto_budget.py``), up to
+    ``max_epochs``."""
     if jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {jobs}")
     extra_env = run_environment(budget, snapshot_epochs)
@@ -224,13 +268,14 @@ def crossval(dataset: str, configuration: str, trainers: Sequence[str], folds: S
     if retrain_mismatched and (script or slurm):
         raise UserError("--retrain-mismatched moves fold folders aside here: run it without --write-script/--slurm "
                         "(or move the folders aside yourself)")
+    check_auto_options(auto_budget, max_epochs, same_budget, after_round, script, slurm)
     check_seeds(trainers, seeds)
     asked_trainers = list(trainers)  # before --seeds turns them into their seeded variants
     dataset_name = check_inputs(dataset, configuration, trainers, folds, plans)
     env = dict(os.environ, **extra_env)
     check_environment(env)  # every NNUNET_MCC_* knob the runs will read, before anything starts
     required = (not custom) if check_trainers is None else check_trainers
-    classes = trainer_classes(trainers, required=required)
+    classes = trainer_classes(trainers, required=required or auto_budget)
     if seeds:
         seedable(classes)
         trainers = run_trainers(trainers, seeds)
@@ -238,35 +283,31 @@ def crossval(dataset: str, configuration: str, trainers: Sequence[str], folds: S
     check_seed_environment(classes, env, seeds)
     planned = planned_budgets(classes, env)
     fixed = [t for t in trainers if classes[t] is not None and planned[t] is None]
+    if auto_budget and fixed:
+        raise UserError(f"--auto-budget trains longer runs as this package's trainers with more epochs "
+                        f"(<Trainer>_<N>epochs): {', '.join(fixed)} keep(s) the budget of the class (nnU-Net's own "
+                        f"trainers); for nnU-Net's Dice+CE with the budget knobs use nnUNetTrainerBaseline")
     if fixed and any(BUDGET_VARIABLES[k] in extra_env for k in BUDGET_OPTIONS.values()):
         log(f"note: {', '.join(fixed)}: budget fixed by the trainer class (nnU-Net's own trainers); "
             f"--epochs/--iterations/--val-iterations do not apply to them")
     executable = train_executable(train_command)
     if (script or slurm) and not custom:
         executable = ["nnUNetv2_train"]  # scripts run elsewhere (a cluster node): name nnU-Net's command
-    identities = planned_identities(classes, env, dataset_name)
-    runs = plan_runs(dataset_name, configuration, trainers, folds, plans, device, npz, executable)
-    mismatched = check_budgets(runs, planned, identities)
-    for r in runs:
-        if r.note:
-            log(f"note: {r.trainer} fold {r.fold}: {r.note}")
-    if mismatched and not retrain_mismatched:
-        listed = "; ".join(f"{r.trainer} fold {r.fold} {r.mismatch}" for r in mismatched)
-        raise UserError(f"{len(mismatched)} fold(s) were not trained with the budget and loss settings asked for, "
-                        f"nothing was run: {listed}. Ask for their budget (--epochs/--iterations/--val-iterations) "
-                        f"and settings, or pass --retrain-mismatched to move them aside and train them again")
-    for r in mismatched:
-        target = aside_name(r.folder, r.aside_tag)
-        if dry_run:
-            log(f"{r.trainer} fold {r.fold}: {r.mismatch}: would be moved aside to {os.path.basename(target)}")
-        else:
-            try:
-                os.replace(r.folder, target)
-            except OSError as e:
-                raise UserError(f"cannot move {r.folder} aside to {target} ({os_error_cause(e)})") from None
-            log(f"{r.trainer} fold {r.fold}: {r.mismatch}: moved aside to {target}")
-        r.action = TRAIN
-        r.command = command_for(executable, dataset_name, configuration, r.fold, r.trainer, plans, device, npz, TRAIN)
+    setting = Setting(dataset_name, configuration, plans, list(folds), device, npz, jobs, executable, in_process,
+                      dry_run, retrain_mismatched, list(seeds) if seeds else None, log)
+    if auto_budget:
+        slurm_job = None
+        if slurm:
+            common = compare_job_arguments(dataset_name, configuration, asked_trainers, plans, folds)
+            slurm_job = {"path": slurm, "options": list(slurm_options or ()), "signal_margin": signal_margin,
+                         "max_requeues": max_requeues, "submit": submit, "common": common,
+                         "crossval": common + crossval_job_arguments(budget, device, seeds, snapshot_epochs, npz,
+                                                                     train_command if custom else None)
+                         + auto_job_arguments(max_epochs, same_budget) + slurm_job_arguments(
+                             slurm, slurm_options, signal_margin, max_requeues)}
+        return auto_rounds(setting, asked_trainers, classes, planned, env, extra_env, max_epochs, same_budget,
+                           slurm_job, after_round)
+    runs = prepare_runs(setting, trainers, classes, planned, env)
     if script:
         write_executable(script, shell_script(runs, extra_env, None))
         log(f"wrote {script} ({len(runs)} runs)")
@@ -274,43 +315,105 @@ def crossval(dataset: str, configuration: str, trainers: Sequence[str], folds: S
         compare_script = os.path.splitext(slurm)[0] + "_compare.sh"
         write_executable(slurm, shell_script(runs, extra_env, slurm_options or (), signal_margin, max_requeues,
                                              script_path=slurm, compare_script=compare_script))
-        common = ["-d", dataset_name, "-c", configuration, "-tr", *asked_trainers, "-p", plans,
-                  "-f", *map(str, folds)]
-        crossval_only = [f"--{name.replace('_', '-')}={value}" for name, value in (budget or {}).items()
-                         if value is not None] + ["-device", device]
-        crossval_only += ["--seeds", *map(str, seeds)] if seeds else []
-        crossval_only += ["--snapshot-epochs", *map(str, snapshot_epochs)] if snapshot_epochs else []
+        common = compare_job_arguments(dataset_name, configuration, asked_trainers, plans, folds)
+        crossval_only = crossval_job_arguments(budget, device, seeds, snapshot_epochs)
         write_executable(compare_script, compare_job_script(common + crossval_only, common, slurm_options or ()))
         log(f"wrote {slurm} ({len(runs)} array tasks) and {compare_script} (the comparison, after the array)")
         if submit:
             submit_jobs(slurm, compare_script, log)
     if script or slurm:
         return 0
-    pending = [r for r in runs if r.action != SKIP]
-    if seeds and dry_run:
-        log(f"{len(runs)} runs: {len(runs) // (len(seeds) * len(folds))} trainer(s) x {len(seeds)} seed(s) "
-            f"({' '.join(map(str, seeds))}) x {len(folds)} fold(s)")
+    return execute_runs(setting, runs, planned, env, extra_env)
+
+
+@dataclass
+class Setting:
+    """What every round of one crossval call shares."""
+    dataset_name: str
+    configuration: str
+    plans: str
+    folds: List[int]
+    device: str
+    npz: bool
+    jobs: int
+    executable: List[str]
+    in_process: bool
+    dry_run: bool
+    retrain_mismatched: bool
+    seeds: Optional[List[int]]
+    log: Callable = print
+
+
+def prepare_runs(s: Setting, trainers: Sequence[str], classes: Dict[str, Optional[type]],
+                 planned: Dict[str, Optional[results.Budget]], env: Dict[str, str]) -> List[Run]:
+    """Each run's state, its recorded budget and settings checked against the asked ones: a mismatched fold stops
+    everything (UserError) or, with ``retrain_mismatched``, is moved aside (said only, in a dry run)."""
+    identities = planned_identities(classes, env, s.dataset_name)
+    runs = plan_runs(s.dataset_name, s.configuration, trainers, s.folds, s.plans, s.device, s.npz, s.executable)
+    mismatched = check_budgets(runs, planned, identities)
     for r in runs:
-        if dry_run or r.action == SKIP:
+        if r.note:
+            s.log(f"note: {r.trainer} fold {r.fold}: {r.note}")
+    if mismatched and not s.retrain_mismatched:
+        listed = "; ".join(f"{r.trainer} fold {r.fold} {r.mismatch}" for r in mismatched)
+        raise UserError(f"{len(mismatched)} fold(s) were not trained with the budget and loss settings asked for, "
+                        f"nothing was run: {listed}. Ask for their budget (--epochs/--iterations/--val-iterations) "
+                        f"and settings, or pass --retrain-mismatched to move them aside and train them again")
+    for r in mismatched:
+        target = aside_name(r.folder, r.aside_tag)
+        if s.dry_run:
+            s.log(f"{r.trainer} fold {r.fold}: {r.mismatch}: would be moved aside to {os.path.basename(target)}")
+        else:
+            try:
+                os.replace(r.folder, target)
+            except OSError as e:
+                raise UserError(f"cannot move {r.folder} aside to {target} ({os_error_cause(e)})") from None
+            s.log(f"{r.trainer} fold {r.fold}: {r.mismatch}: moved aside to {target}")
+        r.action = TRAIN
+        r.command = command_for(s.executable, s.dataset_name, s.configuration, r.fold, r.trainer, s.plans, s.device,
+                                s.npz, TRAIN)
+    return runs
+
+
+def execute_runs(s: Setting, runs: List[Run], planned: Dict[str, Optional[results.Budget]], env: Dict[str, str],
+                 extra_env: Dict[str, str], unset: Sequence[str] = ()) -> int:
+    """Train what is not finished (or, in a dry run, say what would run): 0 when every run is finished, 1 when some
+    failed. ``unset``: variables the runs do not get (named in a dry run)."""
+    env = dict(env)
+    pending = [r for r in runs if r.action != SKIP]
+    # on the CPU each run gets its share of this machine's cores (among the runs that run at the same time) and
+    # progress.png only now and then, unless the user set them
+    at_once = max(1, min(s.jobs, len(pending)))
+    shared = cpu_run_environment(at_once, env) if s.device == "cpu" else {}
+    env.update(shared)
+    log = s.log
+    if s.seeds and s.dry_run:
+        log(f"{len(runs)} runs: {len(runs) // (len(s.seeds) * len(s.folds))} trainer(s) x {len(s.seeds)} seed(s) "
+            f"({' '.join(map(str, s.seeds))}) x {len(s.folds)} fold(s)")
+    for r in runs:
+        if s.dry_run or r.action == SKIP:
             trained = f", trained {r.recorded.short()}" if r.recorded else ""
-            state = f" ({state_text(r)})" if dry_run and r.action != SKIP else ""  # skipped: finished
+            state = f" ({state_text(r)})" if s.dry_run and r.action != SKIP else ""  # skipped: finished
             log(f"{r.trainer} fold {r.fold}: {r.action}{state}{trained}" +
                 ("" if r.action == SKIP else f"  $ {shlex.join(r.command)}"))
-    if dry_run:
-        if extra_env:
-            log("environment: " + " ".join(f"{k}={v}" for k, v in extra_env.items()))
+    if shared and (s.dry_run or pending):
+        log(share_text(at_once, shared))
+    if s.dry_run:
+        if extra_env or unset:
+            log("environment: " + " ".join([f"{k}={v}" for k, v in extra_env.items()] +
+                                           [f"{k} unset" for k in unset]))
         return 0
     if not pending:
         log(f"all {len(runs)} runs finished already")
         return 0
-    if jobs > 1:
-        ensure_splits(dataset_name, configuration, plans, folds)
-    log_folder = os.path.join(results.nnunet_folder("results"), dataset_name, "nnunet_mcc_crossval_logs")
+    if s.jobs > 1:
+        ensure_splits(s.dataset_name, s.configuration, s.plans, s.folds)
+    log_folder = os.path.join(results.nnunet_folder("results"), s.dataset_name, "nnunet_mcc_crossval_logs")
     started = time.time()
     epochs = {t: (b.num_epochs if b is not None else None) for t, b in planned.items()}
-    failures = run_pending(pending, env, jobs, log_folder, in_process=in_process, device=device, epochs=epochs,
-                           log=log, worker_job={"dataset_name": dataset_name, "configuration": configuration,
-                                                "plans": plans, "device": device, "npz": npz})
+    failures = run_pending(pending, env, s.jobs, log_folder, in_process=s.in_process, epochs=epochs,
+                           log=log, worker_job={"dataset_name": s.dataset_name, "configuration": s.configuration,
+                                                "plans": s.plans, "device": s.device, "npz": s.npz})
     log(f"{len(pending) - len(failures)} of {len(pending)} runs finished in {time.time() - started:.0f} s "
         f"({len(runs) - len(pending)} were finished before)")
     if failures:
@@ -318,4 +421,166 @@ def crossval(dataset: str, configuration: str, trainers: Sequence[str], folds: S
         for r, reason, log_file in failures:
             log(f"  {r.trainer} fold {r.fold}: {reason} (log: {log_file})")
         return 1
+    return 0
+
+
+# ---- the arguments of the job after a SLURM array ------------------------------------------------------
+def compare_job_arguments(dataset_name: str, configuration: str, trainers: Sequence[str], plans: str,
+                          folds: Sequence[int]) -> List[str]:
+    """What crossval and compare share: dataset, configuration, trainers as asked, plans, folds."""
+    return ["-d", dataset_name, "-c", configuration, "-tr", *trainers, "-p", plans, "-f", *map(str, folds)]
+
+
+def crossval_job_arguments(budget: Optional[Dict[str, Optional[int]]], device: str, seeds: Optional[Sequence[int]],
+                           snapshot_epochs: Optional[Sequence[int]], npz: bool = False,
+                           train_command: Optional[str] = None) -> List[str]:
+    """crossval's own options that decide which runs exist and how they train."""
+    out = [f"--{name.replace('_', '-')}={value}" for name, value in (budget or {}).items() if value is not None]
+    out += ["-device", device]
+    out += ["--seeds", *map(str, seeds)] if seeds else []
+    out += ["--snapshot-epochs", *map(str, snapshot_epochs)] if snapshot_epochs else []
+    out += ["--npz"] if npz else []
+    out += [f"--train-command={train_command}"] if train_command else []
+    return out
+
+
+def auto_job_arguments(max_epochs: Optional[int], same_budget: bool) -> List[str]:
+    return ["--auto-budget"] + ([f"--max-epochs={max_epochs}"] if max_epochs else []) + \
+        (["--same-budget"] if same_budget else [])
+
+
+def slurm_job_arguments(slurm: str, slurm_options: Sequence[str], signal_margin: int, max_requeues: int) -> List[str]:
+    return ([f"--slurm={os.path.abspath(slurm)}"] + [f"--slurm-option={o}" for o in slurm_options or ()]
+            + [f"--slurm-signal-margin={signal_margin}", f"--slurm-requeues={max_requeues}"])
+
+
+# ---- --auto-budget: rounds of doubled epochs until compare's judge is satisfied ------------------------
+def check_auto_options(auto: bool, max_epochs: Optional[int], same_budget: bool, after_round: Optional[int],
+                       script: Optional[str], slurm: Optional[str]) -> None:
+    given = [name for name, value in (("--max-epochs", max_epochs), ("--same-budget", same_budget),
+                                      ("--after-round", after_round)) if value]
+    if given and not auto:
+        raise UserError(f"{' and '.join(given)} belong(s) to --auto-budget: add --auto-budget")
+    if auto and script:
+        raise UserError("--auto-budget judges each round's runs before it trains the next one, which one "
+                        "--write-script script cannot do: run crossval --auto-budget here, or with --slurm (a job "
+                        "after each array judges the round and submits the next one)")
+    if after_round is not None and (after_round < 1 or not slurm):
+        raise UserError(f"--after-round is the judge job's (--slurm with --auto-budget): a round number >= 1, got "
+                        f"{after_round}")
+
+
+def auto_rounds(s: Setting, asked: Sequence[str], classes: Dict[str, Optional[type]],
+                planned: Dict[str, Optional[results.Budget]], env: Dict[str, str], extra_env: Dict[str, str],
+                max_epochs: Optional[int], same_budget: bool, slurm_job: Optional[dict] = None,
+                after_round: Optional[int] = None) -> int:
+    """The rounds of ``--auto-budget`` (``auto_budget.py``): train a round, judge its runs, train the trainers with a
+    run not converged again at twice the epochs (their own folders, ``<Trainer>_<2N>epochs[_seed<S>]``), up to the
+    cap. Finished rounds are judged again from their folders, so a call after an interruption picks up where the
+    runs stand. A dry run judges the finished rounds and shows the first round with runs left; with ``slurm_job``
+    that round is written as an array with a judge job after it, which calls this again with ``after_round``.
+    ``classes`` and ``planned``: the first round's runs (nnU-Net's lookup, their budgets under ``env``)."""
+    log = s.log
+    first = {t: planned[run_trainers([t], s.seeds)[0]] for t in asked}
+    if same_budget and len(set(first.values())) > 1:
+        raise UserError("--same-budget doubles every trainer together, so they must start from one budget: "
+                        + ", ".join(f"{t} {b.short()}" for t, b in first.items()))
+    cap = auto.caps({t: b.num_epochs for t, b in first.items()}, max_epochs)
+    trainers = [auto.TrainerRounds(t, first[t], cap[t]) for t in asked]
+    results_root = results.nnunet_folder("results")
+    record = auto.record_path(results_root, s.dataset_name, s.plans, s.configuration)
+    names = auto.class_names(s.dataset_name)
+    epochs_variable = BUDGET_VARIABLES["num_epochs"]
+    log(f"auto budget: the runs of each round are judged by compare's convergence criterion; a trainer with a run not "
+        f"converged is trained again at twice the epochs, a new schedule in its own folder <Trainer>_<N>epochs, up "
+        f"to " + ", ".join(f"{t.trainer} {t.cap}" for t in trainers) + " epochs"
+        + ("; every trainer together (--same-budget)" if same_budget else ""))
+    round_number = 1
+    while True:
+        active = [t for t in trainers if t.active]
+        by_run = {run: t for t in active for run in run_trainers([t.name], s.seeds)}
+        if len(by_run) < len(active) * len(s.seeds or [None]):
+            raise UserError(f"auto budget, round {round_number}: two -tr trainers would train as the same trainer ("
+                            + ", ".join(t.name for t in active) + "): give each trainer once, without a length")
+        round_env, round_extra = dict(env), dict(extra_env)
+        unset: List[str] = []
+        if round_number > 1:  # the epochs come from the trainer's name (its class); the variable would override it
+            round_env.pop(epochs_variable, None)
+            round_extra.pop(epochs_variable, None)
+            unset = [epochs_variable]
+            classes = trainer_classes(list(by_run), required=True)  # found as nnUNetv2_train will find them
+            check_seed_environment(classes, round_env, s.seeds)
+        round_planned = planned_budgets({run: classes[run] for run in by_run}, round_env)
+        wrong = [f"{run} would train {b.short() if b else 'its class budget'}, not {by_run[run].budget.short()}"
+                 for run, b in round_planned.items() if b != by_run[run].budget]
+        if wrong:
+            raise UserError(f"auto budget, round {round_number}: {'; '.join(wrong)} (epochs x iterations): the "
+                            f"longer runs must keep the first round's iterations per epoch")
+        log(f"auto budget, round {round_number}: " + ", ".join(f"{t.name} ({t.budget.short()})" for t in active))
+        runs = prepare_runs(s, list(by_run), {run: classes[run] for run in by_run}, round_planned, round_env)
+        pending = [r for r in runs if r.action != SKIP]
+        if pending:
+            if s.dry_run:
+                execute_runs(s, runs, round_planned, round_env, round_extra, unset)
+                log(f"auto budget: then the runs of round {round_number} are judged, and a trainer with a run not "
+                    f"converged is trained again at twice the epochs (a dry run shows the rounds up to the first "
+                    f"one with runs left to train)")
+                return 0
+            if slurm_job is not None:
+                return _submit_round(s, slurm_job, runs, round_extra, unset, round_number, after_round)
+            if execute_runs(s, runs, round_planned, round_env, round_extra) != 0:
+                log(f"auto budget: round {round_number} did not finish, so it is not judged; run the same command "
+                    f"again to go on (finished runs are skipped, interrupted ones resumed)")
+                return 1
+        elif not s.dry_run and slurm_job is None:
+            log(f"all {len(runs)} runs of round {round_number} finished already")
+        verdicts: Dict[str, list] = {t.trainer: [] for t in active}
+        for r in runs:
+            verdicts[by_run[r.trainer].trainer].append((r.trainer, r.fold, auto.judge_fold(r.folder, names)))
+        for t in active:
+            t.add_round(verdicts[t.trainer])
+        doubled = auto.decide(active, same_budget)
+        for t, previous, superseded in doubled:
+            if superseded and not s.dry_run:
+                for old, new in zip(run_trainers([previous], s.seeds), run_trainers([t.name], s.seeds)):
+                    auto.mark_superseded(results.trainer_folder(results_root, s.dataset_name, old, s.plans,
+                                                                s.configuration), new, t, s.folds, record)
+        for t in active:
+            log(f"auto budget, round {round_number}: {auto.round_text(t)}")
+        if not s.dry_run:
+            auto.write_record(record, s.dataset_name, s.configuration, s.plans,
+                              {t.trainer: t.entry(s.folds, s.seeds, same_budget) for t in trainers})
+        if not any(t.active for t in trainers):
+            break
+        round_number += 1
+    log("auto budget: " + "; ".join(auto.final_text(t) for t in trainers))
+    if not s.dry_run:
+        log(f"auto budget: record {record}; compare each trainer at the budget at which its runs converged with "
+            f"nnunet-mcc compare ... --auto-budget (--same-budget: every trainer at the largest)")
+    return 0
+
+
+def _submit_round(s: Setting, job: dict, runs: List[Run], extra_env: Dict[str, str], unset: Sequence[str],
+                  round_number: int, after_round: Optional[int]) -> int:
+    """``--slurm`` with ``--auto-budget``: the round's runs as a job array and, after it, the judge job, which calls
+    crossval again (judging this round and submitting the next one, if any) and then compare with the record."""
+    if after_round is not None and round_number <= after_round:
+        unfinished = [r for r in runs if r.action != SKIP]
+        listed = ", ".join(f"{r.trainer} fold {r.fold}" for r in unfinished[:6]) + \
+            (f" and {len(unfinished) - 6} more" if len(unfinished) > 6 else "")
+        s.log(f"auto budget: round {round_number} still has {len(unfinished)} unfinished run(s) after its array "
+              f"ended ({listed}): not submitting it again; see their logs, then run crossval with the same options "
+              f"and --slurm FILE --submit to go on")
+        return 1
+    slurm = job["path"]
+    judge_script = os.path.splitext(slurm)[0] + "_compare.sh"
+    write_executable(slurm, shell_script(runs, extra_env, job["options"], job["signal_margin"], job["max_requeues"],
+                                         script_path=slurm, compare_script=judge_script, unset=unset))
+    next_round = job["crossval"] + [f"--after-round={round_number}"]
+    write_executable(judge_script, compare_job_script(job["crossval"], job["common"] + ["--auto-budget"],
+                                                      job["options"], next_round=next_round))
+    s.log(f"wrote {slurm} (round {round_number}: {len(runs)} array tasks) and {judge_script} (after the array: judges "
+          f"the round, submits the next one, compares)")
+    if job["submit"]:
+        submit_jobs(slurm, judge_script, s.log)
     return 0

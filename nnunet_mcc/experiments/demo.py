@@ -147,7 +147,7 @@ def _check_args(args) -> None:
     args.snapshot_epochs = sorted({e for e in args.snapshot_epochs or [] if e < args.epochs})
 
 
-def _set_environment(work: str, device: str, jobs: int, seeded_names: bool = False) -> None:
+def _set_environment(work: str, device: str, seeded_names: bool = False) -> None:
     """nnU-Net's folders inside the work folder, and CPU settings; before nnunetv2 is imported (it reads
     its paths at import time)."""
     for kind in ("raw", "preprocessed", "results"):
@@ -161,12 +161,11 @@ def _set_environment(work: str, device: str, jobs: int, seeded_names: bool = Fal
     if not seeded_names:
         os.environ.setdefault(SEED_VARIABLE, "2026")
     if device == "cpu":
+        # the trainings' threads: crossval's share of the cores (one each with cores + 1 trainings at a time: two
+        # trainings on two cores beat one training on two)
         os.environ["nnUNet_compile"] = "0"
         os.environ.setdefault("nnUNet_n_proc_DA", "1")  # planning needs at least one worker
         os.environ.setdefault("nnUNet_def_n_proc", "1")
-        if jobs > 1:  # one thread per training: two trainings on two cores beat one training on two
-            os.environ["OMP_NUM_THREADS"] = "1"
-            os.environ["MKL_NUM_THREADS"] = "1"
 
 
 def _cpu_seconds() -> float:
@@ -189,7 +188,7 @@ def run(args) -> int:
     # on cpu one more job than cores: part of each run waits for nnU-Net's validation workers to start
     jobs = args.jobs or ((os.cpu_count() or 1) + 1 if args.device == "cpu" else 1)
     os.makedirs(work, exist_ok=True)
-    _set_environment(work, args.device, jobs, seeded_names=bool(args.seeds))
+    _set_environment(work, args.device, seeded_names=bool(args.seeds))
     print(f"nnunet-mcc demo: work folder {work}")
     from nnunet_mcc.trainers import trainer_class
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from nnunet_mcc import provenance
-from nnunet_mcc.budget import Budget, JOBS_VARIABLE, TORCH_THREADS_VARIABLE
+from nnunet_mcc.budget import Budget, JOBS_VARIABLE
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.experiments import results
 from nnunet_mcc.fileio import read_json
@@ -54,12 +54,13 @@ def state_text(r: Run) -> str:
 
 
 def run_pending(pending: Sequence[Run], env: Dict[str, str], jobs: int, log_folder: str, *, in_process: bool = False,
-                device: str = "cpu", epochs: Optional[Dict[str, Optional[int]]] = None, log=print,
+                epochs: Optional[Dict[str, Optional[int]]] = None, log=print,
                 worker_job: Optional[Dict[str, object]] = None) -> List[Tuple[Run, str, str]]:
     """Run ``pending`` ``jobs`` at a time, each logging to ``<log_folder>/<trainer>__<plans>__<configuration>_fold_<f>.log``;
     a run has succeeded when it exits 0 and its fold is finished. Returns the failures as
-    ``(run, reason, log file)``. ``worker_job``: what an in-process worker needs besides the run (dataset,
-    configuration, plans, device, npz)."""
+    ``(run, reason, log file)``. Each run gets ``env`` (with its share of the cores where the caller set it,
+    ``budget.cpu_run_environment``) and ``NNUNET_MCC_JOBS``. ``worker_job``: what an in-process worker needs
+    besides the run (dataset, configuration, plans, device, npz)."""
     os.makedirs(log_folder, exist_ok=True)
     failures = []
     run_env = dict(env, **{JOBS_VARIABLE: str(jobs)})  # recorded in each run's cost
@@ -91,7 +92,7 @@ def run_pending(pending: Sequence[Run], env: Dict[str, str], jobs: int, log_fold
             failures.append((r, reason, log_file))
             progress.finished(r, f"{r.trainer} fold {r.fold}: FAILED ({reason}), log: {log_file}")
 
-    workers = WorkerPool(run_env, torch_threads=1 if (jobs > 1 and device == "cpu") else 0) if in_process else None
+    workers = WorkerPool(run_env) if in_process else None  # threads: crossval's share (budget.cpu_run_environment)
     try:
         if jobs == 1:
             for r in pending:
@@ -195,10 +196,11 @@ def _epochs_completed(folder: str, since: float) -> Optional[int]:
 
 
 class WorkerPool:
-    """One ``train_worker`` process per calling thread, started on first use and restarted if it dies."""
+    """One ``train_worker`` process per calling thread, started on first use and restarted if it dies. Its torch
+    threads are ``NNUNET_MCC_TORCH_THREADS`` of ``env`` (crossval sets each run's share of the cores on the CPU)."""
 
-    def __init__(self, env: Dict[str, str], torch_threads: int = 0):
-        self.env = dict(env, **{TORCH_THREADS_VARIABLE: str(torch_threads)})
+    def __init__(self, env: Dict[str, str]):
+        self.env = dict(env)
         self.local = threading.local()
         self.all: List[subprocess.Popen] = []
         self.lock = threading.Lock()

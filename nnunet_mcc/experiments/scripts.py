@@ -10,7 +10,9 @@ A SLURM array task
   (augmentation workers beside the training process; with one core, 0: augmentation in the training process),
   and this package's trainers use ``cores`` torch threads (``NNUNET_MCC_TORCH_THREADS``; on the CPU
   ``nnUNetv2_train`` would take every core of the node, and OpenMP threads that outnumber the cores slow each
-  other down many times over: measured 14 s against 0.2 s per epoch for two 1-CPU tasks on a 2-core node);
+  other down many times over: measured 14 s against 0.2 s per epoch for two 1-CPU tasks on a 2-core node), as do
+  OpenMP and MKL (``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``): ``nnunet_mcc.budget.allocation_environment``, the
+  rule crossval also gives each of its runs on the CPU;
 * **loses no finished epoch to a time limit**: it asks SLURM for a warning (``--signal=B:USR1@<margin>``, to the
   batch shell only), runs the training in the background, and forwards USR1 (and TERM) to it. This package's
   trainers then finish their epoch, write ``checkpoint_latest.pth`` and exit 75
@@ -27,7 +29,8 @@ import os
 import shlex
 from typing import Dict, List, Optional, Sequence
 
-from nnunet_mcc.budget import JOBS_VARIABLE, SCHEDULE_VARIABLES, TORCH_THREADS_VARIABLE
+from nnunet_mcc.budget import (AUGMENTATION_WORKERS_VARIABLE, EXPORT_WORKERS_VARIABLE, JOBS_VARIABLE,
+                               SCHEDULE_VARIABLES, THREAD_VARIABLES, TORCH_THREADS_VARIABLE)
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.experiments.runner import Run
 from nnunet_mcc.fileio import os_error_cause, write_text
@@ -88,15 +91,18 @@ supervised() {
 }
 '''
 
-# nnU-Net's worker counts from the task's cores (see the module docstring)
-_ALLOCATION = r'''
-# nnU-Net's worker processes within this task's allocation, unless set: cores = SLURM_CPUS_PER_TASK, else the
-# CPU affinity; export workers = cores, augmentation workers = cores - 1 (0: augmentation in the training process),
-# torch threads of this package's trainers = cores
-cores="${SLURM_CPUS_PER_TASK:-$(python3 -c 'import os; print(len(os.sched_getaffinity(0)))' 2>/dev/null || nproc)}"
-export nnUNet_def_n_proc="${nnUNet_def_n_proc:-$cores}"
-export nnUNet_n_proc_DA="${nnUNet_n_proc_DA:-$(( cores > 1 ? cores - 1 : 0 ))}"
-''' + f'export {TORCH_THREADS_VARIABLE}="${{{TORCH_THREADS_VARIABLE}:-$cores}}"  # nnUNetv2_train would take every core\n'
+# nnU-Net's worker counts and the threads from the task's cores (see the module docstring): budget.py's
+# allocation_environment(cores), written in bash because the cores are known only when the task runs
+_ALLOCATION = (
+    "\n# nnU-Net's worker processes and the threads within this task's allocation, unless set:\n"
+    "# cores = SLURM_CPUS_PER_TASK, else the CPU affinity; export workers = cores, augmentation workers = cores - 1\n"
+    "# (0: augmentation in the training process), torch threads of this package's trainers (nnUNetv2_train would\n"
+    "# take every core), OpenMP and MKL threads = cores\n"
+    "cores=\"${SLURM_CPUS_PER_TASK:-$(python3 -c 'import os; print(len(os.sched_getaffinity(0)))' 2>/dev/null"
+    " || nproc)}\"\n"
+    f'export {EXPORT_WORKERS_VARIABLE}="${{{EXPORT_WORKERS_VARIABLE}:-$cores}}"\n'
+    f'export {AUGMENTATION_WORKERS_VARIABLE}="${{{AUGMENTATION_WORKERS_VARIABLE}:-$(( cores > 1 ? cores - 1 : 0 ))}}"\n'
+    + "".join(f'export {name}="${{{name}:-$cores}}"\n' for name in (TORCH_THREADS_VARIABLE, *THREAD_VARIABLES)))
 
 
 def _requeue_block(max_requeues: int) -> List[str]:
@@ -124,10 +130,12 @@ def _requeue_block(max_requeues: int) -> List[str]:
 
 def shell_script(runs: Sequence[Run], extra_env: Dict[str, str], slurm_options: Optional[Sequence[str]],
                  signal_margin: int = DEFAULT_SIGNAL_MARGIN, max_requeues: int = DEFAULT_REQUEUES,
-                 script_path: Optional[str] = None, compare_script: Optional[str] = None) -> str:
+                 script_path: Optional[str] = None, compare_script: Optional[str] = None,
+                 unset: Sequence[str] = ()) -> str:
     """A bash script running every run (state checks at run time); with ``slurm_options`` a job array that
     respects its allocation and requeues itself after SLURM's warning (``signal_margin`` seconds before the time
-    limit; 0: no warning, no requeue)."""
+    limit; 0: no warning, no requeue). ``unset``: variables the runs must not inherit from the submitting shell
+    (``crossval --auto-budget``'s longer runs take their epochs from the trainer's name, not NNUNET_MCC_EPOCHS)."""
     slurm = slurm_options is not None
     lines = ["#!/bin/bash"]
     if slurm:
@@ -146,6 +154,7 @@ def shell_script(runs: Sequence[Run], extra_env: Dict[str, str], slurm_options: 
     lines += ["# nnU-Net's folders must be set in the environment",
               "set -u", ': "${nnUNet_raw:?}" "${nnUNet_preprocessed:?}" "${nnUNet_results:?}"']
     lines += [f"export {k}={shlex.quote(v)}" for k, v in extra_env.items()]
+    lines += [f"unset {name}  # the epochs come from the trainer's name" for name in unset]
     if slurm:
         save_every = SCHEDULE_VARIABLES["save_every"]
         lines.append(_ALLOCATION)
@@ -175,16 +184,22 @@ def shell_script(runs: Sequence[Run], extra_env: Dict[str, str], slurm_options: 
 
 
 def compare_job_script(crossval_args: Sequence[str], compare_args: Sequence[str],
-                       slurm_options: Sequence[str]) -> str:
+                       slurm_options: Sequence[str], next_round: Optional[Sequence[str]] = None) -> str:
     """The job that runs after the array (``--dependency=afterany``): every run's state, then the comparison,
-    whose report lists the folds that did not finish. GPU requests of the array are not passed on."""
+    whose report lists the folds that did not finish. GPU requests of the array are not passed on. With
+    ``next_round`` (crossval's arguments, ``--auto-budget``) it first judges the round that has ended and submits
+    the next one (an array and this job again after it), if any; the comparison is then the one so far."""
     lines = ["#!/bin/bash", "#SBATCH --job-name=nnunet-mcc-compare", "#SBATCH --output=nnunet-mcc-compare_%j.log"]
     lines += [f"#SBATCH {option}" for option in slurm_options if not option.lstrip("-").startswith("gres")]
     lines += ["# written by `nnunet-mcc crossval --slurm`: runs when the array has ended",
               "set -u", ': "${nnUNet_raw:?}" "${nnUNet_preprocessed:?}" "${nnUNet_results:?}"',
               "echo 'nnunet-mcc: the state of every run'",
-              shlex.join(["nnunet-mcc", "crossval", *crossval_args, "--dry-run"]),
-              shlex.join(["nnunet-mcc", "compare", *compare_args]), ""]
+              shlex.join(["nnunet-mcc", "crossval", *crossval_args, "--dry-run"])]
+    if next_round is not None:
+        lines += ["echo 'nnunet-mcc: judging the round that has ended; the next round, if any, is submitted'",
+                  shlex.join(["nnunet-mcc", "crossval", *next_round, "--submit"])
+                  + " || echo 'nnunet-mcc: no next round was submitted (above)'"]
+    lines += [shlex.join(["nnunet-mcc", "compare", *compare_args]), ""]
     return "\n".join(lines)
 
 
