@@ -297,3 +297,187 @@ def test_recorded_cost_per_trainer_and_against_the_baseline(tree, tmp_path):
     assert "| B " in section and "2.94x" in section and "1500 (cuda max allocated)" in section
     c_row = next(line for line in section.splitlines() if line.startswith("| C "))
     assert c_row.count("n/a") >= 6
+
+
+def write_unmirrored(root, name, fold, zero=(), shift=0):
+    """``validation_nomirror/summary.json`` of a fold: the counts of ``write_seed_run`` (TP 0 for ``zero``)."""
+    folder = os.path.join(root, DATASET, f"{name}__nnUNetPlans__{CONFIG}", f"fold_{fold}", "validation_nomirror")
+    os.makedirs(folder, exist_ok=True)
+    per_case = []
+    for case in CASES[fold]:
+        metrics = {}
+        for label in (1, 2):
+            tp = 0 if label in zero else tp_of(case, label, 0, shift)
+            fp, fn = fp_fn(case, label)
+            metrics[str(label)] = {"TP": tp, "FP": fp, "FN": fn, "TN": N - tp - fp - fn}
+        per_case.append({"reference_file": f"/gt/c{case:02d}.nii.gz", "metrics": metrics})
+    with open(os.path.join(folder, "summary.json"), "w") as f:
+        json.dump({"metric_per_case": per_case}, f)
+    return folder
+
+
+# B loses a class in 3 of its 4 runs: core (seed 1, both folds), lesion (seed 1 fold 1, seed 0 fold 0);
+# A and C in none; C is better than A by 60 TP on every case; B equals A wherever it keeps its classes
+LOST = {(1, 0): (2,), (1, 1): (1, 2), (0, 0): (1,)}
+
+
+@pytest.fixture
+def lossy(tree):
+    fill(tree, {"A": 0, "C": 60})
+    for seed in (0, 1):
+        for fold in CASES:
+            write_seed_run(tree, f"B_seed{seed}", fold, seed=seed, shift=SHIFTS[seed], zero=LOST.get((seed, fold), ()))
+    # without mirroring, B_seed1 fold 0 finds core (lost by mirroring), B_seed1 fold 1 loses core again (lost in
+    # training) and finds lesion; B_seed0 fold 0 has no validation without mirroring
+    write_unmirrored(tree, "B_seed1", 0, shift=SHIFTS[1])
+    write_unmirrored(tree, "B_seed1", 1, zero=(2,), shift=SHIFTS[1])
+    return tree
+
+
+def fg_dice(seed, gain, cases, zero=()):
+    return np.array([np.mean([0.0 if label in zero else dice(tp_of(c, label, gain, SHIFTS[seed]), *fp_fn(c, label))
+                              for label in (1, 2)]) for c in cases])
+
+
+def test_class_loss_rate_leads_the_report_and_class_loss_csv(lossy, tmp_path):
+    out = tmp_path / "r"
+    result = compare(DATASET, CONFIG, ["A", "B", "C"], folds=[0, 1], output=str(out), bootstrap=20, plots=False)
+    rates = {r["trainer"]: r for r in result["class_loss"]}
+    assert rates["A"]["runs"] == 4 and rates["A"]["runs_with_lost_class"] == 0 and rates["A"]["class_loss_rate"] == 0
+    assert rates["B"]["runs_with_lost_class"] == 3 and rates["B"]["class_loss_rate"] == pytest.approx(0.75)
+    assert rates["B"]["lost_classes"] == "lesion 2, core 2" and rates["A"]["lost_classes"] == ""
+    assert (rates["B"]["runs_lost_in_training"], rates["B"]["runs_lost_by_mirroring"],
+            rates["B"]["runs_lost_cause_unknown"]) == (1, 1, 1)
+    head = result["full_markdown"].splitlines()[:6]
+    assert head[4] == ("**Class-loss rate** (runs that lost a class: Dice 0 on every validation case that has it; a "
+                       "run is one fold and seed): A lost a class in 0 of 4 runs; B lost a class in 3 of 4 runs "
+                       "(lesion 2, core 2; 1 in training, 1 by mirroring only, 1 cause unknown); C lost a class in "
+                       "0 of 4 runs.")
+    csv_rows = pd.read_csv(out / "class_loss.csv")
+    assert list(csv_rows["trainer"]) == ["A", "B", "C"] and list(csv_rows["runs_with_lost_class"]) == [0, 3, 0]
+
+
+def test_no_lost_class_says_zero_of_n_for_every_trainer(tree, tmp_path):
+    fill(tree, seeds=(3,))
+    out = tmp_path / "r"
+    result = compare(DATASET, CONFIG, ["A", "B"], folds=[0, 1], output=str(out), bootstrap=20, plots=False)
+    assert "**Class-loss rate** (runs that lost a class: Dice 0 on every validation case that has it; a run is one " \
+           "fold and seed): A lost a class in 0 of 2 runs; B lost a class in 0 of 2 runs." \
+           in result["full_markdown"].splitlines()[:6]
+    assert "of which" not in result["full_markdown"]
+    assert all(math.isnan(t["difference_due_to_lost_runs"]) for t in result["tests"])
+    assert list(pd.read_csv(out / "class_loss.csv")["class_loss_rate"]) == [0, 0]
+
+
+def test_pair_difference_split_into_lost_runs_and_the_rest(lossy, tmp_path):
+    result = compare(DATASET, CONFIG, ["A", "B", "C"], folds=[0, 1], output=str(tmp_path / "r"), bootstrap=20,
+                     plots=False)
+    tests = {(t["metric"], t["class_or_region"], t["trainer"]): t for t in result["tests"]}
+    b = tests[("Dice", "foreground mean", "B")]
+    # all runs: each case averaged over both seeds; B's lost classes score 0
+    cases = {f: CASES[f] for f in CASES}
+    a_all = np.concatenate([(fg_dice(0, 0, cases[f]) + fg_dice(1, 0, cases[f])) / 2 for f in CASES])
+    b_all = np.concatenate([(fg_dice(0, 0, cases[f], LOST.get((0, f), ())) +
+                             fg_dice(1, 0, cases[f], LOST.get((1, f), ()))) / 2 for f in CASES])
+    assert b["mean_difference"] == pytest.approx(b_all.mean() - a_all.mean(), abs=1e-12)
+    # without the (fold, seed) runs in which B lost a class, for both trainers: only seed 0 of fold 1 is left,
+    # where B equals A
+    assert b["n_cases_without_lost_runs"] == 5
+    assert b["mean_difference_without_lost_runs"] == pytest.approx(0.0, abs=1e-12)
+    assert b["difference_due_to_lost_runs"] == pytest.approx(b["mean_difference"], abs=1e-12)
+    line = next(x for x in result["full_markdown"].splitlines() if x.startswith("- B vs A (foreground mean Dice)"))
+    assert f"**of which {b['mean_difference']:+.3f} is due to the runs that lost a class** (B lost a class in 3 of " \
+           f"4 runs, A in 0 of 4; without those runs the difference is +0.000 on 5 of 10 cases, not tested): " \
+           f"driven by lost classes, not a uniform gain" in line
+    # C lost nothing and neither did A: no split, no note
+    c = tests[("Dice", "foreground mean", "C")]
+    assert math.isnan(c["difference_due_to_lost_runs"]) and math.isnan(c["n_cases_without_lost_runs"])
+    line = next(x for x in result["full_markdown"].splitlines() if x.startswith("- C vs A (foreground mean Dice)"))
+    assert "lost" not in line
+
+
+def test_a_uniform_gain_hidden_by_a_lost_class_is_kept_apart(tree, tmp_path):
+    fill(tree, {"A": 0})
+    for seed in (0, 1):
+        for fold in CASES:  # C: 60 TP better on every case, and loses core in seed 1 fold 1
+            write_seed_run(tree, f"C_seed{seed}", fold, gain=60, seed=seed, shift=SHIFTS[seed],
+                           zero=(2,) if (seed, fold) == (1, 1) else ())
+    result = compare(DATASET, CONFIG, ["A", "C"], folds=[0, 1], output=str(tmp_path / "r"), bootstrap=20,
+                     plots=False)
+    c = next(t for t in result["tests"] if t["metric"] == "Dice" and t["class_or_region"] == "foreground mean")
+    kept = {0: (0, 1), 1: (0,)}  # the seeds left in each fold once seed 1 of fold 1 is left out for both
+    gain = np.concatenate([np.mean([fg_dice(s, 60, CASES[f]) - fg_dice(s, 0, CASES[f]) for s in kept[f]], axis=0)
+                           for f in CASES])
+    assert c["n_cases_without_lost_runs"] == 10
+    assert c["mean_difference_without_lost_runs"] == pytest.approx(gain.mean(), abs=1e-12)
+    assert c["difference_due_to_lost_runs"] == pytest.approx(c["mean_difference"] - gain.mean(), abs=1e-12)
+    assert c["difference_due_to_lost_runs"] < 0 < c["mean_difference_without_lost_runs"]
+    line = next(x for x in result["full_markdown"].splitlines() if x.startswith("- C vs A (foreground mean Dice)"))
+    # C's gain (+0.029 without the lost run) is turned into a loss (-0.094) by one run that lost core
+    assert f"difference {c['mean_difference']:+.3f}" in line and c["mean_difference"] < 0
+    assert f"of which {c['difference_due_to_lost_runs']:+.3f} is due to the runs that lost a class" in line
+    assert f"without those runs the difference is {gain.mean():+.3f} on 10 of 10 cases" in line
+    assert line.endswith("driven by lost classes, not a uniform gain")
+
+
+def test_the_lost_class_note_says_what_it_rests_on():
+    from types import SimpleNamespace
+
+    from nnunet_mcc.experiments.report import Page
+
+    rates = pd.DataFrame({"trainer": ["A", "B"], "runs": [9, 9], "runs_with_lost_class": [0, 7]})
+    page = SimpleNamespace(class_loss=rates)
+    row = {"trainer": "B", "baseline": "A", "n_pairs": 25, "mean_difference": 0.150,
+           "mean_difference_without_lost_runs": 0.004, "n_cases_without_lost_runs": 11,
+           "difference_due_to_lost_runs": 0.146}
+    assert Page.lost_class_note(page, row) == (
+        "; **of which +0.146 is due to the runs that lost a class** (B lost a class in 7 of 9 runs, A in 0 of 9; "
+        "without those runs the difference is +0.004 on 11 of 25 cases, not tested): driven by lost classes, not a "
+        "uniform gain")
+    # most of the difference stands without the lost runs: no "driven"
+    uniform = dict(row, mean_difference_without_lost_runs=0.120, difference_due_to_lost_runs=0.030)
+    assert Page.lost_class_note(page, uniform).endswith("on 11 of 25 cases, not tested)")
+    assert "of which +0.030" in Page.lost_class_note(page, uniform)
+    # no case without a lost run: nothing to split
+    assert Page.lost_class_note(page, dict(row, n_cases_without_lost_runs=0)) == (
+        "; lost classes: B lost a class in 7 of 9 runs, A in 0 of 9, and every compared case has such a run in one "
+        "of the two, so the difference cannot be told from them")
+    # neither lost a class: no note
+    assert Page.lost_class_note(page, dict(row, n_cases_without_lost_runs=float("nan"))) == ""
+
+
+def test_collapsed_csv_says_lost_in_training_or_by_mirroring(lossy, tmp_path):
+    out = tmp_path / "r"
+    result = compare(DATASET, CONFIG, ["A", "B"], folds=[0, 1], output=str(out), bootstrap=20, plots=False)
+    lost = {(c["run"], c["fold"], c["class_or_region"]): c for c in result["collapsed"]}
+    assert sorted(lost) == [("B_seed0", 0, "lesion"), ("B_seed1", 0, "core"), ("B_seed1", 1, "core"),
+                            ("B_seed1", 1, "lesion")]
+    assert lost[("B_seed1", 0, "core")]["lost_in"] == "mirroring"
+    assert lost[("B_seed1", 0, "core")]["dice_unmirrored"] == pytest.approx(
+        np.mean([dice(tp_of(c, 2, 0, SHIFTS[1]), *fp_fn(c, 2)) for c in CASES[0]]), abs=1e-12)
+    assert lost[("B_seed1", 1, "core")]["lost_in"] == "training"
+    assert lost[("B_seed1", 1, "core")]["dice_unmirrored"] == 0
+    assert lost[("B_seed1", 1, "lesion")]["lost_in"] == "mirroring"
+    assert lost[("B_seed0", 0, "lesion")]["lost_in"] == "unknown (no unmirrored validation)"
+    assert math.isnan(lost[("B_seed0", 0, "lesion")]["dice_unmirrored"])
+    written = pd.read_csv(out / "collapsed.csv").set_index(["run", "fold", "class_or_region"])
+    assert written.loc[("B_seed1", 0, "core"), "lost_in"] == "mirroring"
+    assert written.loc[("B_seed1", 1, "core"), "lost_in"] == "training"
+    assert written.loc[("B_seed0", 0, "lesion"), "lost_in"] == "unknown (no unmirrored validation)"
+    page = result["full_markdown"]
+    assert "B_seed1 fold 0: core (no per-class curve, lost by mirroring); B_seed1 fold 1: lesion (no per-class " \
+           "curve, lost by mirroring); B_seed1 fold 1: core (no per-class curve, lost in training)" in page
+    assert "| lost in" in page[page.index("## Collapsed classes"):]
+
+
+def test_an_unreadable_unmirrored_summary_is_said_not_fatal(lossy, tmp_path):
+    path = os.path.join(lossy, DATASET, f"B_seed1__nnUNetPlans__{CONFIG}", "fold_0", "validation_nomirror",
+                        "summary.json")
+    with open(path, "w") as f:
+        f.write("{not json")
+    result = compare(DATASET, CONFIG, ["A", "B"], folds=[0, 1], output=str(tmp_path / "r"), bootstrap=20,
+                     plots=False)
+    lost = {(c["run"], c["fold"], c["class_or_region"]): c["lost_in"] for c in result["collapsed"]}
+    assert lost[("B_seed1", 0, "core")] == "unknown (unmirrored validation unreadable)"
+    assert any(n.startswith("B_seed1 fold 0: unmirrored validation summary") and "is not valid JSON" in n
+               for n in result["notes"])

@@ -1,6 +1,7 @@
 """The MCC trainers through nnU-Net's real, unmodified command-line tools."""
 
 import glob
+import json
 import os
 import sys
 
@@ -64,7 +65,7 @@ def _foreground_mcc(fold_folder: str, labels_folder: str) -> float:
     return float(mcc_from_counts(*counts))
 
 
-def test_train_resume_predict_mcc(prepared, nnunet_env, tmp_path):
+def test_train_resume_predict_mcc(prepared, nnunet_env, tmp_path, monkeypatch):
     dataset = prepared("3d_multiclass")
     env = dict(nnunet_env, NNUNET_MCC_EPOCHS="4", NNUNET_MCC_ITERATIONS="12")
     first = train(env, dataset, "3d_fullres_small", "nnUNetTrainerMCC")
@@ -94,6 +95,43 @@ def test_train_resume_predict_mcc(prepared, nnunet_env, tmp_path):
     assert len(prediction) == 1
     seg = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "pred" / prediction[0])))
     assert seg.shape == (32, 32, 32) and set(np.unique(seg)) <= {0, 1, 2}
+
+    _check_validation_without_mirroring(fold, env, tmp_path, monkeypatch)
+
+
+def _summary_counts(path: str) -> dict:
+    with open(path) as f:
+        summary = json.load(f)
+    return {(os.path.basename(e["reference_file"]), label): tuple(m[c] for c in ("TP", "FP", "FN", "TN"))
+            for e in summary["metric_per_case"] for label, m in e["metrics"].items()}
+
+
+def _check_validation_without_mirroring(fold: str, env: dict, tmp_path, monkeypatch) -> None:
+    """The trained fold validated again in this process: with mirroring, the steps reproduce nnU-Net's own
+    validation/summary.json count for count (so they are nnU-Net's final validation); without it, the summary lands
+    in validation_nomirror/ with the same cases, in nnU-Net's format, beside the predicted segmentations."""
+    from nnunet_mcc.experiments import mirroring
+
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(name, env[name])
+    monkeypatch.setenv("nnUNet_compile", "0")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the training process validated (OMP_NUM_THREADS=1)
+    try:
+        mirrored = mirroring._validate(fold, "cpu", 0, use_mirroring=True, target=str(tmp_path / "mirrored"))
+        path = mirroring.validate_without_mirroring(fold)
+    finally:
+        torch.set_num_threads(threads)
+    nnunet_own = _summary_counts(os.path.join(fold, "validation", "summary.json"))
+    assert _summary_counts(mirrored) == nnunet_own
+    assert path == os.path.join(fold, "validation_nomirror", "summary.json")
+    unmirrored = _summary_counts(path)
+    assert sorted(unmirrored) == sorted(nnunet_own)
+    with open(path) as f:
+        summary = json.load(f)
+    assert set(summary["mean"]) == {"1", "2"} and "foreground_mean" in summary
+    cases = sorted({case for case, _ in unmirrored})
+    assert sorted(f for f in os.listdir(os.path.dirname(path)) if f.endswith(".nii.gz")) == cases
 
 
 @pytest.mark.parametrize("key, trainer", [("3d_regions", "nnUNetTrainerMCC_CE"), ("3d_ignore", "nnUNetTrainerMCC")])

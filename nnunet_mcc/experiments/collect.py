@@ -1,22 +1,28 @@
 """Reading a comparison's inputs, and nothing else: each trainer's finished folds (every seed), what says how each
-was trained (budget, seed, loss settings and identity, training log, cost) and its per-case confusion counts, with
-the checks that refuse to pair runs that differ (budgets, seed sets, settings). ``compare`` computes the
-statistics and writes the report from what this returns."""
+was trained (budget, seed, loss settings and identity, training log, cost) and its per-case confusion counts (for a
+run with a collapsed class also those of its validation without mirroring, when present) and the boundary metrics of
+its exported final validation predictions (``boundary_scores``), with the checks that
+refuse to pair runs that differ (budgets, seed sets, settings). ``compare`` computes the statistics and writes the
+report from what this returns."""
 
+import ast
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import pandas as pd
 
 from nnunet_mcc import labels as dataset_labels
+from nnunet_mcc import metrics as metric_functions
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.experiments import convergence, results
 from nnunet_mcc.fileio import read_json
-from nnunet_mcc.provenance import PROVENANCE_FILE
+from nnunet_mcc.provenance import PROVENANCE_FILE, unmirrored_summary
 
-METRICS = ("Dice", "IoU", "MCC")
+METRICS = ("Dice", "IoU", "MCC")                     # from nnU-Net's confusion counts, at every stage
+BOUNDARY_METRICS = tuple(metric_functions.BOUNDARY_METRICS)  # from the exported predictions, final validation only
 FINAL, SNAPSHOT = "final", "snapshot"
 
 
@@ -33,7 +39,14 @@ class Collected:
     curves: pd.DataFrame          # tidy per-epoch series: trainer, fold, epoch, iterations, series, value
     regions: Dict[str, tuple]
     notes: List[str] = field(default_factory=list)
-    collapsed: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per run and collapsed class/region
+    collapsed: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per run and collapsed class/region,
+    # with when, and whether lost in training or by mirroring (lost_in)
+    boundary: dict = field(default_factory=dict)  # boundary_record: what the boundary metrics rest on
+
+
+def metric_columns(counts: pd.DataFrame) -> List[str]:
+    """The metrics of ``counts``: the overlap scores, then the boundary metrics that were computed somewhere."""
+    return list(METRICS) + [m for m in BOUNDARY_METRICS if m in counts.columns and counts[m].notna().any()]
 
 
 def _check_trainer_folders(results_root: str, dataset_name: str, trainers: Sequence[str], plans: str,
@@ -64,22 +77,93 @@ def _dataset_context(dataset_name: str) -> dict:
     dataset_json = read_json(os.path.join(preprocessed, "dataset.json"), "dataset.json")
     context = {"file_ending": dataset_json.get("file_ending", ".nii.gz"),
                "names": dataset_labels.summary_key_names(dataset_json),
+               "pseudo_dice_names": dataset_labels.pseudo_dice_names(dataset_json),
                "regions": dataset_labels.evaluation_regions(dataset_json),
                "gt_folder": os.path.join(preprocessed, "gt_segmentations"),
-               "ignore_label": _ignore_label(dataset_json), "reader_writer": None}
+               "ignore_label": _ignore_label(dataset_json), "reader_writer": None, "dataset_json": dataset_json}
     if context["regions"]:
-        from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
-
-        gt = context["gt_folder"]
-        example = next((os.path.join(gt, f) for f in sorted(os.listdir(gt)) if f.endswith(context["file_ending"])),
-                       None) if os.path.isdir(gt) else None
-        if example is None:
-            raise UserError(f"evaluation regions need the reference segmentations in {gt}, which has none")
-        context["reader_writer"] = determine_reader_writer_from_dataset_json(dataset_json, example)()
+        context["reader_writer"] = _reader_writer(context)
+        if context["reader_writer"] is None:
+            raise UserError(f"evaluation regions need the reference segmentations in {context['gt_folder']}, which "
+                            f"has none")
     return context
 
 
-def _run_record(state: results.FoldState, allow_unknown: bool) -> dict:
+def _reader_writer(context: dict):
+    """nnU-Net's image reader for the dataset (``determine_reader_writer_from_dataset_json``, what its evaluation
+    uses), chosen from a reference segmentation; None when ``gt_segmentations`` has none."""
+    if context["reader_writer"] is not None:
+        return context["reader_writer"]
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+
+    gt = context["gt_folder"]
+    example = next((os.path.join(gt, f) for f in sorted(os.listdir(gt)) if f.endswith(context["file_ending"])),
+                   None) if os.path.isdir(gt) else None
+    if example is None:
+        return None
+    context["reader_writer"] = determine_reader_writer_from_dataset_json(context["dataset_json"], example)()
+    return context["reader_writer"]
+
+
+def boundary_record(tolerance_mm: float) -> dict:
+    """What the boundary metrics rest on, for the report and its tables."""
+    version = None
+    try:
+        import monai
+
+        version = monai.__version__
+    except ImportError:
+        pass
+    return {"implementation": f"MONAI {version}" if version else "MONAI (not installed)", "nsd_tolerance_mm":
+            float(tolerance_mm), "hd95": metric_functions.METRIC_INFO["HD95"].rests_on,
+            "nsd": metric_functions.METRIC_INFO["NSD"].rests_on, "runs_with_predictions": 0, "runs_without": 0}
+
+
+def _key_values(key: str, kind: str, regions: Dict[str, tuple]) -> Tuple[int, ...]:
+    """The label values of a summary key (``"2"``, ``"(1, 2)"``) or an evaluation region."""
+    if kind == "region":
+        return tuple(regions[key])
+    value = ast.literal_eval(key)
+    return tuple(int(v) for v in value) if isinstance(value, (tuple, list)) else (int(value),)
+
+
+def boundary_scores(rows: List[dict], validation_folder: str, context: dict,
+                    tolerance_mm: float) -> Tuple[int, int]:
+    """Fill HD95 and NSD into the final validation's per-case ``rows`` (labels and regions) from the exported
+    predictions (``validation/<case><file_ending>``) and the references nnU-Net's evaluation reads
+    (``gt_segmentations/<case><file_ending>``), both read with nnU-Net's reader for the dataset, in the spacing
+    it reports (``metrics.boundary_scores``; voxels of the ignore label are left out of the prediction, as in
+    nnU-Net's evaluation). Returns (cases scored, cases without a prediction or reference file)."""
+    by_case: Dict[str, List[dict]] = {}
+    for row in rows:
+        by_case.setdefault(row["case"], []).append(row)
+    reader = _reader_writer(context)
+    scored = missing = 0
+    for case, own in by_case.items():
+        prediction_path = os.path.join(validation_folder, case + context["file_ending"])
+        reference_path = os.path.join(context["gt_folder"], case + context["file_ending"])
+        if reader is None or not (os.path.isfile(prediction_path) and os.path.isfile(reference_path)):
+            missing += 1
+            continue
+        prediction, properties = reader.read_seg(prediction_path)
+        reference, _ = reader.read_seg(reference_path)
+        prediction, reference = prediction[0], reference[0]
+        spacing = [float(v) for v in properties["spacing"]]
+        if prediction.shape != reference.shape or len(spacing) != reference.ndim:
+            raise UserError(f"{prediction_path} ({prediction.shape}) does not match its reference {reference_path} "
+                            f"({reference.shape}) or its spacing {spacing}")
+        valid = reference != context["ignore_label"] if context["ignore_label"] is not None else True
+        values = [_key_values(r["key"], r["kind"], context["regions"]) for r in own]
+        predicted = np.stack([np.isin(prediction, v) & valid for v in values])
+        referenced = np.stack([np.isin(reference, v) for v in values])
+        scores = metric_functions.boundary_scores(predicted, referenced, spacing, tolerance_mm)
+        for i, row in enumerate(own):
+            row.update({name: float(value[i]) for name, value in scores.items()})
+        scored += 1
+    return scored, missing
+
+
+def _run_record(state: results.FoldState, allow_unknown: bool, class_names: Sequence[str] = ()) -> dict:
     """Budget, settings, training log and convergence verdict of one finished fold."""
     try:
         budget = results.recorded_budget(state.folder)
@@ -94,7 +178,7 @@ def _run_record(state: results.FoldState, allow_unknown: bool) -> dict:
     series, log_source = results.training_log(state.folder)
     per_class = series.pop(results.PER_CLASS_SERIES, None) if series else None
     per_epoch = budget.num_iterations_per_epoch if budget else None
-    verdict = convergence.judge(series, per_epoch)
+    verdict = convergence.judge(series, per_epoch, per_class, class_names)  # per class: a class at zero
     training = (provenance or {}).get("training") if isinstance((provenance or {}).get("training"), dict) else {}
     if state.seed is not None:
         seed, seed_source = state.seed, "folder name"
@@ -118,6 +202,8 @@ def _run_record(state: results.FoldState, allow_unknown: bool) -> dict:
               "epochs_logged": verdict.epochs, "converged": verdict.status, "convergence": verdict.describe()}
     for name in convergence.SERIES:
         record[f"projected_gain_{name}"] = verdict.gains.get(name, float("nan"))
+    record["still_rising"] = ", ".join(verdict.rising)  # the series the judge found rising
+    record["classes_at_zero"] = "; ".join(f"{c} {how}" for c, how in verdict.at_zero.items())  # "core lost"
     cost = results.training_cost(state.folder)
     for key in results.COST_KEYS:
         record[f"cost_{key}"] = cost[key]
@@ -132,8 +218,10 @@ def _run_record(state: results.FoldState, allow_unknown: bool) -> dict:
 def collect(dataset: str, configuration: str, trainers: Sequence[str], plans: str = "nnUNetPlans",
             folds: Sequence[int] = (0, 1, 2, 3, 4), snapshots: bool = True,
             allow_mixed_budgets: bool = False, allow_mixed_seeds: bool = False,
-            allow_mixed_settings: bool = False) -> Collected:
-    """Read every finished fold; raise UserError for unusable input (nothing is written)."""
+            allow_mixed_settings: bool = False, boundary: bool = True,
+            nsd_tolerance: float = metric_functions.DEFAULT_NSD_TOLERANCE_MM) -> Collected:
+    """Read every finished fold; raise UserError for unusable input (nothing is written). ``boundary``: also the
+    boundary metrics (HD95, NSD with ``nsd_tolerance`` mm) of the final validation, from its exported predictions."""
     if len(set(trainers)) != len(trainers):
         raise UserError(f"-tr lists a trainer twice: {' '.join(trainers)}")
     dataset_name = results.resolve_dataset(dataset)
@@ -152,11 +240,15 @@ def collect(dataset: str, configuration: str, trainers: Sequence[str], plans: st
         if unsuffixed:
             notes.append(f"{trainer}: its seed folders ({', '.join(r for r, _ in runs)}) are its runs; the unsuffixed "
                          f"folder {trainer}__{plans}__{configuration} is not used")
-    records = [_run_record(s, allow_mixed_budgets) for s in finished]
+    records = [_run_record(s, allow_mixed_budgets, context["pseudo_dice_names"]) for s in finished]
     _check_budgets(records, allow_mixed_budgets)
     notes += _check_seeds(records, trainers, allow_mixed_seeds)
     notes += _check_settings(records, trainers, allow_mixed_settings)
 
+    boundary_info = boundary_record(nsd_tolerance)
+    if boundary and not metric_functions.monai_available():
+        notes.append(f"{metric_functions.MONAI_MISSING}: not computed")
+        boundary = False
     count_rows, curve_rows = [], []
     for state, record in zip(finished, records):
         budget = record["_budget"]
@@ -174,6 +266,15 @@ def collect(dataset: str, configuration: str, trainers: Sequence[str], plans: st
                     notes.append(f"{state.trainer} fold {state.fold}: no exported predictions in validation/, "
                                  f"evaluation regions not computed")
                 rows += region
+            if stage == FINAL and boundary:
+                scored, missing = boundary_scores(rows, os.path.dirname(path), context, nsd_tolerance)
+                boundary_info["runs_with_predictions" if scored else "runs_without"] += 1
+                if not scored:
+                    notes.append(f"{state.run} fold {state.fold}: no exported predictions in validation/ (or no "
+                                 f"gt_segmentations): HD95 and NSD not computed")
+                elif missing:
+                    notes.append(f"{state.run} fold {state.fold}: {missing} case(s) without an exported prediction "
+                                 f"or reference: HD95 and NSD not computed for them")
             iterations = epoch * per_epoch if epoch and per_epoch else None
             if stage == SNAPSHOT:
                 iterations = read_json(path, what).get("iterations", iterations)
@@ -205,6 +306,8 @@ def collect(dataset: str, configuration: str, trainers: Sequence[str], plans: st
     for metric in METRICS:
         counts[metric] = scores[metric]
     collapsed = collapsed_classes(counts, records)
+    collapsed, mirroring_notes = lost_in_training_or_mirroring(collapsed, records, context)
+    notes += mirroring_notes
     for r in records:
         own = collapsed[(collapsed["run"] == r["run"]) & (collapsed["fold"] == r["fold"])] if len(collapsed) else []
         r["collapsed"] = "; ".join(f"{c['class_or_region']} ({c['when']})" for _, c in own.iterrows()) \
@@ -213,7 +316,7 @@ def collect(dataset: str, configuration: str, trainers: Sequence[str], plans: st
     runs["seed"] = pd.array([r["seed"] for r in records], dtype="Int64")
     curves = pd.DataFrame(curve_rows, columns=["trainer", "run", "fold", "epoch", "iterations", "series", "value"])
     return Collected(dataset_name, results_root, configuration, plans, list(trainers), states, runs, counts, curves,
-                     context["regions"], notes, collapsed)
+                     context["regions"], notes, collapsed, boundary_info if boundary else {})
 
 
 def _seed_text(seed) -> str:
@@ -331,6 +434,64 @@ def collapsed_classes(counts: pd.DataFrame, records: Sequence[dict]) -> pd.DataF
                      "kind": kind, "cases_present": int(entry["cases_present"]), "status": status, "epoch": epoch,
                      "iterations": iterations, "when": when})
     return pd.DataFrame(rows, columns=columns)
+
+
+LOST_IN_TRAINING, LOST_BY_MIRRORING = "training", "mirroring"
+LOST_IN_UNKNOWN = "unknown (no unmirrored validation)"
+
+
+def lost_in_training_or_mirroring(collapsed: pd.DataFrame, records: Sequence[dict],
+                                  context: dict) -> Tuple[pd.DataFrame, List[str]]:
+    """``collapsed`` with ``lost_in`` and ``dice_unmirrored`` per row, from the fold's validation without
+    test-time mirroring (``validation_nomirror/summary.json``, ``nnunet_mcc.experiments.mirroring``) when it
+    exists: "training" when the class is lost there too (Dice 0 on every case that has it), "mirroring" when it
+    is found there (so nnU-Net's mirrored prediction lost it), else "unknown (...)" saying why.
+    ``dice_unmirrored``: the class's mean Dice over the cases that have it, predicted without mirroring. Also the
+    notes on unreadable unmirrored summaries."""
+    collapsed = collapsed.copy()
+    collapsed["lost_in"] = pd.Series([LOST_IN_UNKNOWN] * len(collapsed), index=collapsed.index, dtype=object)
+    collapsed["dice_unmirrored"] = float("nan")
+    if collapsed.empty:
+        return collapsed, []
+    folders = {(r["run"], r["fold"]): r["folder"] for r in records}
+    unmirrored: Dict[tuple, Tuple[Optional[pd.DataFrame], str]] = {}
+    notes = []
+    for index, entry in collapsed.iterrows():
+        run = (entry["run"], entry["fold"])
+        if run not in unmirrored:
+            unmirrored[run] = _unmirrored_counts(folders[run], context, notes, f"{entry['run']} fold {entry['fold']}")
+        counts, why = unmirrored[run]
+        if counts is None:
+            collapsed.at[index, "lost_in"] = why
+            continue
+        own = counts[(counts["kind"] == entry["kind"]) & (counts["class_or_region"] == entry["class_or_region"])]
+        present = own[(own["TP"] + own["FN"]) > 0]
+        if present.empty:
+            collapsed.at[index, "lost_in"] = "unknown (not present in the unmirrored validation)"
+            continue
+        dice = 2 * present["TP"] / (2 * present["TP"] + present["FP"] + present["FN"])
+        collapsed.at[index, "dice_unmirrored"] = float(dice.mean())
+        collapsed.at[index, "lost_in"] = LOST_IN_TRAINING if (present["TP"] == 0).all() else LOST_BY_MIRRORING
+    return collapsed, notes
+
+
+def _unmirrored_counts(folder: str, context: dict, notes: List[str],
+                       label: str) -> Tuple[Optional[pd.DataFrame], str]:
+    """Per-case counts of a fold's validation without mirroring (its summary, and the evaluation regions from its
+    predictions when the dataset has some), or (None, why not)."""
+    path = unmirrored_summary(folder)
+    if not os.path.isfile(path):
+        return None, LOST_IN_UNKNOWN
+    try:
+        rows = results.read_summary(path, context["file_ending"], context["names"], "unmirrored validation summary")
+    except UserError as e:
+        notes.append(f"{label}: {e}; lost in training or by mirroring not told")
+        return None, "unknown (unmirrored validation unreadable)"
+    if context["regions"]:
+        rows += results.region_rows(os.path.dirname(path), context["gt_folder"], context["regions"],
+                                    context["file_ending"], context["reader_writer"], context["ignore_label"])
+    columns = ["case", "key", "class_or_region", "kind", *results.COUNTS]
+    return pd.DataFrame(rows, columns=columns), ""
 
 
 def _check_budgets(records: List[dict], allow_mixed: bool) -> None:

@@ -4,7 +4,12 @@ Reads what nnU-Net's own tools read, each fold's ``validation/summary.json`` (ch
 plus what says how the fold was trained: nnU-Net's ``debug.json`` (the budget, for any trainer), this
 package's ``nnunet_mcc_provenance.json`` (loss settings), the per-epoch validation series
 (``nnunet_mcc_log.json``, else the checkpoint's ``logging``) and the snapshot validations written during
-training (``snapshots/epoch_<N>/summary.json``). It never starts a training or validation process.
+training (``snapshots/epoch_<N>/summary.json``), and for a run with a collapsed class its validation without
+test-time mirroring (``validation_nomirror/summary.json``, written by ``mirroring.validate_without_mirroring``)
+when present. From the predictions the final validation exports (``validation/<case><file_ending>``) and the
+dataset's ``gt_segmentations`` it also computes the boundary metrics HD95 (mm) and NSD (``--nsd-tolerance`` mm,
+``nnunet_mcc.metrics``), tested and ranked as Dice and MCC in each metric's direction (``metrics.METRIC_INFO``);
+folds without predictions get a note. It never starts a training or validation process.
 
 Everything is built on one tidy table (trainer, fold, case, class or region, training stage, metric,
 value): group-by and pivots give the tables, scipy the paired Wilcoxon tests, statsmodels the Holm
@@ -18,11 +23,14 @@ seeds is reported beside the fold spread, and a pair is "above training noise" o
 test passes and the mean difference exceeds 2 sqrt((s_A^2 + s_B^2) / n_seeds). Different seed sets between
 trainers (``--allow-mixed-seeds``) and different settings identities within a trainer
 (``--allow-mixed-settings``) are refused like mixed budgets. Collapsed classes (Dice 0 on every validation
-case that has them) and the recorded training cost are reported per run and trainer.
+case that has them) and the recorded training cost are reported per run and trainer; the class-loss rate (runs that
+lost a class / runs) of every trainer heads the report, and a pair's difference is split into the part that goes
+with the runs that lost a class and the rest (``lost_class_split``).
 
 Written into the report folder (replaced as a whole, never half-written): ``per_case.csv``,
 ``summary_table.{md,csv,tex}``, ``wilcoxon.csv``, ``bootstrap_ranks.csv``, ``runs.csv`` (seed, budget,
-settings, convergence, collapsed classes, cost per run), ``cost.csv``, ``collapsed.csv``,
+settings, convergence, collapsed classes, cost per run), ``cost.csv``, ``collapsed.csv`` (with whether each class was
+lost in training or by mirroring), ``class_loss.csv`` (each trainer's class-loss rate),
 ``learning_curves.csv``, ``snapshots.csv``, ``plots/`` and ``report.md``.
 """
 
@@ -35,12 +43,15 @@ import numpy as np
 import pandas as pd
 
 from nnunet_mcc.errors import UserError
+from nnunet_mcc.experiments import auto_budget as auto_budget_module
 from nnunet_mcc.experiments import convergence, report, results, stats
-from nnunet_mcc.experiments.collect import FINAL, METRICS, SNAPSHOT, Collected, collect
+from nnunet_mcc.experiments.collect import (BOUNDARY_METRICS, FINAL, LOST_BY_MIRRORING, LOST_IN_TRAINING, METRICS,
+                                            SNAPSHOT, Collected, collect, metric_columns)
 from nnunet_mcc.experiments.plots import plot_distributions, plot_learning_curves
 from nnunet_mcc.fileio import atomic_folder
+from nnunet_mcc.metrics import DEFAULT_NSD_TOLERANCE_MM, higher_is_better
 
-TESTED_METRICS = ("Dice", "MCC")
+TESTED_METRICS = ("Dice", "MCC")  # and the boundary metrics, where computed (``tested_metrics``)
 FOREGROUND_MEAN = "foreground mean"
 
 
@@ -63,6 +74,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-mixed-settings", action="store_true",
                         help="pair the folds and seeds of a trainer although they were trained with different "
                              "loss settings (their recorded identity); the differences are listed in the report")
+    parser.add_argument("--auto-budget", nargs="?", const="", metavar="RECORD",
+                        help="compare each trainer at the budget crossval --auto-budget found its runs converged at "
+                             "(its record, default $nnUNet_results/<dataset>/nnunet_mcc_auto_budget_<plans>_"
+                             "<configuration>.json); the first lines say which budget each trainer is compared at")
+    parser.add_argument("--same-budget", action="store_true",
+                        help="with --auto-budget: compare every trainer at the largest budget tried (equal cost) "
+                             "instead of each at the budget at which its runs converged")
+    parser.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM, metavar="MM",
+                        help="tolerance of the normalised surface Dice in mm (default %(default)s)")
+    parser.add_argument("--no-boundary", action="store_true",
+                        help="skip the boundary metrics (HD95, NSD), which read every exported validation prediction")
     parser.add_argument("--no-plots", action="store_true", help="skip the plots")
     parser.add_argument("--no-snapshots", action="store_true",
                         help="leave out the 'score after N iterations' table of the snapshot validations")
@@ -73,7 +95,9 @@ def run(args) -> int:
                          baseline=args.baseline, output=args.output, bootstrap=args.bootstrap,
                          plots=not args.no_plots, snapshots=not args.no_snapshots,
                          allow_mixed_budgets=args.allow_mixed_budgets, allow_mixed_seeds=args.allow_mixed_seeds,
-                         allow_mixed_settings=args.allow_mixed_settings)
+                         allow_mixed_settings=args.allow_mixed_settings, auto_budget=args.auto_budget,
+                         same_budget=args.same_budget, boundary=not args.no_boundary,
+                         nsd_tolerance=args.nsd_tolerance)
     print(comparison["markdown"])
     print(f"\nReport folder: {comparison['output']}")
     return 0
@@ -90,7 +114,8 @@ def tidy_scores(counts: pd.DataFrame) -> pd.DataFrame:
     """One row per trainer, fold, stage, case, class/region and metric, plus the per-case foreground mean
     over the labels (nnU-Net's labels or regions; NaN-aware: the labels defined for that case)."""
     ids = ["trainer", "run", "seed", "fold", "stage", "epoch", "iterations", "case", "class_or_region", "kind"]
-    long = counts.melt(id_vars=ids, value_vars=list(METRICS), var_name="metric", value_name="value")
+    long = counts.melt(id_vars=ids, value_vars=metric_columns(counts), var_name="metric", value_name="value")
+    long = long[~(long["metric"].isin(BOUNDARY_METRICS) & (long["stage"] != FINAL))]  # final validation only
     labels = long[long["kind"] == "label"]
     if labels["class_or_region"].nunique() > 1:
         keys = ["trainer", "run", "seed", "fold", "stage", "epoch", "iterations", "case", "metric"]
@@ -98,6 +123,12 @@ def tidy_scores(counts: pd.DataFrame) -> pd.DataFrame:
         fg["class_or_region"], fg["kind"] = FOREGROUND_MEAN, "mean"
         long = pd.concat([long, fg[long.columns]], ignore_index=True)
     return long
+
+
+def tested_metrics(final: pd.DataFrame) -> List[str]:
+    """The metrics tested, ranked and plotted: Dice and MCC, and the boundary metrics where computed."""
+    present = set(final["metric"].dropna().unique()) if len(final) else set()
+    return [m for m in (*TESTED_METRICS, *BOUNDARY_METRICS) if m in present or m in TESTED_METRICS]
 
 
 def common_cases(final: pd.DataFrame, trainers: Sequence[str]) -> List[str]:
@@ -139,13 +170,14 @@ def summary_table(final: pd.DataFrame, trainers: Sequence[str], classes: Sequenc
     over_folds = fold_means.groupby(level=keys).agg(n_folds="count", mean_of_fold_means="mean", std_folds="std")
     spread = seed_spread(final_runs if final_runs is not None else final.assign(run=final["trainer"]))
     table = over_cases.join(over_folds).join(spread).reset_index()
-    table["best"] = table["mean"].notna() & (table["mean"] == table.groupby(["metric", "class_or_region"])[
-        "mean"].transform("max"))
+    signed = table["mean"].where(table["metric"].map(higher_is_better), -table["mean"])  # larger = better
+    table["best"] = signed.notna() & (signed == signed.groupby([table["metric"], table["class_or_region"]]).transform(
+        "max"))
     return _ordered(table, trainers, classes)
 
 
 def _ordered(frame: pd.DataFrame, trainers: Sequence[str], classes: Sequence[str]) -> pd.DataFrame:
-    order = {"metric": {m: i for i, m in enumerate(METRICS)},
+    order = {"metric": {m: i for i, m in enumerate((*METRICS, *BOUNDARY_METRICS))},
              "class_or_region": {c: i for i, c in enumerate(classes)},
              "trainer": {t: i for i, t in enumerate(trainers)}}
     columns = [c for c in order if c in frame.columns]
@@ -161,13 +193,15 @@ def paired_tests(final: pd.DataFrame, trainers: Sequence[str], baseline: str, cl
                  table: Optional[pd.DataFrame] = None) -> pd.DataFrame:
     """Wilcoxon signed-rank test of every trainer against the baseline on the same cases (each case's score
     averaged over the trainer's seeds), Holm-corrected over all comparisons (trainers x classes) of a metric.
+    Differences are trainer minus baseline in the metric's unit; ``higher_is_better`` says which sign favours the
+    trainer (negative for HD95).
 
     With ``table`` (``summary_table``), each pair is also judged against training noise: "above training
     noise" when the Holm-corrected test passes and |mean_A - mean_B| > 2 sqrt(s_A^2/n_A + s_B^2/n_B), s the
     std over seeds of a trainer's mean score (``stats.noise_threshold``); None when a spread is unmeasured."""
     wide = _wide(final)
     rows = []
-    for metric in TESTED_METRICS:
+    for metric in tested_metrics(final):
         block = []
         for trainer in trainers:
             if trainer == baseline:
@@ -179,13 +213,13 @@ def paired_tests(final: pd.DataFrame, trainers: Sequence[str], baseline: str, cl
                 result = stats.wilcoxon_paired(pair[trainer].to_numpy(), pair[baseline].to_numpy())
                 block.append({"metric": metric, "class_or_region": c, "trainer": trainer, "baseline": baseline,
                               "n_pairs": result["n"], "median_difference": result["median_difference"],
-                              "p": result["p"]})
+                              "p": result["p"], "higher_is_better": higher_is_better(metric)})
         for entry, adjusted in zip(block, stats.holm([e["p"] for e in block])):
             entry["p_holm"] = adjusted
             entry["significant_0.05"] = bool(np.isfinite(adjusted) and adjusted < 0.05)
         rows += block
     columns = ["metric", "class_or_region", "trainer", "baseline", "n_pairs", "median_difference", "p", "p_holm",
-               "significant_0.05"]
+               "significant_0.05", "higher_is_better"]
     if table is None:
         return pd.DataFrame(rows, columns=columns)
     index = table.set_index(["metric", "class_or_region", "trainer"])
@@ -208,11 +242,13 @@ def paired_tests(final: pd.DataFrame, trainers: Sequence[str], baseline: str, cl
 
 def rank_stability(final_runs: pd.DataFrame, trainers: Sequence[str], classes: Sequence[str],
                    n_samples: int) -> pd.DataFrame:
-    """Bootstrap rank distribution over the cases and, per trainer, its seeds (``stats.bootstrap_ranks_over_seeds``)."""
+    """Bootstrap rank distribution over the cases and, per trainer, its seeds (``stats.bootstrap_ranks_over_seeds``);
+    rank 1 is the best mean in the metric's direction (the lowest for HD95)."""
     if "run" not in final_runs.columns:
         final_runs = final_runs.assign(run=final_runs["trainer"])
     rows = []
-    for metric in TESTED_METRICS:
+    for metric in tested_metrics(final_runs):
+        sign = 1.0 if higher_is_better(metric) else -1.0
         for c in classes:
             sub = final_runs[(final_runs["metric"] == metric) & (final_runs["class_or_region"] == c)]
             if sub.empty:
@@ -221,7 +257,7 @@ def rank_stability(final_runs: pd.DataFrame, trainers: Sequence[str], classes: S
                                    dropna=False)
             cases = sorted(sub["case"].unique())
             wide = wide.reindex(index=cases)
-            scores = [wide[t].to_numpy(dtype=float).T if t in wide.columns.get_level_values(0)
+            scores = [sign * wide[t].to_numpy(dtype=float).T if t in wide.columns.get_level_values(0)
                       else np.full((1, len(cases)), np.nan) for t in trainers]
             ranks = stats.bootstrap_ranks_over_seeds(scores, n_samples=n_samples)
             for i, t in enumerate(trainers):
@@ -312,20 +348,138 @@ def cost_table(runs: pd.DataFrame, trainers: Sequence[str], baseline: str) -> pd
     return table
 
 
+PROJECTION_COLUMNS = ["trainer", "runs", "rising_runs", "runs_with_class_at_zero", "classes_at_zero"] + [
+    f"gain_{name}_{stat}" for name in convergence.SERIES for stat in ("median", "min", "max")]
+
+
+def projected_gains(runs: pd.DataFrame, trainers: Sequence[str]) -> pd.DataFrame:
+    """Per trainer with runs the judge did not call converged for a reason a longer budget may change: over its runs
+    still rising (``still_rising``), the median, least and largest projected gain of each judged series (the
+    Theil-Sen slope of the run's last half carried over another such stretch, ``convergence.projected_gain``); and
+    its runs with a class at zero (``classes_at_zero``: flat, no gain projected), with how often each class."""
+    rows = []
+    for trainer in trainers:
+        own = runs[runs["trainer"] == trainer]
+        rising = own[own.get("still_rising", pd.Series("", index=own.index)).fillna("") != ""]
+        zero = own.get("classes_at_zero", pd.Series("", index=own.index)).fillna("")
+        if rising.empty and not (zero != "").any():
+            continue
+        classes: dict = {}
+        for text in zero:
+            for part in filter(None, text.split("; ")):
+                classes[part] = classes.get(part, 0) + 1
+        row = {"trainer": trainer, "runs": len(own), "rising_runs": len(rising),
+               "runs_with_class_at_zero": int((zero != "").sum()),
+               "classes_at_zero": ", ".join(f"{c} in {n}" for c, n in classes.items())}
+        for name in convergence.SERIES:
+            values = pd.to_numeric(rising.get(f"projected_gain_{name}", pd.Series(dtype=float)),
+                                   errors="coerce").dropna()
+            for stat, value in (("median", values.median()), ("min", values.min()), ("max", values.max())):
+                row[f"gain_{name}_{stat}"] = float(value) if len(values) else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows, columns=PROJECTION_COLUMNS)
+
+
+def class_loss_table(runs: pd.DataFrame, collapsed: pd.DataFrame, trainers: Sequence[str],
+                     classes: Sequence[str] = ()) -> pd.DataFrame:
+    """Per trainer, its class-loss rate: the runs (one per fold and seed, finished) in which some class or region
+    collapsed (``collect.collapsed_classes``: Dice 0 on every validation case that has it) over its runs; per
+    class, in how many runs it was lost (most often first, ties in the order of ``classes``); and how many of
+    those runs lost a class in training (some lost class is lost without mirroring too), by mirroring only
+    (every lost class is found without mirroring) or for an unknown reason (no unmirrored validation), from
+    ``collapsed``'s ``lost_in``."""
+    rows = []
+    for trainer in trainers:
+        own = runs[runs["trainer"] == trainer]
+        if own.empty:
+            continue
+        lost = collapsed[collapsed["trainer"] == trainer] if len(collapsed) else pd.DataFrame(
+            columns=["run", "fold", "class_or_region", "lost_in"])
+        per_class = lost.drop_duplicates(["run", "fold", "class_or_region"]).groupby(
+            "class_or_region", sort=False).size()
+        position = {c: i for i, c in enumerate(classes)}
+        per_class = sorted(per_class.items(), key=lambda item: (-item[1], position.get(item[0], len(position))))
+        causes = {LOST_IN_TRAINING: 0, LOST_BY_MIRRORING: 0, "unknown": 0}
+        for _, group in lost.groupby(["run", "fold"], sort=False):
+            found = set(group.get("lost_in", pd.Series(dtype=object)))
+            cause = LOST_IN_TRAINING if LOST_IN_TRAINING in found else \
+                LOST_BY_MIRRORING if found == {LOST_BY_MIRRORING} else "unknown"
+            causes[cause] += 1
+        n_lost = int(len(lost[["run", "fold"]].drop_duplicates()))
+        rows.append({"trainer": trainer, "runs": len(own), "runs_with_lost_class": n_lost,
+                     "class_loss_rate": n_lost / len(own),
+                     "lost_classes": ", ".join(f"{c} {n}" for c, n in per_class),
+                     "runs_lost_in_training": causes[LOST_IN_TRAINING],
+                     "runs_lost_by_mirroring": causes[LOST_BY_MIRRORING],
+                     "runs_lost_cause_unknown": causes["unknown"]})
+    return pd.DataFrame(rows, columns=["trainer", "runs", "runs_with_lost_class", "class_loss_rate", "lost_classes",
+                                       "runs_lost_in_training", "runs_lost_by_mirroring", "runs_lost_cause_unknown"])
+
+
+LOST_SPLIT_COLUMNS = ("mean_difference_without_lost_runs", "n_cases_without_lost_runs", "difference_due_to_lost_runs")
+
+
+def lost_class_split(tests: pd.DataFrame, final_runs: pd.DataFrame, collapsed: pd.DataFrame) -> pd.DataFrame:
+    """``tests`` with, for every pair in which either trainer lost a class in some run, the pair's difference
+    recomputed without the runs in which either of the two lost a class: a (fold, seed) is left out for both
+    trainers (so the two are still averaged over the same seeds), each case averaged over the seeds left, the
+    difference of the means over the cases both still have (``n_cases_without_lost_runs``; a fold drops out when
+    every seed lost a class in it), and ``difference_due_to_lost_runs``: the pair's ``mean_difference`` minus
+    that. Not tested again; NaN for pairs in which neither trainer lost a class."""
+    tests = tests.copy()
+    for column in LOST_SPLIT_COLUMNS:
+        tests[column] = np.nan
+    if tests.empty or "mean_difference" not in tests or collapsed is None or collapsed.empty:
+        return tests
+    lost_by = {t: set(zip(group["fold"], group["seed"])) for t, group in collapsed.groupby("trainer")}
+    run_keys = pd.Series(list(zip(final_runs["fold"], final_runs["seed"])), index=final_runs.index)
+    for index, row in tests.iterrows():
+        pair = [row["trainer"], row["baseline"]]
+        lost = lost_by.get(pair[0], set()) | lost_by.get(pair[1], set())
+        if not lost:
+            continue
+        kept = final_runs[final_runs["trainer"].isin(pair) & ~run_keys.isin(lost) &
+                          (final_runs["metric"] == row["metric"]) &
+                          (final_runs["class_or_region"] == row["class_or_region"])]
+        scores = seed_average(kept).pivot_table(index="case", columns="trainer", values="value", aggfunc="first") \
+            if len(kept) else pd.DataFrame()
+        scores = scores.reindex(columns=pair).dropna()
+        tests.at[index, "n_cases_without_lost_runs"] = len(scores)
+        if len(scores):
+            clean = float(scores[pair[0]].mean() - scores[pair[1]].mean())
+            tests.at[index, "mean_difference_without_lost_runs"] = clean
+            tests.at[index, "difference_due_to_lost_runs"] = row["mean_difference"] - clean
+    return tests
+
+
 # ---- the whole comparison ---------------------------------------------------------------------
 def compare(dataset: str, configuration: str, trainers: Sequence[str], plans: str = "nnUNetPlans",
             folds: Sequence[int] = (0, 1, 2, 3, 4), baseline: Optional[str] = None, output: Optional[str] = None,
             bootstrap: int = 1000, plots: bool = True, snapshots: bool = True,
             allow_mixed_budgets: bool = False, allow_mixed_seeds: bool = False,
-            allow_mixed_settings: bool = False) -> dict:
+            allow_mixed_settings: bool = False, auto_budget: Optional[str] = None, same_budget: bool = False,
+            boundary: bool = True, nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM) -> dict:
+    """``auto_budget``: the record of ``crossval --auto-budget`` ("" for its default place): each trainer is
+    compared at the budget at which its runs converged, or with ``same_budget`` every trainer at the largest one.
+    ``boundary``: also HD95 and NSD (tolerance ``nsd_tolerance`` mm) from the exported validation predictions."""
     trainers = list(trainers)
+    try:
+        nsd_tolerance = float(nsd_tolerance)
+    except (TypeError, ValueError):
+        raise UserError(f"--nsd-tolerance must be a number of mm, got {nsd_tolerance!r}") from None
+    if not (np.isfinite(nsd_tolerance) and nsd_tolerance > 0):
+        raise UserError(f"--nsd-tolerance must be a positive number of mm, got {nsd_tolerance:g}")
     baseline = baseline or trainers[0]
     if baseline not in trainers:
         raise UserError(f"--baseline {baseline!r} is not one of the compared trainers ({' '.join(trainers)})")
     if bootstrap < 1:
         raise UserError(f"--bootstrap must be a positive number of samples, got {bootstrap}")
-    data = collect(dataset, configuration, trainers, plans, folds, snapshots, allow_mixed_budgets, allow_mixed_seeds,
-                   allow_mixed_settings)
+    choice = auto_budget_choice(dataset, configuration, plans, folds, trainers, auto_budget, same_budget)
+    if choice is not None:  # the runs of each trainer at the chosen budget: nnU-Net's <Trainer>_<N>epochs folders
+        trainers, baseline = [choice.compared[t] for t in trainers], choice.compared[baseline]
+    data = collect(dataset, configuration, trainers, plans, folds, snapshots,
+                   allow_mixed_budgets or (choice is not None and choice.differ), allow_mixed_seeds,
+                   allow_mixed_settings, boundary=boundary, nsd_tolerance=nsd_tolerance)
     output = os.path.abspath(output or os.path.join(data.results_root, data.dataset_name,
                                                     f"nnunet_mcc_comparison_{plans}_{configuration}"))
     missing = [t for t in trainers if t not in set(data.runs["trainer"])]
@@ -336,6 +490,9 @@ def compare(dataset: str, configuration: str, trainers: Sequence[str], plans: st
     cases = common_cases(final_all, trainers)
     all_cases = sorted(set(final_all["case"]))
     notes = list(data.notes)
+    if choice is None:
+        notes += auto_budget_module.superseded_notes(data.results_root, data.dataset_name, trainers, plans,
+                                                     configuration)
     if len(cases) < len(all_cases):
         notes.append(f"{len(all_cases) - len(cases)} of {len(all_cases)} cases are left out because not every "
                      f"trainer (in every seed) has them: {' '.join(sorted(set(all_cases) - set(cases)))}")
@@ -350,12 +507,17 @@ def compare(dataset: str, configuration: str, trainers: Sequence[str], plans: st
     snap = snapshot_table(tidy, cases, classes)
     per_trainer = trainer_runs(data.runs, trainers)
     costs = cost_table(data.runs, trainers, baseline)
+    class_loss = class_loss_table(data.runs, data.collapsed, trainers, classes)
+    tests = lost_class_split(tests, final_runs, data.collapsed)
     unconverged = set(per_trainer.loc[~per_trainer["all_converged"], "trainer"])
     if len(tests):
         tests["caveat_not_converged"] = tests["trainer"].isin(unconverged) | tests["baseline"].isin(unconverged)
     page = report.Page(data.dataset_name, configuration, plans, trainers, baseline, classes, cases,
                        sorted({s.fold for s in data.states}), data.runs, per_trainer, table, tests, ranks, snap,
-                       notes, allow_mixed_budgets, costs, data.collapsed)
+                       notes, allow_mixed_budgets, costs, data.collapsed, class_loss=class_loss,
+                       projections=projected_gains(data.runs, trainers),
+                       auto_budget=choice.lines if choice is not None else [],
+                       metrics=tested_metrics(final), boundary=data.boundary)
     markdown = page.markdown(full=True)
     _write_report(output, data, tidy, page, markdown, plots)
     return {"output": output, "markdown": page.markdown(full=False), "full_markdown": markdown,
@@ -363,9 +525,30 @@ def compare(dataset: str, configuration: str, trainers: Sequence[str], plans: st
             "snapshots": snap.to_dict("records"), "runs": data.runs.to_dict("records"),
             "trainer_runs": per_trainer.to_dict("records"), "cases": cases, "classes": classes, "notes": notes,
             "cost": costs.to_dict("records"), "collapsed": data.collapsed.to_dict("records"),
+            "class_loss": class_loss.to_dict("records"), "boundary": data.boundary, "projections": page.projections.to_dict("records"),
+            "auto_budget": None if choice is None else {"record": choice.record, "compared": choice.compared,
+                                                        "epochs": {t: b.num_epochs for t, b in choice.budgets.items()},
+                                                        "budgets_differ": choice.differ},
             "frames": {"counts": data.counts, "tidy": tidy, "table": table, "tests": tests, "ranks": ranks,
                        "snapshots": snap, "runs": data.runs, "curves": data.curves, "final": final,
-                       "final_runs": final_runs, "cost": costs, "collapsed": data.collapsed}}
+                       "final_runs": final_runs, "cost": costs, "collapsed": data.collapsed,
+                       "class_loss": class_loss}}
+
+
+def auto_budget_choice(dataset: str, configuration: str, plans: str, folds: Sequence[int], trainers: Sequence[str],
+                       record: Optional[str], same_budget: bool) -> Optional["auto_budget_module.Choice"]:
+    """With ``record`` (``compare --auto-budget``): which runs of each trainer are compared (``auto_budget.choose``),
+    each compared fold's own budget checked against the record; None without it."""
+    if record is None:
+        if same_budget:
+            raise UserError("--same-budget chooses among the budgets crossval --auto-budget tried: add --auto-budget")
+        return None
+    dataset_name = results.resolve_dataset(dataset)
+    results_root = results.nnunet_folder("results")
+    path = record or auto_budget_module.record_path(results_root, dataset_name, plans, configuration)
+    choice = auto_budget_module.choose(path, trainers, same_budget)
+    auto_budget_module.check_compared_budgets(choice, results_root, dataset_name, plans, configuration, folds)
+    return choice
 
 
 def _write_report(output: str, data: Collected, tidy: pd.DataFrame, page: "report.Page", markdown: str,
@@ -376,11 +559,12 @@ def _write_report(output: str, data: Collected, tidy: pd.DataFrame, page: "repor
         per_case["epoch"] = per_case["epoch"].astype("Int64")
         columns = ["trainer", "run", "seed", "fold", "stage", "epoch", "iterations", "case", "class_or_region", "key",
                    "kind",
-                   *results.COUNTS, *METRICS]
+                   *results.COUNTS, *metric_columns(data.counts)]
         report.write_frame(os.path.join(tmp, "per_case.csv"), per_case[columns])
         report.write_frame(os.path.join(tmp, "summary_table.csv"), page.table)
-        report.write_text_file(os.path.join(tmp, "summary_table.md"), page.summary_markdown_all(METRICS))
-        report.write_text_file(os.path.join(tmp, "summary_table.tex"), page.summary_latex(METRICS))
+        tabled = metric_columns(data.counts)
+        report.write_text_file(os.path.join(tmp, "summary_table.md"), page.summary_markdown_all(tabled))
+        report.write_text_file(os.path.join(tmp, "summary_table.tex"), page.summary_latex(tabled))
         if len(page.tests):
             report.write_frame(os.path.join(tmp, "wilcoxon.csv"), page.tests)
         report.write_frame(os.path.join(tmp, "bootstrap_ranks.csv"), page.ranks)
@@ -389,6 +573,7 @@ def _write_report(output: str, data: Collected, tidy: pd.DataFrame, page: "repor
             report.write_frame(os.path.join(tmp, "cost.csv"), page.cost)
         if len(page.collapsed):
             report.write_frame(os.path.join(tmp, "collapsed.csv"), page.collapsed)
+        report.write_frame(os.path.join(tmp, "class_loss.csv"), page.class_loss)
         if len(data.curves):
             report.write_frame(os.path.join(tmp, "learning_curves.csv"), data.curves)
         if len(page.snapshots):
@@ -396,7 +581,7 @@ def _write_report(output: str, data: Collected, tidy: pd.DataFrame, page: "repor
         if plots:
             os.makedirs(os.path.join(tmp, "plots"))
             final = seed_average(tidy[(tidy["stage"] == FINAL) & tidy["case"].isin(page.cases)])
-            for metric in TESTED_METRICS:
+            for metric in page.metrics:
                 plot_distributions(os.path.join(tmp, "plots", f"per_case_{metric.lower()}.png"),
                                           final[final["metric"] == metric], page.trainers, page.classes, metric)
             if len(data.curves):

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from nnunet_mcc.fileio import write_bytes
+from nnunet_mcc.metrics import metric_heading
 
 
 def _pyplot():
@@ -48,7 +49,7 @@ def plot_distributions(path: str, scores: pd.DataFrame, trainers: Sequence[str],
                           alpha=0.6, jitter=0.15)
         ax.set_title(c)
         ax.set_xlabel("")
-        ax.set_ylabel(f"{metric} per case")
+        ax.set_ylabel(f"{metric_heading(metric)} per case")
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     np.random.set_state(random_state)
     fig.tight_layout()

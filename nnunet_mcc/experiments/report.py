@@ -9,6 +9,7 @@ import pandas as pd
 
 from nnunet_mcc.experiments import convergence
 from nnunet_mcc.fileio import write_text
+from nnunet_mcc.metrics import higher_is_better, metric_heading
 
 FOREGROUND_MEAN = "foreground mean"
 CAVEAT_MARK = "†"
@@ -134,6 +135,11 @@ class Page:
     mixed_budgets_allowed: bool
     cost: pd.DataFrame = field(default_factory=pd.DataFrame)
     collapsed: pd.DataFrame = field(default_factory=pd.DataFrame)
+    class_loss: pd.DataFrame = field(default_factory=pd.DataFrame)
+    projections: pd.DataFrame = field(default_factory=pd.DataFrame)  # compare.projected_gains
+    auto_budget: List[str] = field(default_factory=list)  # auto_budget.first_lines: the budget of each trainer
+    metrics: List[str] = field(default_factory=lambda: ["Dice", "MCC"])  # the tested metrics (compare.tested_metrics)
+    boundary: dict = field(default_factory=dict)  # collect.boundary_record: what HD95 and NSD rest on
 
     @property
     def headline(self) -> str:
@@ -150,11 +156,20 @@ class Page:
                     f"{int(first['num_iterations_per_epoch'])} iterations = {int(first['iterations'])} training "
                     f"iterations, {_count(first['num_val_iterations_per_epoch'], 'validation iteration')} per "
                     f"epoch (as recorded in each fold)."]
+        if self.auto_budget:
+            return self.auto_budget_table()
         lines = ["**Mixed budgets (paired on request, --allow-mixed-budgets):** the runs were trained for different "
                  "lengths, so every difference below mixes the loss with the training budget.", ""]
         frame = self.per_trainer[["trainer", "budget", "iterations"]].rename(
             columns={"budget": "epochs x iterations (val)", "iterations": "training iterations"})
         return lines + [frame.to_markdown(index=False)]
+
+    def auto_budget_table(self) -> List[str]:
+        """The budget of each trainer when they differ by ``compare --auto-budget``'s choice (said first)."""
+        frame = self.per_trainer[["trainer", "budget", "iterations"]].rename(
+            columns={"budget": "epochs x iterations (val)", "iterations": "training iterations"})
+        return ["**Budgets differ between trainers** (chosen by `crossval --auto-budget`, first lines): every "
+                "difference below compares losses trained for different lengths.", "", frame.to_markdown(index=False)]
 
     def banner(self) -> List[str]:
         bad = self.not_converged()
@@ -164,7 +179,43 @@ class Page:
         return [f"> **Not converged: {len(bad)} of {len(self.runs)} runs had not plateaued when training ended** "
                 f"(criterion below). This comparison measures how far each loss gets within the budget (training "
                 f"speed), not the final quality of the losses; significance marks carry that caveat "
-                f"({CAVEAT_MARK})."]
+                f"({CAVEAT_MARK})."] + self.longer_budget_lines()
+
+    def longer_budget_lines(self) -> List[str]:
+        """What a longer budget would change, per trainer that has runs the judge found still rising (the median
+        and range of their projected gains, said to be a projection and what it rests on) or runs with a class at
+        zero (no gain projected)."""
+        frame = self.projections
+        if frame is None or not len(frame):
+            return []
+        lines = []
+        rising = frame[frame["rising_runs"] > 0]
+        if len(rising):
+            lines.append(">")
+            lines.append("> **What a longer budget would add** (a projection, not a measurement: each still-rising "
+                         "run's Theil-Sen trend over the last half of its epochs, carried over another such stretch "
+                         "as if the learning rate stayed as it was there; nnU-Net's poly schedule brings it near zero "
+                         "at the end, so a longer budget is another schedule, and this projection has not been "
+                         "checked against longer runs):")
+            for _, row in rising.iterrows():
+                gains = []
+                for name, label in convergence.SERIES.items():
+                    median = row.get(f"gain_{name}_median")
+                    if median is None or pd.isna(median):
+                        continue
+                    low, high = row[f"gain_{name}_min"], row[f"gain_{name}_max"]
+                    spread = f"; {low:+.3f} to {high:+.3f}" if row["rising_runs"] > 1 else ""
+                    gains.append(f"{label} {median:+.3f} (median{spread})")
+                lines.append(f"> - {row['trainer']}, {int(row['rising_runs'])} of {_count(row['runs'], 'run')} still "
+                             f"rising: " + (", ".join(gains) or "no projected gain recorded"))
+        at_zero = frame[frame["runs_with_class_at_zero"] > 0]
+        for _, row in at_zero.iterrows():
+            lines.append(f"> - {row['trainer']}, {int(row['runs_with_class_at_zero'])} of "
+                         f"{_count(row['runs'], 'run')} with a class at zero ({row['classes_at_zero']}): flat curves "
+                         f"that project no gain; only training longer tells whether the class is learned later")
+        if len(at_zero) and not len(rising):
+            lines.insert(0, ">")
+        return lines
 
     @property
     def seed_counts(self) -> List[int]:
@@ -193,13 +244,14 @@ class Page:
         tests = self.tests[self.tests["class_or_region"] == self.headline] if len(self.tests) else self.tests
         for _, t in tests.iterrows() if len(tests) else []:
             lines.append(f"- {t['trainer']} vs {t['baseline']} ({self.headline} {t['metric']}): "
-                         + self.pair_verdict(t))
+                         + self.pair_verdict(t) + self.lost_class_note(t))
         return lines
 
     @staticmethod
     def pair_verdict(t) -> str:
         diff = t.get("mean_difference", float("nan"))
-        text = f"difference {diff:+.3f}, p (Holm) {fmt_p(t['p_holm'])}" if pd.notna(diff) else \
+        direction = "" if higher_is_better(t["metric"]) else " (lower is better)"
+        text = f"difference {diff:+.3f}{direction}, p (Holm) {fmt_p(t['p_holm'])}" if pd.notna(diff) else \
             f"p (Holm) {fmt_p(t['p_holm'])}"
         above = t.get("above_training_noise")
         if above is None or (isinstance(above, float) and math.isnan(above)):
@@ -212,10 +264,54 @@ class Page:
             return f"{text}, noise threshold {threshold}: significant but within training noise"
         return f"{text}, noise threshold {threshold}: not significant"
 
+    def class_loss_lines(self) -> List[str]:
+        """Every trainer's class-loss rate (``compare.class_loss_table``), 0 of N included."""
+        if self.class_loss is None or not len(self.class_loss):
+            return []
+        parts = []
+        for _, c in self.class_loss.iterrows():
+            text = f"{c['trainer']} lost a class in {int(c['runs_with_lost_class'])} of {_count(c['runs'], 'run')}"
+            details = [c["lost_classes"]] if c["lost_classes"] else []
+            causes = [(c["runs_lost_in_training"], "in training"), (c["runs_lost_by_mirroring"], "by mirroring only"),
+                      (c["runs_lost_cause_unknown"], "cause unknown")]
+            if c["runs_lost_in_training"] or c["runs_lost_by_mirroring"]:
+                details.append(", ".join(f"{int(n)} {what}" for n, what in causes if n))
+            parts.append(text + (f" ({'; '.join(details)})" if details else ""))
+        return ["**Class-loss rate** (runs that lost a class: Dice 0 on every validation case that has it; a run is "
+                "one fold and seed): " + "; ".join(parts) + "."]
+
+    def lost_class_note(self, t) -> str:
+        """For a pair where either trainer lost a class in some run: how much of the difference goes with the runs
+        that lost one (``compare.lost_class_split``); empty otherwise."""
+        if self.class_loss is None or not len(self.class_loss) or pd.isna(t.get("n_cases_without_lost_runs")):
+            return ""
+        rates = self.class_loss.set_index("trainer")
+        if t["trainer"] not in rates.index or t["baseline"] not in rates.index:
+            return ""
+        own, base = rates.loc[t["trainer"]], rates.loc[t["baseline"]]
+        who = (f"{t['trainer']} lost a class in {int(own['runs_with_lost_class'])} of {int(own['runs'])} runs, "
+               f"{t['baseline']} in {int(base['runs_with_lost_class'])} of {int(base['runs'])}")
+        if not t["n_cases_without_lost_runs"]:
+            return (f"; lost classes: {who}, and every compared case has such a run in one of the two, so the "
+                    f"difference cannot be told from them")
+        total, due = t.get("mean_difference", float("nan")), t["difference_due_to_lost_runs"]
+        text = (f"; **of which {due:+.3f} is due to the runs that lost a class** ({who}; without those runs the "
+                f"difference is {t['mean_difference_without_lost_runs']:+.3f} on "
+                f"{int(t['n_cases_without_lost_runs'])} of {int(t['n_pairs'])} cases, not tested)")
+        if pd.notna(total) and total * due > 0 and abs(due) > abs(total) / 2:
+            text += ": driven by lost classes, not a uniform gain"
+        return text
+
     def collapsed_lines(self) -> List[str]:
         if self.collapsed is None or not len(self.collapsed):
             return []
-        shown = "; ".join(f"{c['run']} fold {c['fold']}: {c['class_or_region']} ({c['when']})"
+
+        def cause(c) -> str:
+            lost_in = c.get("lost_in")
+            return f", lost by {lost_in}" if lost_in == "mirroring" else f", lost in {lost_in}" \
+                if lost_in == "training" else ""
+
+        shown = "; ".join(f"{c['run']} fold {c['fold']}: {c['class_or_region']} ({c['when']}{cause(c)})"
                           for _, c in self.collapsed.head(8).iterrows())
         more = f" and {len(self.collapsed) - 8} more (collapsed.csv)" if len(self.collapsed) > 8 else ""
         return [f"**Collapsed classes** (Dice 0 on every validation case that has the class): {shown}{more}."]
@@ -223,7 +319,11 @@ class Page:
     def markdown(self, full: bool = True) -> str:
         """The report page; ``full=False`` (what is printed) keeps only the headline row of the tests."""
         parts = [f"# Loss comparison: {self.dataset_name}, {self.configuration} ({self.plans})", ""]
-        parts += self.banner() + [""] + self.noise_lines() + [""]
+        parts += self.auto_budget + ([""] if self.auto_budget else [])
+        parts += self.banner() + [""]
+        class_loss = self.class_loss_lines()
+        parts += class_loss + ([""] if class_loss else [])
+        parts += self.noise_lines() + [""]
         collapsed = self.collapsed_lines()
         parts += collapsed + ([""] if collapsed else [])
         parts += self.budget_lines() + [""]
@@ -233,14 +333,16 @@ class Page:
         parts += ["", "## Runs", "", self._runs_markdown()]
         if self.cost is not None and len(self.cost):
             parts += ["", "## Cost", ""] + self._cost_markdown()
-        for metric in ("Dice", "MCC"):
-            parts += ["", f"## {metric}", "", summary_markdown(self.table, metric, self.trainers, self.classes)]
+        for metric in self.metrics:
+            parts += ["", f"## {metric_heading(metric)}", ""] + self.boundary_lines(metric)
+            parts.append(summary_markdown(self.table, metric, self.trainers, self.classes))
         if len(self.trainers) > 1 and len(self.tests):
             parts += self._tests_markdown(full)
             over = "cases" if self.seed_counts == [1] else "cases and each trainer's seeds"
             parts += ["", f"## Rank stability ({self.headline}, bootstrap over {over})", ""]
             ranks = self.ranks[self.ranks["class_or_region"] == self.headline]
-            shown = pd.DataFrame({"metric": ranks["metric"], "trainer": ranks["trainer"], "rank": ranks["rank"],
+            shown = pd.DataFrame({"metric": ranks["metric"].map(metric_heading), "trainer": ranks["trainer"],
+                                  "rank": ranks["rank"],
                                   "mean bootstrap rank": ranks["mean_bootstrap_rank"].map(lambda v: fmt(v, 2)),
                                   "P(rank 1)": ranks["p_rank_1"].map(lambda v: fmt(v, 2))})
             parts.append(shown.to_markdown(index=False))
@@ -249,10 +351,18 @@ class Page:
         if full and self.collapsed is not None and len(self.collapsed):
             parts += ["", "## Collapsed classes", "", "Dice 0 on every validation case where the class or region is "
                       "present; when: the epoch after which the per-epoch pseudo Dice of that class stayed at or "
-                      f"below {convergence.COLLAPSE_THRESHOLD:g} to the end, or never learned (never above it).", ""]
-            frame = self.collapsed[["trainer", "seed", "fold", "class_or_region", "cases_present", "when"]]
-            parts.append(frame.rename(columns={"class_or_region": "class / region",
-                                               "cases_present": "cases with it"}).to_markdown(index=False))
+                      f"below {convergence.COLLAPSE_THRESHOLD:g} to the end, or never learned (never above it). Lost "
+                      "in: training when the class is lost too in the fold's validation without test-time mirroring "
+                      "(`validation_nomirror/summary.json`), mirroring when it is found there (Dice without "
+                      "mirroring: its mean over the cases that have it).", ""]
+            columns = [c for c in ("trainer", "seed", "fold", "class_or_region", "cases_present", "when", "lost_in",
+                                   "dice_unmirrored") if c in self.collapsed]
+            frame = self.collapsed[columns].copy()
+            if "dice_unmirrored" in frame:
+                frame["dice_unmirrored"] = frame["dice_unmirrored"].map(fmt)
+            parts.append(frame.rename(columns={"class_or_region": "class / region", "cases_present": "cases with it",
+                                               "lost_in": "lost in", "dice_unmirrored": "Dice without mirroring"}
+                                      ).to_markdown(index=False))
         parts += ["", "## Convergence", "", f"Criterion: {convergence.CRITERION}."]
         if full:
             parts += ["", self._convergence_markdown(), "", "## Loss settings of each run", ""]
@@ -260,6 +370,21 @@ class Page:
         if self.notes:
             parts += ["", "## Missing or left out", ""] + [f"- {n}" for n in condense(self.notes)]
         return "\n".join(parts)
+
+    def boundary_lines(self, metric: str) -> List[str]:
+        """What a boundary metric rests on, above its table: implementation, units, tolerance, empty cases."""
+        b = self.boundary or {}
+        if metric == "HD95":
+            return [f"95th-percentile Hausdorff distance in mm, from the exported validation predictions and nnU-Net's "
+                    f"gt_segmentations in the image spacing ({b.get('implementation', 'MONAI')}: "
+                    f"compute_hausdorff_distance, percentile 95). Class in neither mask: undefined, left out of the "
+                    f"means; in only one of them: the image diagonal in mm (worst case).", ""]
+        if metric == "NSD":
+            return [f"Normalised surface Dice at a tolerance of {b.get('nsd_tolerance_mm', float('nan')):g} mm "
+                    f"(share of both boundaries within the tolerance of the other, image spacing; "
+                    f"{b.get('implementation', 'MONAI')}: compute_surface_dice). Class in neither mask: undefined, "
+                    f"left out of the means; in only one of them: 0.", ""]
+        return []
 
     def _runs_markdown(self) -> str:
         columns = [c for c in ("trainer", "seeds", "folds", "budget", "loss", "settings", "converged", "collapsed")
@@ -306,7 +431,7 @@ class Page:
                 text += " *" + (CAVEAT_MARK if row.get("caveat_not_converged", False) else "")
             return text
 
-        frame = pd.DataFrame({"metric": shown["metric"], "class/region": shown["class_or_region"],
+        frame = pd.DataFrame({"metric": shown["metric"].map(metric_heading), "class/region": shown["class_or_region"],
                               "trainer": shown["trainer"], "pairs": shown["n_pairs"],
                               "median diff": shown["median_difference"].map(fmt), "p": shown["p"].map(fmt_p),
                               "p (Holm)": shown.apply(mark, axis=1) if len(shown) else []})
@@ -358,7 +483,7 @@ class Page:
             index=False)
 
     def summary_markdown_all(self, metrics: Sequence[str]) -> str:
-        return "\n\n".join(f"## {m}\n\n" + summary_markdown(self.table, m, self.trainers, self.classes)
+        return "\n\n".join(f"## {metric_heading(m)}\n\n" + summary_markdown(self.table, m, self.trainers, self.classes)
                            for m in metrics) + "\n"
 
     def summary_latex(self, metrics: Sequence[str]) -> str:
