@@ -8,7 +8,7 @@ PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.nnunet-mcc-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
+
+# on a CUDA machine: loss costs, smoke trainings, epoch-time ratios and a prediction (docs/experiments.md)
+GPU_CHECK_DIR ?= nnunet_mcc_work/gpu_check
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py --device cuda --output $(GPU_CHECK_DIR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build dist *.egg-info
