@@ -463,10 +463,10 @@ def stage_training(args, size: dict, budget: Budget, state: dict) -> dict:
     train_env = training_env(env, size, args.device, jobs)
     commands = {name: ([os.path.join(BIN, "nnUNetv2_train"), str(DATASET_ID), size["configuration"], "0", "-tr", name,
                         "-device", args.device], train_env, os.path.join(logs, f"train_{name}.log"))
-                for name in TRAINERS}
+                for name in args.trainers}
     outcomes = run_all(commands, jobs, budget)
     runs = [run_record(name, outcomes.get(name), fold_folder(env, name, size["configuration"]), commands[name][2],
-                       size["epochs"]) for name in TRAINERS]
+                       size["epochs"]) for name in args.trainers]
     state["runs"] = {r["trainer"]: r for r in runs}
     variables = {k: v for k, v in train_env.items() if k.startswith(("nnUNet_", "NNUNET_MCC_", "OMP_", "MKL_"))
                  and k not in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
@@ -615,7 +615,7 @@ def settings(args, size: dict, work: str, kept: bool) -> dict:
                    "reference": f"{REFERENCE_LOSS}: MemoryEfficientSoftDiceLoss + CE, " + (
                        "loss.dc compiled (torch.compile) as nnU-Net does on CUDA" if cuda
                        else "loss.dc not compiled (nnU-Net compiles only on CUDA)")},
-        "training": {"trainers": list(TRAINERS), "reference": REFERENCE_TRAINER,
+        "training": {"trainers": list(args.trainers), "reference": REFERENCE_TRAINER,
                      "reference_why": "nnU-Net's own Dice + CE and training loop with the budget knobs stock "
                                       "nnUNetTrainer lacks",
                      "epochs": size["epochs"], "iterations": size["iterations"],
@@ -697,12 +697,19 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help=f"wall-clock budget in seconds; later stages are skipped when it runs out "
                              f"(default {DEFAULT_BUDGET_S:g})")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: a smoke run of the check itself")
+    parser.add_argument("--trainers", nargs="+", default=list(TRAINERS), metavar="NAME",
+                        help=f"the trainers of the smoke trainings (default: {' '.join(TRAINERS)}); the reference "
+                             f"{REFERENCE_TRAINER} is always trained, first")
     parser.add_argument("--work-dir", help="keep the dataset, trainings and prediction here (absent or empty; "
                                            "default: a temporary folder, removed at the end)")
     return parser.parse_args(argv)
 
 
 def check_args(args) -> None:
+    unknown = [name for name in args.trainers if name not in TRAINERS]
+    if unknown:
+        raise UserError(f"--trainers: {' '.join(unknown)} not among the checked trainers ({' '.join(TRAINERS)})")
+    args.trainers = [REFERENCE_TRAINER] + [name for name in dict.fromkeys(args.trainers) if name != REFERENCE_TRAINER]
     if not math.isfinite(args.budget_s) or args.budget_s <= 0:
         raise UserError(f"--budget-s must be a positive number of seconds, got {args.budget_s:g}")
     if os.path.exists(args.output) and not os.path.isdir(args.output):

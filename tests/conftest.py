@@ -50,3 +50,9 @@ def pristine(tmp_path_factory):
     make_podocyte(str(root / "podo"), "hail", n_train=2, n_test=1, size=16)
     make_podocyte(str(root / "podo_rgb"), "rgb", n_train=2, n_test=0, size=16)
     return root
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tests (marked ``e2e``: they train, or start other processes) first, in their files' order: two xdist
+    workers then share them from the start instead of one finishing a long test after the other ran out of work."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("e2e") else 1)
