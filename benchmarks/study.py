@@ -119,7 +119,8 @@ def summarise(comparison: dict, trainers: Sequence[str]) -> List[dict]:
         loss = class_loss.loc[trainer]
         row = {"trainer": trainer, "runs": int(loss["runs"]), "runs_that_lost_a_class": int(loss["runs_with_lost_class"]),
                "lost": loss["lost_classes"], "lost_in_training": int(loss["runs_lost_in_training"]),
-               "lost_by_mirroring": int(loss["runs_lost_by_mirroring"])}
+               "lost_by_mirroring": int(loss["runs_lost_by_mirroring"]),
+               "runs_with_flood": int(loss.get("runs_with_flood", 0))}
         mine = dice[dice["trainer"] == trainer]
         # lost or flooded: a class whose mean Dice over the run's validation cases is below FAILED_DICE
         per_run = mine[mine["kind"] == "label"].groupby(["seed", "fold", "class_or_region"])["value"].mean()
@@ -135,12 +136,14 @@ def summarise(comparison: dict, trainers: Sequence[str]) -> List[dict]:
 
 
 def markdown(rows: List[dict], classes: Sequence[str], settings: dict) -> str:
-    header = ["trainer", "class-loss rate", "lost (class runs)", "lost in training / by mirroring",
+    header = ["trainer", "class-loss rate", "lost or flooded (class runs)", "of which floods",
+              "lost in training / by mirroring",
               f"runs with a class below Dice {FAILED_DICE}"] + \
         [f"Dice {c}" for c in classes] + ["converged"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["trainer"], f"{row['runs_that_lost_a_class']}/{row['runs']}", row["lost"] or "none",
+                 str(row["runs_with_flood"]),
                  f"{row['lost_in_training']} / {row['lost_by_mirroring']}" if row["runs_that_lost_a_class"] else "-",
                  f"{row['runs_with_a_failed_class']}/{row['runs']}"]
         for c in classes:
@@ -154,7 +157,8 @@ def markdown(rows: List[dict], classes: Sequence[str], settings: dict) -> str:
                   f"{b['epochs']} epochs x {b['iterations']} iterations, narrow network (batch "
                   f"{NETWORK['batch_size']}), CPU, one thread per run. A class is lost in a run when it scores "
                   f"Dice 0 on every validation case where it is present (nnU-Net's final validation, with "
-                  f"mirroring); in training when it is lost without mirroring too, by mirroring when not "
+                  f"mirroring), or floods it (compare's rule: mean Dice below 0.1 with at least twice the "
+                  f"reference's voxels predicted as the class); in training when it is lost without mirroring too, by mirroring when not "
                   f"(--unmirrored scores every run that lost a class without mirroring). Dice: mean over runs of each run's mean over its validation cases ± the standard "
                   f"deviation between the seeds' means. Converged: compare's judge.",
               f"Command: {settings['command']}; {settings['wall_seconds']:.0f} s wall, "

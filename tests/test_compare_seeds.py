@@ -32,10 +32,13 @@ def tp_of(case, label, gain=0, shift=0):
     return 40 + 5 * case + 3 * label + gain + shift
 
 
+FLOOD_TP, FLOOD_FP = 5, 900  # a class predicted over most of the image: Dice about 0.01
+
+
 def write_seed_run(root, name, fold, gain=0, shift=0, zero=(), identity=None, seed=None, cost=None,
-                   per_class=None, loss=None):
+                   per_class=None, loss=None, flood=()):
     """A finished fold of trainer folder ``name`` (e.g. ``A_seed1``): summary.json with TP from ``tp_of`` (0 for
-    the labels in ``zero``), debug.json, nnunet_mcc_log.json (plateau curves, optional cost and per-class pseudo
+    the labels in ``zero``; ``FLOOD_TP`` and ``FLOOD_FP`` for those in ``flood``), debug.json, nnunet_mcc_log.json (plateau curves, optional cost and per-class pseudo
     Dice) and nnunet_mcc_provenance.json (optional identity and seed)."""
     folder = os.path.join(root, DATASET, f"{name}__nnUNetPlans__{CONFIG}", f"fold_{fold}")
     os.makedirs(os.path.join(folder, "validation"), exist_ok=True)
@@ -45,6 +48,8 @@ def write_seed_run(root, name, fold, gain=0, shift=0, zero=(), identity=None, se
         for label in (1, 2):
             tp = 0 if label in zero else tp_of(case, label, gain, shift)
             fp, fn = fp_fn(case, label)
+            if label in flood:
+                tp, fp = FLOOD_TP, FLOOD_FP
             metrics[str(label)] = {"TP": tp, "FP": fp, "FN": fn, "TN": N - tp - fp - fn}
         per_case.append({"reference_file": f"/gt/c{case:02d}.nii.gz", "metrics": metrics})
     with open(os.path.join(folder, "validation", "summary.json"), "w") as f:
@@ -87,6 +92,8 @@ def dice_by_hand(label, gain, shift, cases=range(10)):
 
 
 SHIFTS = {0: 0, 1: 20}  # seed 1 of every trainer segments better: the seed spread is large
+RATE = ("**Class-loss rate** (runs that lost a class: Dice 0 on every validation case that has it, or a flood: mean "
+        "Dice below 0.1 with 2 times the reference's voxels predicted or more; a run is one fold and seed): ")
 
 
 def fill(tree, gains=None, seeds=(0, 1), **kwargs):
@@ -264,8 +271,8 @@ def test_collapsed_classes_are_marked_with_when(tree, tmp_path):
     per_trainer = {r["trainer"]: r["collapsed"] for r in result["trainer_runs"]}
     assert per_trainer == {"A": "", "B": "core in 2 of 4 runs"}
     head = "\n".join(result["full_markdown"].splitlines()[:14])
-    assert "**Collapsed classes** (Dice 0 on every validation case that has the class): B_seed1 fold 0: core " \
-           "(collapsed after epoch 5 (50 it.)); B_seed1 fold 1: core (never learned)." in head
+    assert "**Collapsed classes** (lost: Dice 0 on every validation case that has the class; or flooded): B_seed1 " \
+           "fold 0: core (collapsed after epoch 5 (50 it.)); B_seed1 fold 1: core (never learned)." in head
     assert "| collapsed" in result["full_markdown"] and "core in 2 of 4 runs" in result["full_markdown"]
     assert (out / "collapsed.csv").exists() and "collapsed" in (out / "runs.csv").read_text().splitlines()[0]
 
@@ -299,8 +306,9 @@ def test_recorded_cost_per_trainer_and_against_the_baseline(tree, tmp_path):
     assert c_row.count("n/a") >= 6
 
 
-def write_unmirrored(root, name, fold, zero=(), shift=0):
-    """``validation_nomirror/summary.json`` of a fold: the counts of ``write_seed_run`` (TP 0 for ``zero``)."""
+def write_unmirrored(root, name, fold, zero=(), shift=0, flood=()):
+    """``validation_nomirror/summary.json`` of a fold: the counts of ``write_seed_run`` (TP 0 for ``zero``, a flood
+    for ``flood``)."""
     folder = os.path.join(root, DATASET, f"{name}__nnUNetPlans__{CONFIG}", f"fold_{fold}", "validation_nomirror")
     os.makedirs(folder, exist_ok=True)
     per_case = []
@@ -309,6 +317,8 @@ def write_unmirrored(root, name, fold, zero=(), shift=0):
         for label in (1, 2):
             tp = 0 if label in zero else tp_of(case, label, 0, shift)
             fp, fn = fp_fn(case, label)
+            if label in flood:
+                tp, fp = FLOOD_TP, FLOOD_FP
             metrics[str(label)] = {"TP": tp, "FP": fp, "FN": fn, "TN": N - tp - fp - fn}
         per_case.append({"reference_file": f"/gt/c{case:02d}.nii.gz", "metrics": metrics})
     with open(os.path.join(folder, "summary.json"), "w") as f:
@@ -349,20 +359,63 @@ def test_class_loss_rate_leads_the_report_and_class_loss_csv(lossy, tmp_path):
     assert (rates["B"]["runs_lost_in_training"], rates["B"]["runs_lost_by_mirroring"],
             rates["B"]["runs_lost_cause_unknown"]) == (1, 1, 1)
     head = result["full_markdown"].splitlines()[:6]
-    assert head[4] == ("**Class-loss rate** (runs that lost a class: Dice 0 on every validation case that has it; a "
-                       "run is one fold and seed): A lost a class in 0 of 4 runs; B lost a class in 3 of 4 runs "
+    assert head[4] == (RATE + "A lost a class in 0 of 4 runs; B lost a class in 3 of 4 runs "
                        "(lesion 2, core 2; 1 in training, 1 by mirroring only, 1 cause unknown); C lost a class in "
                        "0 of 4 runs.")
     csv_rows = pd.read_csv(out / "class_loss.csv")
     assert list(csv_rows["trainer"]) == ["A", "B", "C"] and list(csv_rows["runs_with_lost_class"]) == [0, 3, 0]
 
 
+def test_a_flooded_class_counts_in_the_class_loss_rate(tree, tmp_path):
+    # B_seed0 fold 1 predicts core over most of the image (Dice about 0.01, not 0): a flood, in training (the
+    # validation without mirroring floods too); B_seed1 fold 0 floods lesion by mirroring only; a weak class (Dice
+    # below 0.1 but predicted on fewer voxels than twice the reference) is not a flood
+    fill(tree, {"A": 0}, seeds=(0, 1))
+    floods = {(0, 1): (2,), (1, 0): (1,)}
+    for seed in (0, 1):
+        for fold in CASES:
+            write_seed_run(tree, f"B_seed{seed}", fold, seed=seed, shift=SHIFTS[seed],
+                           flood=floods.get((seed, fold), ()))
+    write_unmirrored(tree, "B_seed0", 1, shift=SHIFTS[0], flood=(2,))
+    write_unmirrored(tree, "B_seed1", 0, shift=SHIFTS[1])
+    out = tmp_path / "r"
+    result = compare(DATASET, CONFIG, ["A", "B"], folds=[0, 1], output=str(out), bootstrap=20, plots=False)
+    rates = {r["trainer"]: r for r in result["class_loss"]}
+    assert (rates["B"]["runs_with_lost_class"], rates["B"]["runs_with_flood"]) == (2, 2)
+    assert (rates["A"]["runs_with_lost_class"], rates["A"]["runs_with_flood"]) == (0, 0)
+    assert (rates["B"]["runs_lost_in_training"], rates["B"]["runs_lost_by_mirroring"]) == (1, 1)
+    failed = {(c["run"], c["fold"], c["class_or_region"]): c for c in result["collapsed"]}
+    assert sorted(failed) == [("B_seed0", 1, "core"), ("B_seed1", 0, "lesion")]
+    core = failed[("B_seed0", 1, "core")]
+    reference = sum(FLOOD_TP + fp_fn(c, 2)[1] for c in CASES[1])
+    assert core["failure"] == "flooded" and core["lost_in"] == "training"
+    assert (core["predicted_voxels"], core["reference_voxels"]) == ((FLOOD_TP + FLOOD_FP) * 5, reference)
+    assert core["when"] == f"flooded: predicted on {(FLOOD_TP + FLOOD_FP) * 5} voxels for {reference} in the reference"
+    assert core["dice_unmirrored"] == pytest.approx(np.mean([dice(FLOOD_TP, FLOOD_FP, fp_fn(c, 2)[1])
+                                                             for c in CASES[1]]))
+    assert failed[("B_seed1", 0, "lesion")]["lost_in"] == "mirroring"
+    head = result["full_markdown"].splitlines()[:6]
+    assert head[4] == (RATE + "A lost a class in 0 of 4 runs; B lost a class in 2 of 4 runs (lesion 1, core 1; 2 of "
+                       "them flooded: a class predicted over much of the image; 1 in training, 1 by mirroring only).")
+    assert list(pd.read_csv(out / "class_loss.csv")["runs_with_flood"]) == [0, 2]
+
+
+def test_a_weak_class_is_neither_lost_nor_flooded():
+    from nnunet_mcc.experiments.collect import FLOODED, LOST, _failure
+
+    weak = pd.Series([0.05, 0.0, 0.08])
+    assert _failure(weak, predicted=30, referenced=100) is None       # under-predicted: weak, not a flood
+    assert _failure(weak, predicted=200, referenced=100) == FLOODED    # twice the reference's voxels: a flood
+    assert _failure(weak, predicted=199, referenced=100) is None
+    assert _failure(pd.Series([0.0, 0.0]), predicted=500, referenced=100) == LOST  # Dice 0 everywhere: lost first
+    assert _failure(pd.Series([0.1, 0.1]), predicted=900, referenced=100) is None  # at the threshold: kept
+
+
 def test_no_lost_class_says_zero_of_n_for_every_trainer(tree, tmp_path):
     fill(tree, seeds=(3,))
     out = tmp_path / "r"
     result = compare(DATASET, CONFIG, ["A", "B"], folds=[0, 1], output=str(out), bootstrap=20, plots=False)
-    assert "**Class-loss rate** (runs that lost a class: Dice 0 on every validation case that has it; a run is one " \
-           "fold and seed): A lost a class in 0 of 2 runs; B lost a class in 0 of 2 runs." \
+    assert RATE + "A lost a class in 0 of 2 runs; B lost a class in 0 of 2 runs." \
            in result["full_markdown"].splitlines()[:6]
     assert "of which" not in result["full_markdown"]
     assert all(math.isnan(t["difference_due_to_lost_runs"]) for t in result["tests"])

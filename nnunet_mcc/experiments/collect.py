@@ -1,7 +1,8 @@
 """Reading a comparison's inputs, and nothing else: each trainer's finished folds (every seed), what says how each
 was trained (budget, seed, loss settings and identity, training log, cost) and its per-case confusion counts (for a
 run with a collapsed class also those of its validation without mirroring, when present) and the boundary metrics of
-its exported final validation predictions (``boundary_scores``), with the checks that
+its exported final validation predictions (``boundary_scores``), the calibration metrics of the class probabilities
+it saved (``calibration_scores``) and a case's image and masks for the pictures (``case_arrays``), with the checks that
 refuse to pair runs that differ (budgets, seed sets, settings). ``compare`` computes the statistics and writes the
 report from what this returns."""
 
@@ -23,6 +24,7 @@ from nnunet_mcc.provenance import PROVENANCE_FILE, unmirrored_summary
 
 METRICS = ("Dice", "IoU", "MCC")                     # from nnU-Net's confusion counts, at every stage
 BOUNDARY_METRICS = tuple(metric_functions.BOUNDARY_METRICS)  # from the exported predictions, final validation only
+CALIBRATION_METRICS = tuple(metric_functions.CALIBRATION_METRICS)  # from the saved probabilities (--npz), final only
 FINAL, SNAPSHOT = "final", "snapshot"
 
 
@@ -42,11 +44,15 @@ class Collected:
     collapsed: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per run and collapsed class/region,
     # with when, and whether lost in training or by mirroring (lost_in)
     boundary: dict = field(default_factory=dict)  # boundary_record: what the boundary metrics rest on
+    calibration: dict = field(default_factory=dict)  # calibration_record: what ECE and Brier rest on
+    reliability: pd.DataFrame = field(default_factory=pd.DataFrame)  # calibration_scores' fine reliability bins
 
 
 def metric_columns(counts: pd.DataFrame) -> List[str]:
-    """The metrics of ``counts``: the overlap scores, then the boundary metrics that were computed somewhere."""
-    return list(METRICS) + [m for m in BOUNDARY_METRICS if m in counts.columns and counts[m].notna().any()]
+    """The metrics of ``counts``: the overlap scores, then the boundary and calibration metrics that were computed
+    somewhere."""
+    return list(METRICS) + [m for m in (*BOUNDARY_METRICS, *CALIBRATION_METRICS)
+                            if m in counts.columns and counts[m].notna().any()]
 
 
 def _check_trainer_folders(results_root: str, dataset_name: str, trainers: Sequence[str], plans: str,
@@ -163,6 +169,170 @@ def boundary_scores(rows: List[dict], validation_folder: str, context: dict,
     return scored, missing
 
 
+def calibration_record(n_bins: int) -> dict:
+    """What ECE and the Brier score rest on, for the report and its tables."""
+    return {"bins": int(n_bins), "binning": "equal-mass (equal voxel count; tied probabilities share a bin)",
+            "population": metric_functions.CALIBRATION_POPULATION,
+            "sample_seed": "CRC-32 of the case name, and the class's index",
+            "ece": metric_functions.METRIC_INFO["ECE"].rests_on,
+            "brier": metric_functions.METRIC_INFO["Brier"].rests_on,
+            "runs_with_probabilities": 0, "runs_without": 0}
+
+
+RELIABILITY_COLUMNS = ["trainer", "run", "fold", "case", "class_or_region", "bin", "count", "sum_probability",
+                       "sum_outcome"]
+
+
+def _probability_channels(context: dict, path: str):
+    """A function (values of a row) -> the channels of the saved probabilities whose sum is that row's probability:
+    nnU-Net saves one channel per label (``LabelManager.all_labels``, in value order, the ignore label left out;
+    softmax, so a union of labels sums its channels) or, for region-based training, one per region (sigmoid; the
+    region's own channel)."""
+    if "channels" in context:
+        return context["channels"]
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+    dataset_json = context["dataset_json"]
+    manager = LabelManager(dataset_json["labels"], dataset_json.get("regions_class_order"))
+    if manager.has_regions:
+        regions = [tuple(sorted(int(v) for v in (r if isinstance(r, (tuple, list)) else (r,))))
+                   for r in manager.all_regions]
+        count = len(regions)
+
+        def channels(values: Tuple[int, ...]) -> List[int]:
+            key = tuple(sorted(values))
+            if key not in regions:
+                raise UserError(f"{path}: no probability channel for region {key} (regions of dataset.json: "
+                                f"{regions})")
+            return [regions.index(key)]
+    else:
+        labels = [int(v) for v in manager.all_labels]
+        count = len(labels)
+
+        def channels(values: Tuple[int, ...]) -> List[int]:
+            return [labels.index(v) for v in values]
+    context["channels"] = (channels, count)
+    return context["channels"]
+
+
+def calibration_scores(rows: List[dict], validation_folder: str, context: dict, n_bins: int,
+                       reliability: Optional[List[dict]] = None) -> Tuple[int, int]:
+    """Fill ECE and the Brier score into the final validation's per-case ``rows`` (labels and regions) from the class
+    probabilities nnU-Net's validation saves with ``--npz`` (``validation/<case>.npz``, key ``probabilities``, shape
+    (C, *spatial) in the exported image's geometry), the exported prediction (``validation/<case><file_ending>``)
+    and the reference (``gt_segmentations/<case><file_ending>``), one-vs-rest per class on the class's calibration
+    population (``metrics.calibration_population``: its voxels in reference or prediction plus as many sampled
+    others, seeded by the case name's CRC-32 and the row's position in the case; ignore-label voxels left out) with
+    ``n_bins`` equal-mass bins. ``reliability``: gets
+    the case's fine reliability bins per class (``RELIABILITY_COLUMNS`` less trainer/run/fold) for the pooled
+    diagram. Returns (cases scored, cases without a probability, prediction or reference file)."""
+    import zipfile
+    import zlib
+
+    by_case: Dict[str, List[dict]] = {}
+    for row in rows:
+        by_case.setdefault(row["case"], []).append(row)
+    reader = _reader_writer(context)
+    scored = missing = 0
+    for case, own in by_case.items():
+        npz_path = os.path.join(validation_folder, case + ".npz")
+        prediction_path = os.path.join(validation_folder, case + context["file_ending"])
+        reference_path = os.path.join(context["gt_folder"], case + context["file_ending"])
+        if reader is None or not all(os.path.isfile(p) for p in (npz_path, prediction_path, reference_path)):
+            missing += 1
+            continue
+        try:
+            with np.load(npz_path) as saved:
+                probabilities = saved["probabilities"]
+        except KeyError:
+            raise UserError(f"{npz_path}: no 'probabilities' array (not what nnU-Net's --npz saves)") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise UserError(f"{npz_path}: not a readable .npz file ({e})") from None
+        prediction, _ = reader.read_seg(prediction_path)
+        reference, _ = reader.read_seg(reference_path)
+        prediction, reference = prediction[0], reference[0]
+        channels, count = _probability_channels(context, npz_path)
+        if probabilities.shape != (count, *reference.shape) or prediction.shape != reference.shape:
+            raise UserError(f"{npz_path}: probabilities of shape {probabilities.shape} do not match the reference "
+                            f"{reference_path} ({reference.shape}, {count} channels expected) or the prediction "
+                            f"{prediction_path} ({prediction.shape})")
+        valid = reference != context["ignore_label"] if context["ignore_label"] is not None else None
+        seed = zlib.crc32(case.encode("utf-8"))
+        try:
+            for i, row in enumerate(own):  # one class at a time: a 3D case holds C float volumes already
+                values = _key_values(row["key"], row["kind"], context["regions"])
+                referenced = np.isin(reference, values)
+                population = metric_functions.calibration_population(referenced, np.isin(prediction, values), valid,
+                                                                     seed=(seed, i))
+                index = channels(values)
+                probability = probabilities[index[0]] if len(index) == 1 else \
+                    probabilities[index].sum(axis=0, dtype=np.float32)
+                p, y = probability.reshape(-1)[population], referenced.reshape(-1)[population]
+                row["ECE"] = metric_functions.expected_calibration_error(p, y, n_bins)
+                row["Brier"] = metric_functions.brier_score(p, y)
+                if reliability is not None:
+                    fine = metric_functions.reliability_histogram(p, y)
+                    for b in np.flatnonzero(fine[0]):
+                        reliability.append({"case": case, "class_or_region": row["class_or_region"], "bin": int(b),
+                                            "count": fine[0][b], "sum_probability": fine[1][b],
+                                            "sum_outcome": fine[2][b]})
+        except ValueError as e:
+            raise UserError(f"{npz_path}: {e}") from None
+        scored += 1
+    return scored, missing
+
+
+def case_arrays(dataset_name: str, case: str, key: str, kind: str, prediction_folders: Dict[str, str],
+                cache: Optional[dict] = None) -> dict:
+    """What a picture of one case and class (its summary ``key`` and ``kind``, as in the per-case rows) needs, read
+    with nnU-Net's reader for the dataset: the raw image's first channel (``$nnUNet_raw/<dataset>/imagesTr/
+    <case>_0000<file_ending>``; None, with ``image_missing`` saying why, when it is not there), the class's mask in
+    the reference (``gt_segmentations``) and in each named prediction's exported label map
+    (``<folder>/<case><file_ending>``, ignore-label voxels left out; a missing one is listed in
+    ``predictions_missing``), (*spatial) arrays as the reader gives them, and the spacing; without a reference,
+    only ``missing`` (why). ``cache``: a dict kept between calls, so that dataset.json is read and the reader chosen
+    once."""
+    cache = {} if cache is None else cache
+    if cache.get("dataset") != dataset_name:
+        cache.update(dataset=dataset_name, context=_dataset_context(dataset_name))
+    context = cache["context"]
+    reader = _reader_writer(context)
+    ending = context["file_ending"]
+    reference_path = os.path.join(context["gt_folder"], case + ending)
+    if reader is None or not os.path.isfile(reference_path):
+        return {"missing": f"no reference segmentation {reference_path}"}
+    reference, properties = reader.read_seg(reference_path)
+    reference = reference[0]
+    values = _key_values(key, kind, context["regions"])
+    valid = reference != context["ignore_label"] if context["ignore_label"] is not None else True
+    out = {"missing": None, "reference": np.isin(reference, values), "reference_path": reference_path,
+           "spacing": [float(v) for v in properties["spacing"]], "image": None, "image_path": None,
+           "image_missing": None, "predictions": {}, "predictions_missing": []}
+    raw = os.environ.get("nnUNet_raw")
+    image_path = os.path.join(raw, dataset_name, "imagesTr", f"{case}_0000{ending}") if raw else None
+    if image_path is None:
+        out["image_missing"] = "nnUNet_raw is not set"
+    elif not os.path.isfile(image_path):
+        out["image_missing"] = f"no raw image {image_path}"
+    else:
+        image, _ = reader.read_images([image_path])
+        if image.shape[1:] != reference.shape:
+            raise UserError(f"{image_path}: raw image of shape {image.shape[1:]} does not match its reference "
+                            f"{reference_path} ({reference.shape})")
+        out["image"], out["image_path"] = image[0], image_path
+    for name, folder in prediction_folders.items():
+        path = os.path.join(folder, case + ending)
+        if not os.path.isfile(path):
+            out["predictions_missing"].append(name)
+            continue
+        prediction, _ = reader.read_seg(path)
+        if prediction.shape[1:] != reference.shape:
+            raise UserError(f"{path} ({prediction.shape[1:]}) does not match its reference {reference_path} "
+                            f"({reference.shape})")
+        out["predictions"][name] = np.isin(prediction[0], values) & valid
+    return out
+
+
 def _run_record(state: results.FoldState, allow_unknown: bool, class_names: Sequence[str] = ()) -> dict:
     """Budget, settings, training log and convergence verdict of one finished fold."""
     try:
@@ -215,13 +385,60 @@ def _run_record(state: results.FoldState, allow_unknown: bool, class_names: Sequ
     return record
 
 
+def _ensemble_state(run) -> results.FoldState:
+    """An ensemble fold (``ensemble.EnsembleRun``) as a finished fold of the trainer named after it: its
+    ``validation/summary.json`` and exported predictions are read as any fold's."""
+    return results.FoldState(run.trainer, run.fold, results.FINISHED, run.folder, {}, run.seed, run.run)
+
+
+def _ensemble_record(run, by_run: Dict[Tuple[str, int], dict]) -> dict:
+    """The run record of an ensemble fold from its members' records (same fold and seed): their common budget, the
+    members' losses and settings as its loss ("ensemble of A (...) and B (...)"), converged when every member run
+    converged; no training log or cost of its own. Its settings identity is its list of members, so the settings
+    checks never refuse it."""
+    members = [by_run[(m.run, run.fold)] for m in run.members]
+    names = [f"{m['trainer']} ({m['loss']}" + (f"; {results.settings_text(json.loads(m['loss_settings']), 40)}"
+                                                if json.loads(m["loss_settings"]) else "") + ")" for m in members]
+    loss = "ensemble of " + ", ".join(names[:-1]) + " and " + names[-1]
+    settings = {"members": [m["run"] for m in members], "probabilities": "averaged (nnunetv2.ensembling)",
+                **{f"{m['trainer']}.{k}": v for m in members for k, v in json.loads(m["loss_settings"]).items()}}
+    statuses = [m["converged"] for m in members]
+    converged = convergence.YES if all(v == convergence.YES for v in statuses) else (
+        convergence.NO if convergence.NO in statuses else next(v for v in statuses if v != convergence.YES))
+    budget = run.budget
+    record = {"trainer": run.trainer, "run": run.run, "seed": run.seed,
+              "seed_source": "its members' seed folders" if run.seed is not None else "unrecorded",
+              "deterministic": None, "fold": run.fold, "folder": run.folder,
+              "num_epochs": budget.num_epochs, "num_iterations_per_epoch": budget.num_iterations_per_epoch,
+              "num_val_iterations_per_epoch": budget.num_val_iterations_per_epoch, "iterations": budget.iterations,
+              "budget": budget.short(), "budget_source": "its members' (one budget)", "budget_sources": "{}",
+              "loss": loss, "loss_settings": json.dumps(settings, sort_keys=True), "versions": "{}",
+              "log_source": None, "log_problem": "an ensemble: no training of its own",
+              "epochs_logged": None, "converged": converged,
+              "convergence": "an ensemble of " + ", ".join(f"{m['run']} fold {m['fold']} ({m['converged']})"
+                                                           for m in members),
+              "still_rising": "", "classes_at_zero": "", "ensemble_of": " + ".join(m["run"] for m in members),
+              "ensemble_reused": bool(run.reused)}
+    for name in convergence.SERIES:
+        record[f"projected_gain_{name}"] = float("nan")
+    for key in results.COST_KEYS:
+        record[f"cost_{key}"] = None
+    record.update(_series=None, _per_class=None, _budget=budget, _loss={"name": loss, "settings": settings},
+                  _provenance={"identity": {"ensemble_of": [m["trainer"] for m in members]}}, _ensemble=True)
+    return record
+
+
 def collect(dataset: str, configuration: str, trainers: Sequence[str], plans: str = "nnUNetPlans",
             folds: Sequence[int] = (0, 1, 2, 3, 4), snapshots: bool = True,
             allow_mixed_budgets: bool = False, allow_mixed_seeds: bool = False,
             allow_mixed_settings: bool = False, boundary: bool = True,
-            nsd_tolerance: float = metric_functions.DEFAULT_NSD_TOLERANCE_MM) -> Collected:
+            nsd_tolerance: float = metric_functions.DEFAULT_NSD_TOLERANCE_MM, calibration: bool = True,
+            calibration_bins: int = metric_functions.DEFAULT_CALIBRATION_BINS, ensembles: Sequence = ()) -> Collected:
     """Read every finished fold; raise UserError for unusable input (nothing is written). ``boundary``: also the
-    boundary metrics (HD95, NSD with ``nsd_tolerance`` mm) of the final validation, from its exported predictions."""
+    boundary metrics (HD95, NSD with ``nsd_tolerance`` mm) of the final validation, from its exported predictions.
+    ``calibration``: also ECE (``calibration_bins`` equal-mass bins) and the Brier score, from the probabilities it
+    saved (``--npz``). ``ensembles``: ensemble folds built by ``ensemble.build_all``, read as runs of one more trainer
+    each (named ``A+B``), after the trainers."""
     if len(set(trainers)) != len(trainers):
         raise UserError(f"-tr lists a trainer twice: {' '.join(trainers)}")
     dataset_name = results.resolve_dataset(dataset)
@@ -241,15 +458,20 @@ def collect(dataset: str, configuration: str, trainers: Sequence[str], plans: st
             notes.append(f"{trainer}: its seed folders ({', '.join(r for r, _ in runs)}) are its runs; the unsuffixed "
                          f"folder {trainer}__{plans}__{configuration} is not used")
     records = [_run_record(s, allow_mixed_budgets, context["pseudo_dice_names"]) for s in finished]
+    trained, compared = list(finished), list(trainers) + list(dict.fromkeys(e.trainer for e in ensembles))
+    by_run = {(r["run"], r["fold"]): r for r in records}
+    records += [_ensemble_record(e, by_run) for e in ensembles]
+    finished += [_ensemble_state(e) for e in ensembles]
     _check_budgets(records, allow_mixed_budgets)
-    notes += _check_seeds(records, trainers, allow_mixed_seeds)
-    notes += _check_settings(records, trainers, allow_mixed_settings)
+    notes += _check_seeds(records, compared, allow_mixed_seeds)
+    notes += _check_settings(records, compared, allow_mixed_settings)
 
     boundary_info = boundary_record(nsd_tolerance)
     if boundary and not metric_functions.monai_available():
         notes.append(f"{metric_functions.MONAI_MISSING}: not computed")
         boundary = False
-    count_rows, curve_rows = [], []
+    calibration_info = calibration_record(calibration_bins)
+    count_rows, curve_rows, reliability_rows = [], [], []
     for state, record in zip(finished, records):
         budget = record["_budget"]
         final_epoch = budget.num_epochs if budget else (record["epochs_logged"] or None)
@@ -275,6 +497,17 @@ def collect(dataset: str, configuration: str, trainers: Sequence[str], plans: st
                 elif missing:
                     notes.append(f"{state.run} fold {state.fold}: {missing} case(s) without an exported prediction "
                                  f"or reference: HD95 and NSD not computed for them")
+            if stage == FINAL and calibration:
+                fine: List[dict] = []
+                scored, missing = calibration_scores(rows, os.path.dirname(path), context, calibration_bins, fine)
+                reliability_rows += [dict(r, trainer=state.trainer, run=state.run, fold=state.fold) for r in fine]
+                calibration_info["runs_with_probabilities" if scored else "runs_without"] += 1
+                if not scored:
+                    notes.append(f"{state.run} fold {state.fold}: no validation probabilities (validation/<case>.npz; "
+                                 f"train or validate with crossval --npz, nnU-Net's --npz): ECE and Brier not computed")
+                elif missing:
+                    notes.append(f"{state.run} fold {state.fold}: {missing} case(s) without saved probabilities, an "
+                                 f"exported prediction or a reference: ECE and Brier not computed for them")
             iterations = epoch * per_epoch if epoch and per_epoch else None
             if stage == SNAPSHOT:
                 iterations = read_json(path, what).get("iterations", iterations)
@@ -289,7 +522,7 @@ def collect(dataset: str, configuration: str, trainers: Sequence[str], plans: st
                     curve_rows.append({"trainer": state.trainer, "run": state.run, "fold": state.fold, "epoch": epoch,
                                        "iterations": epoch * per_epoch if per_epoch else None, "series": name,
                                        "value": value})
-        else:
+        elif not record.get("_ensemble"):
             notes.append(f"{state.run} fold {state.fold}: {record['log_problem']}: no learning curve, "
                          f"convergence not judged")
         unvalidated = sorted(set(results.snapshot_checkpoints(state.folder)) - set(state.snapshots))
@@ -299,7 +532,7 @@ def collect(dataset: str, configuration: str, trainers: Sequence[str], plans: st
                          f"summary.json; validate with nnUNetv2_predict -chk and nnU-Net's evaluation, or let "
                          f"this package's trainers do it during training)")
     if snapshots:
-        notes += _snapshot_notes(finished)
+        notes += _snapshot_notes(trained)
     notes += _settings_notes(records)
     counts = pd.DataFrame(count_rows)
     scores = results.scores_from_counts(*(counts[c] for c in results.COUNTS))
@@ -315,8 +548,10 @@ def collect(dataset: str, configuration: str, trainers: Sequence[str], plans: st
     runs = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in records])
     runs["seed"] = pd.array([r["seed"] for r in records], dtype="Int64")
     curves = pd.DataFrame(curve_rows, columns=["trainer", "run", "fold", "epoch", "iterations", "series", "value"])
-    return Collected(dataset_name, results_root, configuration, plans, list(trainers), states, runs, counts, curves,
-                     context["regions"], notes, collapsed, boundary_info if boundary else {})
+    return Collected(dataset_name, results_root, configuration, plans, compared, states, runs, counts, curves,
+                     context["regions"], notes, collapsed, boundary_info if boundary else {},
+                     calibration=calibration_info if calibration else {},
+                     reliability=pd.DataFrame(reliability_rows, columns=RELIABILITY_COLUMNS))
 
 
 def _seed_text(seed) -> str:
@@ -398,27 +633,54 @@ def _short(text: str, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+# A class "floods" a run when it is predicted over much of the image instead of on its own voxels: a mean Dice
+# below FLOOD_DICE over the validation cases that have it, while more voxels are predicted as the class than the
+# reference holds, times FLOOD_FACTOR (summed over the fold's validation cases). A flooded class scores about 0.01,
+# not 0, so the Dice-0 rule of a lost class misses it; the class-loss rate counts both.
+FLOOD_DICE = 0.1
+FLOOD_FACTOR = 2.0
+LOST, FLOODED = "lost", "flooded"
+
+
+def _failure(dice: pd.Series, predicted: float, referenced: float) -> Optional[str]:
+    """``LOST`` (Dice 0 on every case that has the class), ``FLOODED`` or None, from the class's per-case Dice over
+    the cases that have it and its predicted / reference voxels summed over the fold."""
+    if bool((dice == 0).all()):
+        return LOST
+    if float(dice.mean()) < FLOOD_DICE and predicted >= FLOOD_FACTOR * referenced:
+        return FLOODED
+    return None
+
+
 def collapsed_classes(counts: pd.DataFrame, records: Sequence[dict]) -> pd.DataFrame:
-    """Runs (trainer, seed, fold) in which a class or region collapsed: Dice 0 on every validation case where
-    it is present (reference non-empty), at the end of training. When: from the run's per-epoch pseudo Dice
-    per class (``dice_per_class_or_region``, in the order of the summary's labels/regions), the epoch after
-    which it stayed at or below 1e-3 to the end, or "never learned" (never above it)."""
-    columns = ["trainer", "run", "seed", "fold", "class_or_region", "kind", "cases_present", "status", "epoch",
-               "iterations", "when"]
+    """Runs (trainer, seed, fold) in which a class or region failed at the end of training: ``failure`` "lost"
+    (Dice 0 on every validation case where it is present, reference non-empty) or "flooded" (see ``FLOOD_DICE``).
+    When a lost class went: from the run's per-epoch pseudo Dice per class (``dice_per_class_or_region``, in the
+    order of the summary's labels/regions), the epoch after which it stayed at or below 1e-3 to the end, or "never
+    learned" (never above it)."""
+    columns = ["trainer", "run", "seed", "fold", "class_or_region", "kind", "failure", "cases_present",
+               "predicted_voxels", "reference_voxels", "status", "epoch", "iterations", "when"]
     final = counts[(counts["stage"] == FINAL) & counts["kind"].isin(["label", "region"])]
     present = final[(final["TP"] + final["FN"]) > 0]
     if present.empty:
         return pd.DataFrame(columns=columns)
     keys = ["trainer", "run", "seed", "fold", "class_or_region", "kind", "key"]
-    grouped = present.groupby(keys, sort=False)["Dice"].agg(cases_present="count",
-                                                            collapsed=lambda v: bool((v == 0).all()))
+    voxels = final.assign(predicted=final["TP"] + final["FP"], referenced=final["TP"] + final["FN"]).groupby(
+        keys, sort=False)[["predicted", "referenced"]].sum()
+    grouped = present.groupby(keys, sort=False)["Dice"].agg(cases_present="count", dice=list)
     by_run = {(r["run"], r["fold"]): r for r in records}
     rows = []
-    for (trainer, run, seed, fold, name, kind, key), entry in grouped[grouped["collapsed"]].iterrows():
+    for (trainer, run, seed, fold, name, kind, key), entry in grouped.iterrows():
+        predicted, referenced = (float(v) for v in voxels.loc[(trainer, run, seed, fold, name, kind, key)])
+        failure = _failure(pd.Series(entry["dice"], dtype=float), predicted, referenced)
+        if failure is None:
+            continue
         record = by_run[(run, fold)]
         status, epoch = "no per-class curve", None
         per_class = record.get("_per_class")
-        if kind == "label" and per_class:
+        if failure == FLOODED:
+            status = FLOODED
+        elif kind == "label" and per_class:
             order = list(dict.fromkeys(final.loc[(final["run"] == run) & (final["fold"] == fold) &
                                                  (final["kind"] == "label"), "key"]))
             index = order.index(key)
@@ -429,10 +691,13 @@ def collapsed_classes(counts: pd.DataFrame, records: Sequence[dict]) -> pd.DataF
         iterations = epoch * per_epoch if epoch and per_epoch else None
         when = {"collapsed": f"collapsed after epoch {epoch}" + (f" ({iterations} it.)" if iterations else ""),
                 "never learned": "never learned",
-                "not at the end": "pseudo Dice still above 0 at the last epoch"}.get(status, status)
+                "not at the end": "pseudo Dice still above 0 at the last epoch",
+                FLOODED: f"flooded: predicted on {predicted:.0f} voxels for {referenced:.0f} in the reference"
+                }.get(status, status)
         rows.append({"trainer": trainer, "run": run, "seed": seed, "fold": fold, "class_or_region": name,
-                     "kind": kind, "cases_present": int(entry["cases_present"]), "status": status, "epoch": epoch,
-                     "iterations": iterations, "when": when})
+                     "kind": kind, "failure": failure, "cases_present": int(entry["cases_present"]),
+                     "predicted_voxels": int(predicted), "reference_voxels": int(referenced), "status": status,
+                     "epoch": epoch, "iterations": iterations, "when": when})
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -471,7 +736,8 @@ def lost_in_training_or_mirroring(collapsed: pd.DataFrame, records: Sequence[dic
             continue
         dice = 2 * present["TP"] / (2 * present["TP"] + present["FP"] + present["FN"])
         collapsed.at[index, "dice_unmirrored"] = float(dice.mean())
-        collapsed.at[index, "lost_in"] = LOST_IN_TRAINING if (present["TP"] == 0).all() else LOST_BY_MIRRORING
+        failed = _failure(dice, float((own["TP"] + own["FP"]).sum()), float((own["TP"] + own["FN"]).sum()))
+        collapsed.at[index, "lost_in"] = LOST_BY_MIRRORING if failed is None else LOST_IN_TRAINING
     return collapsed, notes
 
 

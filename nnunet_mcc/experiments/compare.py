@@ -9,7 +9,11 @@ test-time mirroring (``validation_nomirror/summary.json``, written by ``mirrorin
 when present. From the predictions the final validation exports (``validation/<case><file_ending>``) and the
 dataset's ``gt_segmentations`` it also computes the boundary metrics HD95 (mm) and NSD (``--nsd-tolerance`` mm,
 ``nnunet_mcc.metrics``), tested and ranked as Dice and MCC in each metric's direction (``metrics.METRIC_INFO``);
-folds without predictions get a note. It never starts a training or validation process.
+folds without predictions get a note. From the class probabilities the final validation saves with ``--npz``
+(``validation/<case>.npz``) it computes the calibration metrics ECE (``--calibration-bins`` equal-mass bins) and
+Brier score the same way, with a reliability diagram per trainer (``--no-calibration`` skips them); and it draws,
+per class, the cases on which the trainers' Dice differ most (``--pictures N``, ``disagreement_cases``). It never
+starts a training or validation process.
 
 Everything is built on one tidy table (trainer, fold, case, class or region, training stage, metric,
 value): group-by and pivots give the tables, scipy the paired Wilcoxon tests, statsmodels the Holm
@@ -32,12 +36,16 @@ Written into the report folder (replaced as a whole, never half-written): ``per_
 settings, convergence, collapsed classes, cost per run), ``cost.csv``, ``collapsed.csv`` (with whether each class was
 lost in training or by mirroring), ``class_loss.csv`` (each trainer's class-loss rate),
 ``learning_curves.csv``, ``snapshots.csv``, ``plots/`` and ``report.md``.
+
+Ensembles (``--ensemble A+B``, ``all``): the members' saved validation probabilities averaged per fold and seed by
+nnU-Net's ensembling and scored by its evaluation (``ensemble.py``), written under the report folder's
+``ensembles/`` (never into the trainers' folders), then read as one more trainer.
 """
 
 import argparse
 import json
 import os
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -45,13 +53,18 @@ import pandas as pd
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.experiments import auto_budget as auto_budget_module
 from nnunet_mcc.experiments import convergence, report, results, stats
-from nnunet_mcc.experiments.collect import (BOUNDARY_METRICS, FINAL, LOST_BY_MIRRORING, LOST_IN_TRAINING, METRICS,
-                                            SNAPSHOT, Collected, collect, metric_columns)
+from nnunet_mcc.experiments import ensemble as ensemble_module
+from nnunet_mcc.experiments.collect import (BOUNDARY_METRICS, FINAL, FLOODED, LOST_BY_MIRRORING, LOST_IN_TRAINING,
+                                            METRICS, SNAPSHOT, Collected, collect, metric_columns)
 from nnunet_mcc.experiments.plots import plot_distributions, plot_learning_curves
+from nnunet_mcc.experiments.collect import CALIBRATION_METRICS, case_arrays
+from nnunet_mcc.experiments.plots import plot_disagreement, plot_reliability
 from nnunet_mcc.fileio import atomic_folder
 from nnunet_mcc.metrics import DEFAULT_NSD_TOLERANCE_MM, higher_is_better
+from nnunet_mcc.metrics import DEFAULT_CALIBRATION_BINS, reliability_curve
 
-TESTED_METRICS = ("Dice", "MCC")  # and the boundary metrics, where computed (``tested_metrics``)
+TESTED_METRICS = ("Dice", "MCC")  # and the boundary and calibration metrics, where computed (``tested_metrics``)
+DEFAULT_PICTURES = 2  # cases drawn per class/region where the trainers disagree most
 FOREGROUND_MEAN = "foreground mean"
 
 
@@ -62,6 +75,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
     parser.add_argument("-f", "--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="folds (default 0-4)")
     parser.add_argument("--baseline", help="trainer the others are tested against (default: the first of -tr)")
+    parser.add_argument("--ensemble", action="append", metavar="A+B",
+                        help="also compare the ensemble of these trainers of -tr (joined by '+'; repeatable; 'all': "
+                             "every compared trainer): per fold and seed nnU-Net's validation probabilities (--npz) "
+                             "averaged, exported and scored by nnU-Net's ensembling and evaluation, written under "
+                             "the report folder's ensembles/ and reused while their inputs are unchanged")
+    parser.add_argument("--ensemble-processes", type=int, default=ensemble_module.DEFAULT_PROCESSES, metavar="N",
+                        help="worker processes of nnU-Net's ensembling and evaluation (default %(default)s; 0: in "
+                             "this process, case after case)")
     parser.add_argument("-o", "--output", help="report folder (default: $nnUNet_results/<dataset>/"
                                                "nnunet_mcc_comparison_<plans>_<configuration>)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap samples for rank stability")
@@ -85,7 +106,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tolerance of the normalised surface Dice in mm (default %(default)s)")
     parser.add_argument("--no-boundary", action="store_true",
                         help="skip the boundary metrics (HD95, NSD), which read every exported validation prediction")
-    parser.add_argument("--no-plots", action="store_true", help="skip the plots")
+    parser.add_argument("--calibration-bins", type=int, default=DEFAULT_CALIBRATION_BINS, metavar="N",
+                        help="equal-mass bins of the expected calibration error (default %(default)s)")
+    parser.add_argument("--no-calibration", action="store_true",
+                        help="skip the calibration metrics (ECE, Brier) and reliability diagrams, which read every "
+                             "saved validation probability file (validation/<case>.npz, crossval --npz)")
+    parser.add_argument("--pictures", type=int, default=DEFAULT_PICTURES, metavar="N",
+                        help="draw, per class/region, the N cases on which the trainers' Dice differ most (default "
+                             "%(default)s; 0: none)")
+    parser.add_argument("--no-plots", action="store_true",
+                        help="skip the plots, the reliability diagrams and the pictures of --pictures")
     parser.add_argument("--no-snapshots", action="store_true",
                         help="leave out the 'score after N iterations' table of the snapshot validations")
 
@@ -97,7 +127,9 @@ def run(args) -> int:
                          allow_mixed_budgets=args.allow_mixed_budgets, allow_mixed_seeds=args.allow_mixed_seeds,
                          allow_mixed_settings=args.allow_mixed_settings, auto_budget=args.auto_budget,
                          same_budget=args.same_budget, boundary=not args.no_boundary,
-                         nsd_tolerance=args.nsd_tolerance)
+                         nsd_tolerance=args.nsd_tolerance, calibration=not args.no_calibration,
+                         calibration_bins=args.calibration_bins, pictures=args.pictures, ensemble=args.ensemble,
+                         ensemble_processes=args.ensemble_processes)
     print(comparison["markdown"])
     print(f"\nReport folder: {comparison['output']}")
     return 0
@@ -115,7 +147,8 @@ def tidy_scores(counts: pd.DataFrame) -> pd.DataFrame:
     over the labels (nnU-Net's labels or regions; NaN-aware: the labels defined for that case)."""
     ids = ["trainer", "run", "seed", "fold", "stage", "epoch", "iterations", "case", "class_or_region", "kind"]
     long = counts.melt(id_vars=ids, value_vars=metric_columns(counts), var_name="metric", value_name="value")
-    long = long[~(long["metric"].isin(BOUNDARY_METRICS) & (long["stage"] != FINAL))]  # final validation only
+    long = long[~(long["metric"].isin((*BOUNDARY_METRICS, *CALIBRATION_METRICS)) &
+                  (long["stage"] != FINAL))]  # final validation only
     labels = long[long["kind"] == "label"]
     if labels["class_or_region"].nunique() > 1:
         keys = ["trainer", "run", "seed", "fold", "stage", "epoch", "iterations", "case", "metric"]
@@ -126,9 +159,11 @@ def tidy_scores(counts: pd.DataFrame) -> pd.DataFrame:
 
 
 def tested_metrics(final: pd.DataFrame) -> List[str]:
-    """The metrics tested, ranked and plotted: Dice and MCC, and the boundary metrics where computed."""
+    """The metrics tested, ranked and plotted: Dice and MCC, and the boundary and calibration metrics where
+    computed."""
     present = set(final["metric"].dropna().unique()) if len(final) else set()
-    return [m for m in (*TESTED_METRICS, *BOUNDARY_METRICS) if m in present or m in TESTED_METRICS]
+    return [m for m in (*TESTED_METRICS, *BOUNDARY_METRICS, *CALIBRATION_METRICS)
+            if m in present or m in TESTED_METRICS]
 
 
 def common_cases(final: pd.DataFrame, trainers: Sequence[str]) -> List[str]:
@@ -177,7 +212,7 @@ def summary_table(final: pd.DataFrame, trainers: Sequence[str], classes: Sequenc
 
 
 def _ordered(frame: pd.DataFrame, trainers: Sequence[str], classes: Sequence[str]) -> pd.DataFrame:
-    order = {"metric": {m: i for i, m in enumerate((*METRICS, *BOUNDARY_METRICS))},
+    order = {"metric": {m: i for i, m in enumerate((*METRICS, *BOUNDARY_METRICS, *CALIBRATION_METRICS))},
              "class_or_region": {c: i for i, c in enumerate(classes)},
              "trainer": {t: i for i, t in enumerate(trainers)}}
     columns = [c for c in order if c in frame.columns]
@@ -383,8 +418,9 @@ def projected_gains(runs: pd.DataFrame, trainers: Sequence[str]) -> pd.DataFrame
 def class_loss_table(runs: pd.DataFrame, collapsed: pd.DataFrame, trainers: Sequence[str],
                      classes: Sequence[str] = ()) -> pd.DataFrame:
     """Per trainer, its class-loss rate: the runs (one per fold and seed, finished) in which some class or region
-    collapsed (``collect.collapsed_classes``: Dice 0 on every validation case that has it) over its runs; per
-    class, in how many runs it was lost (most often first, ties in the order of ``classes``); and how many of
+    was lost or flooded (``collect.collapsed_classes``: Dice 0 on every validation case that has it, or predicted
+    over much of the image) over its runs; how many of those runs had a flood; per class, in how many runs it
+    failed (most often first, ties in the order of ``classes``); and how many of
     those runs lost a class in training (some lost class is lost without mirroring too), by mirroring only
     (every lost class is found without mirroring) or for an unknown reason (no unmirrored validation), from
     ``collapsed``'s ``lost_in``."""
@@ -406,13 +442,16 @@ def class_loss_table(runs: pd.DataFrame, collapsed: pd.DataFrame, trainers: Sequ
                 LOST_BY_MIRRORING if found == {LOST_BY_MIRRORING} else "unknown"
             causes[cause] += 1
         n_lost = int(len(lost[["run", "fold"]].drop_duplicates()))
+        flooded = lost[lost["failure"] == FLOODED] if "failure" in lost else lost.iloc[:0]
         rows.append({"trainer": trainer, "runs": len(own), "runs_with_lost_class": n_lost,
                      "class_loss_rate": n_lost / len(own),
+                     "runs_with_flood": int(len(flooded[["run", "fold"]].drop_duplicates())),
                      "lost_classes": ", ".join(f"{c} {n}" for c, n in per_class),
                      "runs_lost_in_training": causes[LOST_IN_TRAINING],
                      "runs_lost_by_mirroring": causes[LOST_BY_MIRRORING],
                      "runs_lost_cause_unknown": causes["unknown"]})
-    return pd.DataFrame(rows, columns=["trainer", "runs", "runs_with_lost_class", "class_loss_rate", "lost_classes",
+    return pd.DataFrame(rows, columns=["trainer", "runs", "runs_with_lost_class", "class_loss_rate",
+                                       "runs_with_flood", "lost_classes",
                                        "runs_lost_in_training", "runs_lost_by_mirroring", "runs_lost_cause_unknown"])
 
 
@@ -452,17 +491,155 @@ def lost_class_split(tests: pd.DataFrame, final_runs: pd.DataFrame, collapsed: p
     return tests
 
 
+# ---- calibration and pictures -------------------------------------------------------------------
+RELIABILITY_TABLE_COLUMNS = ["trainer", "class_or_region", "bin", "mean_probability", "frequency", "voxels", "cases"]
+
+
+def reliability_table(reliability: pd.DataFrame, cases: Sequence[str], trainers: Sequence[str],
+                      classes: Sequence[str], n_bins: int) -> pd.DataFrame:
+    """Per trainer and class/region, its reliability diagram pooled over its compared cases (and seeds): the fine
+    probability bins every case added (``collect.calibration_scores``) summed and grouped into ``n_bins``
+    equal-mass bins (``metrics.reliability_curve``), with each bin's mean predicted probability, observed frequency
+    (share of its voxels that are the class in the reference) and voxel count."""
+    if reliability is None or reliability.empty:
+        return pd.DataFrame(columns=RELIABILITY_TABLE_COLUMNS)
+    own = reliability[reliability["case"].isin(cases)]
+    rows = []
+    for trainer in trainers:
+        for c in classes:
+            sub = own[(own["trainer"] == trainer) & (own["class_or_region"] == c)]
+            if sub.empty:
+                continue
+            fine = sub.groupby("bin")[["count", "sum_probability", "sum_outcome"]].sum()
+            mean_p, frequency, voxels = reliability_curve(fine["count"], fine["sum_probability"],
+                                                          fine["sum_outcome"], n_bins)
+            for i in range(len(voxels)):
+                rows.append({"trainer": trainer, "class_or_region": c, "bin": i, "mean_probability": mean_p[i],
+                             "frequency": frequency[i], "voxels": int(voxels[i]), "cases": sub["case"].nunique()})
+    return pd.DataFrame(rows, columns=RELIABILITY_TABLE_COLUMNS)
+
+
+def _seed_order(seed) -> tuple:
+    try:
+        return (0, int(seed))
+    except (TypeError, ValueError):
+        return (1, 0)  # unrecorded
+
+
+def disagreement_cases(final_runs: pd.DataFrame, trainers: Sequence[str], classes: Sequence[str],
+                       n_cases: int) -> pd.DataFrame:
+    """Per class/region (not the foreground mean), the ``n_cases`` cases on which the trainers disagree most: the
+    largest spread (max - min over trainers) of the per-case Dice, each trainer on one run, its lowest seed (its
+    only run when unseeded). A Dice that is undefined (class in neither reference nor prediction) counts as 1 for the
+    spread; cases without any spread are not chosen; ties go to the case name. One row per (class, case): spread,
+    and per trainer (dicts) its Dice, run, seed and fold."""
+    columns = ["class_or_region", "kind", "case", "spread", "dice", "runs", "seeds", "folds"]
+    if n_cases <= 0 or len(trainers) < 2:
+        return pd.DataFrame(columns=columns)
+    dice = final_runs[(final_runs["metric"] == "Dice") & (final_runs["kind"].isin(["label", "region"]))]
+    chosen = {}
+    for trainer in trainers:
+        own = dice[dice["trainer"] == trainer]
+        if own.empty:
+            return pd.DataFrame(columns=columns)
+        seeds = own.groupby("run")["seed"].first()
+        chosen[trainer] = min(seeds.index, key=lambda run: (_seed_order(seeds[run]), run))
+    picked = dice[[chosen[t] == r for t, r in zip(dice["trainer"], dice["run"])]]
+    wide = picked.pivot_table(index=["class_or_region", "kind", "case"], columns="trainer", values="value",
+                              aggfunc="first", dropna=False).reindex(columns=list(trainers))
+    where = picked.groupby(["trainer", "case"])[["run", "seed", "fold"]].first()
+    filled = wide.fillna(1.0)
+    spread = (filled.max(axis=1) - filled.min(axis=1))[wide.notna().any(axis=1) & filled.notna().all(axis=1)]
+    rows = []
+    for c in classes:
+        if c not in spread.index.get_level_values(0):
+            continue
+        own = spread.xs(c, level="class_or_region")
+        own = own[own > 0].reset_index().sort_values([0, "case"], ascending=[False, True]).head(n_cases)
+        for _, entry in own.iterrows():
+            case = entry["case"]
+            rows.append({"class_or_region": c, "kind": entry["kind"], "case": case, "spread": float(entry[0]),
+                         "dice": {t: float(wide.loc[(c, entry["kind"], case), t]) for t in trainers},
+                         "runs": {t: where.loc[(t, case), "run"] for t in trainers},
+                         "seeds": {t: where.loc[(t, case), "seed"] for t in trainers},
+                         "folds": {t: int(where.loc[(t, case), "fold"]) for t in trainers}})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def disagreement_slice(reference: np.ndarray, masks: Sequence[np.ndarray]) -> int:
+    """The index along the first axis of the slice with the most voxels where the masks are not all equal (2D
+    images, read by nnU-Net as one slice: 0); with no such voxel, the slice with the most reference voxels; ties
+    to the lowest index."""
+    if not len(masks):
+        return int(np.argmax(reference.reshape(len(reference), -1).sum(axis=1)))
+    stack = np.stack([np.asarray(m, dtype=bool) for m in masks])
+    differ = (stack.any(axis=0) & ~stack.all(axis=0)).reshape(len(reference), -1).sum(axis=1)
+    if differ.max() > 0:
+        return int(np.argmax(differ))
+    return int(np.argmax(reference.reshape(len(reference), -1).sum(axis=1)))
+
+
+def _file_part(text: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "x"
+
+
+def disagreement_pictures(chosen: pd.DataFrame, data: Collected, trainers: Sequence[str]) -> Tuple[List[dict],
+                                                                                                     List[str]]:
+    """For each chosen (class, case): its image, reference and trainers' masks read (``collect.case_arrays``) and
+    cut to the slice of the largest disagreement (``disagreement_slice``); what ``plots.plot_disagreement`` draws
+    and the report says about it (``file`` relative to the report folder). Also why a chosen case is not drawn (no
+    reference segmentation, no exported prediction of any trainer: results copied without them)."""
+    keys = data.counts.drop_duplicates(["class_or_region", "kind"]).set_index(["class_or_region", "kind"])["key"]
+    folders = data.runs.set_index(["run", "fold"])["folder"]
+    pictures, cache, skipped = [], {}, []
+    for entry in chosen.itertuples(index=False):
+        where = {t: os.path.join(folders[(entry.runs[t], entry.folds[t])], "validation") for t in trainers}
+        arrays = case_arrays(data.dataset_name, entry.case, keys[(entry.class_or_region, entry.kind)], entry.kind,
+                             where, cache)
+        if arrays["missing"] or not arrays["predictions"]:
+            skipped.append(f"{entry.class_or_region}, {entry.case}: not drawn ("
+                           f"{arrays['missing'] or 'no exported prediction of any trainer'})")
+            continue
+        reference, masks = arrays["reference"], arrays["predictions"]
+        index = disagreement_slice(reference, list(masks.values()))
+        spacing = arrays["spacing"]
+        pictures.append({
+            "class_or_region": entry.class_or_region, "case": entry.case, "spread": entry.spread,
+            "dice": entry.dice, "runs": entry.runs, "seeds": entry.seeds, "folds": entry.folds,
+            "slice": index, "slices": len(reference), "image_missing": arrays["image_missing"],
+            "predictions_missing": arrays["predictions_missing"],
+            "file": f"disagreement/{len(pictures) + 1:02d}_{_file_part(entry.class_or_region)}_"
+                    f"{_file_part(entry.case)}.png",
+            "image": None if arrays["image"] is None else arrays["image"][index],
+            "reference": reference[index], "masks": {t: m[index] for t, m in masks.items()},
+            "aspect": spacing[1] / spacing[2] if len(spacing) == 3 else 1.0})
+    return pictures, skipped
+
+
 # ---- the whole comparison ---------------------------------------------------------------------
 def compare(dataset: str, configuration: str, trainers: Sequence[str], plans: str = "nnUNetPlans",
             folds: Sequence[int] = (0, 1, 2, 3, 4), baseline: Optional[str] = None, output: Optional[str] = None,
             bootstrap: int = 1000, plots: bool = True, snapshots: bool = True,
             allow_mixed_budgets: bool = False, allow_mixed_seeds: bool = False,
             allow_mixed_settings: bool = False, auto_budget: Optional[str] = None, same_budget: bool = False,
-            boundary: bool = True, nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM) -> dict:
+            boundary: bool = True, nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM, calibration: bool = True,
+            calibration_bins: int = DEFAULT_CALIBRATION_BINS, pictures: int = DEFAULT_PICTURES,
+            ensemble: Optional[Sequence[str]] = None,
+            ensemble_processes: int = ensemble_module.DEFAULT_PROCESSES) -> dict:
     """``auto_budget``: the record of ``crossval --auto-budget`` ("" for its default place): each trainer is
     compared at the budget at which its runs converged, or with ``same_budget`` every trainer at the largest one.
-    ``boundary``: also HD95 and NSD (tolerance ``nsd_tolerance`` mm) from the exported validation predictions."""
+    ``boundary``: also HD95 and NSD (tolerance ``nsd_tolerance`` mm) from the exported validation predictions.
+    ``calibration``: also ECE (``calibration_bins`` equal-mass bins) and Brier from the saved probabilities (--npz),
+    and a reliability diagram per trainer (with ``plots``). ``pictures``: with ``plots``, that many cases per
+    class/region where the trainers disagree most are drawn (0: none). ``ensemble``: ``--ensemble`` values
+    (``A+B``, ``all``), each ensemble compared as one more trainer after them (``ensemble_module``; built with
+    ``ensemble_processes`` worker processes, 0: in this process)."""
     trainers = list(trainers)
+    for name, value, least in (("--calibration-bins", calibration_bins, 1), ("--pictures", pictures, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise UserError(f"{name} must be a whole number of at least {least}, got {value!r}")
     try:
         nsd_tolerance = float(nsd_tolerance)
     except (TypeError, ValueError):
@@ -474,12 +651,18 @@ def compare(dataset: str, configuration: str, trainers: Sequence[str], plans: st
         raise UserError(f"--baseline {baseline!r} is not one of the compared trainers ({' '.join(trainers)})")
     if bootstrap < 1:
         raise UserError(f"--bootstrap must be a positive number of samples, got {bootstrap}")
+    specs = ensemble_module.parse(ensemble, trainers)
     choice = auto_budget_choice(dataset, configuration, plans, folds, trainers, auto_budget, same_budget)
     if choice is not None:  # the runs of each trainer at the chosen budget: nnU-Net's <Trainer>_<N>epochs folders
         trainers, baseline = [choice.compared[t] for t in trainers], choice.compared[baseline]
+        specs = ensemble_module.rename(specs, choice.compared)
+    ensembles, ensemble_notes, output = build_ensembles(specs, dataset, configuration, plans, folds, output,
+                                                        ensemble_processes)
     data = collect(dataset, configuration, trainers, plans, folds, snapshots,
                    allow_mixed_budgets or (choice is not None and choice.differ), allow_mixed_seeds,
-                   allow_mixed_settings, boundary=boundary, nsd_tolerance=nsd_tolerance)
+                   allow_mixed_settings, boundary=boundary, nsd_tolerance=nsd_tolerance, calibration=calibration,
+                   calibration_bins=calibration_bins, ensembles=ensembles)
+    trainers = list(data.trainers)  # and the ensembles, after them
     output = os.path.abspath(output or os.path.join(data.results_root, data.dataset_name,
                                                     f"nnunet_mcc_comparison_{plans}_{configuration}"))
     missing = [t for t in trainers if t not in set(data.runs["trainer"])]
@@ -489,7 +672,7 @@ def compare(dataset: str, configuration: str, trainers: Sequence[str], plans: st
     final_all = tidy[tidy["stage"] == FINAL]
     cases = common_cases(final_all, trainers)
     all_cases = sorted(set(final_all["case"]))
-    notes = list(data.notes)
+    notes = ensemble_notes + list(data.notes)
     if choice is None:
         notes += auto_budget_module.superseded_notes(data.results_root, data.dataset_name, trainers, plans,
                                                      configuration)
@@ -512,20 +695,32 @@ def compare(dataset: str, configuration: str, trainers: Sequence[str], plans: st
     unconverged = set(per_trainer.loc[~per_trainer["all_converged"], "trainer"])
     if len(tests):
         tests["caveat_not_converged"] = tests["trainer"].isin(unconverged) | tests["baseline"].isin(unconverged)
+    reliability = reliability_table(data.reliability, cases, trainers, classes, calibration_bins)
+    chosen = disagreement_cases(final_runs, trainers, [c for c in classes if c != FOREGROUND_MEAN],
+                                pictures if plots else 0)
+    drawn, not_drawn = disagreement_pictures(chosen, data, trainers)
     page = report.Page(data.dataset_name, configuration, plans, trainers, baseline, classes, cases,
                        sorted({s.fold for s in data.states}), data.runs, per_trainer, table, tests, ranks, snap,
                        notes, allow_mixed_budgets, costs, data.collapsed, class_loss=class_loss,
                        projections=projected_gains(data.runs, trainers),
                        auto_budget=choice.lines if choice is not None else [],
                        metrics=tested_metrics(final), boundary=data.boundary)
+    page.calibration, page.reliability = data.calibration, reliability
+    page.ensembles = ensemble_module.describe(ensembles)
+    page.reliability_plots = {t: f"calibration/reliability_{i + 1:02d}_{_file_part(t)}.png"
+                              for i, t in enumerate(trainers) if plots and t in set(reliability["trainer"])}
+    page.pictures, page.pictures_asked, page.pictures_not_drawn = drawn, (pictures if plots else 0), not_drawn
     markdown = page.markdown(full=True)
-    _write_report(output, data, tidy, page, markdown, plots)
-    return {"output": output, "markdown": page.markdown(full=False), "full_markdown": markdown,
+    _write_report(output, data, tidy, page, markdown, plots, ensembles)
+    return {"output": output, "ensembles": [ensemble_row(e) for e in ensembles],
+            "markdown": page.markdown(full=False), "full_markdown": markdown,
             "table": table.to_dict("records"), "tests": tests.to_dict("records"), "ranks": ranks.to_dict("records"),
             "snapshots": snap.to_dict("records"), "runs": data.runs.to_dict("records"),
             "trainer_runs": per_trainer.to_dict("records"), "cases": cases, "classes": classes, "notes": notes,
             "cost": costs.to_dict("records"), "collapsed": data.collapsed.to_dict("records"),
             "class_loss": class_loss.to_dict("records"), "boundary": data.boundary, "projections": page.projections.to_dict("records"),
+            "calibration": data.calibration, "reliability": reliability.to_dict("records"),
+            "pictures": [{k: v for k, v in p.items() if k not in ("image", "reference", "masks")} for p in drawn],
             "auto_budget": None if choice is None else {"record": choice.record, "compared": choice.compared,
                                                         "epochs": {t: b.num_epochs for t, b in choice.budgets.items()},
                                                         "budgets_differ": choice.differ},
@@ -533,6 +728,31 @@ def compare(dataset: str, configuration: str, trainers: Sequence[str], plans: st
                        "snapshots": snap, "runs": data.runs, "curves": data.curves, "final": final,
                        "final_runs": final_runs, "cost": costs, "collapsed": data.collapsed,
                        "class_loss": class_loss}}
+
+
+def build_ensembles(specs: Sequence["ensemble_module.Spec"], dataset: str, configuration: str, plans: str,
+                    folds: Sequence[int], output: Optional[str], num_processes: int):
+    """The ensemble folds of ``specs`` built (or reused) under the report folder, the notes on ensembles left out,
+    and the report folder (its default place resolved here when there are ensembles to build)."""
+    ensemble_module.check_processes(num_processes)
+    if not specs:
+        return [], [], output
+    dataset_name = results.resolve_dataset(dataset)
+    results_root = results.nnunet_folder("results")
+    results.load_plans_checked(dataset_name, plans, configuration)
+    output = os.path.abspath(output or os.path.join(results_root, dataset_name,
+                                                    f"nnunet_mcc_comparison_{plans}_{configuration}"))
+    file_ending = ensemble_module.context_file_ending(dataset_name)
+    runs, notes = ensemble_module.plan(specs, results_root, dataset_name, plans, configuration, folds, output,
+                                       file_ending)
+    ensemble_module.build_all(runs, dataset_name, plans, num_processes)
+    return runs, notes, output
+
+
+def ensemble_row(run: "ensemble_module.EnsembleRun") -> dict:
+    """One built ensemble fold, for compare's result."""
+    return {"trainer": run.trainer, "run": run.run, "seed": run.seed, "fold": run.fold, "folder": run.folder,
+            "members": [m.run for m in run.members], "cases": list(run.cases), "reused": run.reused}
 
 
 def auto_budget_choice(dataset: str, configuration: str, plans: str, folds: Sequence[int], trainers: Sequence[str],
@@ -552,9 +772,11 @@ def auto_budget_choice(dataset: str, configuration: str, plans: str, folds: Sequ
 
 
 def _write_report(output: str, data: Collected, tidy: pd.DataFrame, page: "report.Page", markdown: str,
-                  plots: bool) -> None:
-    """Everything into a fresh folder that replaces ``output`` only when complete (``fileio.atomic_folder``)."""
+                  plots: bool, ensembles: Sequence["ensemble_module.EnsembleRun"] = ()) -> None:
+    """Everything into a fresh folder that replaces ``output`` only when complete (``fileio.atomic_folder``), with
+    the ensemble folds this comparison used carried over (``ensemble.carry``)."""
     with atomic_folder(output, "comparison report") as tmp:
+        ensemble_module.carry(output, tmp, ensembles)
         per_case = data.counts.copy()
         per_case["epoch"] = per_case["epoch"].astype("Int64")
         columns = ["trainer", "run", "seed", "fold", "stage", "epoch", "iterations", "case", "class_or_region", "key",
@@ -578,6 +800,9 @@ def _write_report(output: str, data: Collected, tidy: pd.DataFrame, page: "repor
             report.write_frame(os.path.join(tmp, "learning_curves.csv"), data.curves)
         if len(page.snapshots):
             report.write_frame(os.path.join(tmp, "snapshots.csv"), page.snapshots)
+        if len(page.reliability):
+            report.write_frame(os.path.join(tmp, "reliability.csv"), page.reliability)
+        _write_pictures(tmp, page)
         if plots:
             os.makedirs(os.path.join(tmp, "plots"))
             final = seed_average(tidy[(tidy["stage"] == FINAL) & tidy["case"].isin(page.cases)])
@@ -590,3 +815,15 @@ def _write_report(output: str, data: Collected, tidy: pd.DataFrame, page: "repor
             markdown += "\n\n## Plots\n\n" + "\n".join(
                 f"![{n}](plots/{n})" for n in sorted(os.listdir(os.path.join(tmp, "plots"))))
         report.write_text_file(os.path.join(tmp, "report.md"), markdown + "\n")
+
+
+def _write_pictures(folder: str, page: "report.Page") -> None:
+    """The reliability diagrams and the pictures of the cases where the trainers disagree, at the paths the page
+    links them from."""
+    for trainer, file in page.reliability_plots.items():
+        os.makedirs(os.path.dirname(os.path.join(folder, file)), exist_ok=True)
+        plot_reliability(os.path.join(folder, file), page.reliability[page.reliability["trainer"] == trainer],
+                         trainer, page.classes, page.calibration.get("bins"))
+    for picture in page.pictures:
+        os.makedirs(os.path.dirname(os.path.join(folder, picture["file"])), exist_ok=True)
+        plot_disagreement(os.path.join(folder, picture["file"]), picture, page.trainers)

@@ -75,7 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "trainers only)")
     parser.add_argument("-device", "--device", default="cuda", choices=("cuda", "cpu", "mps"),
                         help="nnUNetv2_train's -device (default: cuda)")
-    parser.add_argument("--npz", action="store_true", help="also save validation probabilities (nnU-Net's --npz)")
+    parser.add_argument("--npz", action="store_true",
+                        help="also save validation probabilities (nnU-Net's --npz; compare computes ECE and Brier and "
+                             "builds --ensemble from them)")
     parser.add_argument("-j", "--jobs", type=int, default=1,
                         help="runs at the same time on this machine (default 1); on the CPU each gets its share of "
                              "the cores, max(1, cores // N) threads, unless NNUNET_MCC_TORCH_THREADS / "

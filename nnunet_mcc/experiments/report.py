@@ -7,9 +7,10 @@ from typing import List, Optional, Sequence
 
 import pandas as pd
 
-from nnunet_mcc.experiments import convergence
+from nnunet_mcc.experiments import collect, convergence
 from nnunet_mcc.fileio import write_text
 from nnunet_mcc.metrics import higher_is_better, metric_heading
+from nnunet_mcc.metrics import CALIBRATION_METRICS
 
 FOREGROUND_MEAN = "foreground mean"
 CAVEAT_MARK = "†"
@@ -140,6 +141,13 @@ class Page:
     auto_budget: List[str] = field(default_factory=list)  # auto_budget.first_lines: the budget of each trainer
     metrics: List[str] = field(default_factory=lambda: ["Dice", "MCC"])  # the tested metrics (compare.tested_metrics)
     boundary: dict = field(default_factory=dict)  # collect.boundary_record: what HD95 and NSD rest on
+    calibration: dict = field(default_factory=dict)  # collect.calibration_record: what ECE and Brier rest on
+    reliability: pd.DataFrame = field(default_factory=pd.DataFrame)  # compare.reliability_table
+    reliability_plots: dict = field(default_factory=dict)  # trainer -> its reliability diagram (relative path)
+    pictures: List[dict] = field(default_factory=list)  # compare.disagreement_pictures
+    pictures_asked: int = 0  # cases per class asked for (0: no pictures, no section)
+    pictures_not_drawn: List[str] = field(default_factory=list)  # chosen cases that could not be drawn, and why
+    ensembles: List[str] = field(default_factory=list)  # ensemble.describe: what each ensemble contestant rests on
 
     @property
     def headline(self) -> str:
@@ -272,13 +280,16 @@ class Page:
         for _, c in self.class_loss.iterrows():
             text = f"{c['trainer']} lost a class in {int(c['runs_with_lost_class'])} of {_count(c['runs'], 'run')}"
             details = [c["lost_classes"]] if c["lost_classes"] else []
+            if c.get("runs_with_flood"):
+                details.append(f"{int(c['runs_with_flood'])} of them flooded: a class predicted over much of the image")
             causes = [(c["runs_lost_in_training"], "in training"), (c["runs_lost_by_mirroring"], "by mirroring only"),
                       (c["runs_lost_cause_unknown"], "cause unknown")]
             if c["runs_lost_in_training"] or c["runs_lost_by_mirroring"]:
                 details.append(", ".join(f"{int(n)} {what}" for n, what in causes if n))
             parts.append(text + (f" ({'; '.join(details)})" if details else ""))
-        return ["**Class-loss rate** (runs that lost a class: Dice 0 on every validation case that has it; a run is "
-                "one fold and seed): " + "; ".join(parts) + "."]
+        return ["**Class-loss rate** (runs that lost a class: Dice 0 on every validation case that has it, or a "
+                f"flood: mean Dice below {collect.FLOOD_DICE} with {collect.FLOOD_FACTOR:g} times the reference's voxels "
+                "predicted or more; a run is one fold and seed): " + "; ".join(parts) + "."]
 
     def lost_class_note(self, t) -> str:
         """For a pair where either trainer lost a class in some run: how much of the difference goes with the runs
@@ -314,7 +325,8 @@ class Page:
         shown = "; ".join(f"{c['run']} fold {c['fold']}: {c['class_or_region']} ({c['when']}{cause(c)})"
                           for _, c in self.collapsed.head(8).iterrows())
         more = f" and {len(self.collapsed) - 8} more (collapsed.csv)" if len(self.collapsed) > 8 else ""
-        return [f"**Collapsed classes** (Dice 0 on every validation case that has the class): {shown}{more}."]
+        return [f"**Collapsed classes** (lost: Dice 0 on every validation case that has the class; or flooded): "
+                f"{shown}{more}."]
 
     def markdown(self, full: bool = True) -> str:
         """The report page; ``full=False`` (what is printed) keeps only the headline row of the tests."""
@@ -331,11 +343,15 @@ class Page:
         parts.append(f"{len(self.cases)} cross-validation cases (folds {' '.join(map(str, self.folds))}) that every "
                      f"trainer has. Cells: mean ± std over cases {spread}); best in bold.")
         parts += ["", "## Runs", "", self._runs_markdown()]
+        parts += [""] + self.ensembles if self.ensembles else []
         if self.cost is not None and len(self.cost):
             parts += ["", "## Cost", ""] + self._cost_markdown()
         for metric in self.metrics:
+            if metric in CALIBRATION_METRICS:
+                continue  # their own section, below
             parts += ["", f"## {metric_heading(metric)}", ""] + self.boundary_lines(metric)
             parts.append(summary_markdown(self.table, metric, self.trainers, self.classes))
+        parts += self.calibration_lines()
         if len(self.trainers) > 1 and len(self.tests):
             parts += self._tests_markdown(full)
             over = "cases" if self.seed_counts == [1] else "cases and each trainer's seeds"
@@ -348,6 +364,7 @@ class Page:
             parts.append(shown.to_markdown(index=False))
         if len(self.snapshots):
             parts += self._snapshots_markdown()
+        parts += self.disagreement_lines()
         if full and self.collapsed is not None and len(self.collapsed):
             parts += ["", "## Collapsed classes", "", "Dice 0 on every validation case where the class or region is "
                       "present; when: the epoch after which the per-epoch pseudo Dice of that class stayed at or "
@@ -385,6 +402,78 @@ class Page:
                     f"{b.get('implementation', 'MONAI')}: compute_surface_dice). Class in neither mask: undefined, "
                     f"left out of the means; in only one of them: 0.", ""]
         return []
+
+    def calibration_lines(self) -> List[str]:
+        """The section "Calibration": what ECE and Brier rest on (probabilities, population, bins), their tables and
+        the links to the reliability diagrams; one line when no run saved probabilities; nothing when switched off."""
+        c = self.calibration or {}
+        if not c:
+            return []
+        parts = ["", "## Calibration", ""]
+        shown = [m for m in CALIBRATION_METRICS if m in self.metrics]
+        if not shown:
+            return parts + ["No run saved its validation probabilities (`validation/<case>.npz`): ECE and Brier not "
+                            "computed (train or validate with `crossval --npz`, nnU-Net's `--npz`)."]
+        runs = int(c.get("runs_with_probabilities", 0)) + int(c.get("runs_without", 0))
+        parts.append(
+            f"Expected calibration error (ECE) and Brier score per case and class/region, one-vs-rest: the probability "
+            f"nnU-Net's final validation saved for the class (`validation/<case>.npz`, `--npz`; an evaluation region "
+            f"sums its labels' probabilities, a region-trained dataset's region has its own channel) against \"the "
+            f"reference voxel is the class\". **Population**: "
+            f"{c['population']} (sample seed: {c['sample_seed']}). **ECE**: {c['bins']} bins, {c['binning']}; the sum "
+            f"over bins of the bin's share of the population times |mean probability - observed frequency|. **Brier**: "
+            f"the mean squared difference between probability and outcome. Both are probabilities (no unit, 0 to 1; "
+            f"lower is better); a class in neither mask has no population and is left out of the means. From "
+            f"{int(c.get('runs_with_probabilities', 0))} of {_count(runs, 'run')}"
+            + (" (the others saved no probabilities). " if c.get("runs_without") else ". ") +
+            "Cells as in the tables above; the best (lowest) in bold.")
+        for metric in shown:
+            parts += ["", f"### {metric_heading(metric)}", "",
+                      summary_markdown(self.table, metric, self.trainers, self.classes)]
+        if self.reliability_plots:
+            links = ", ".join(f"[{t}]({f})" for t, f in self.reliability_plots.items())
+            parts += ["", f"Reliability diagrams (observed frequency against mean predicted probability per equal-mass "
+                          f"bin, pooled over each trainer's compared cases and seeds, one line per class; the diagonal "
+                          f"is a calibrated prediction; bins in `reliability.csv`): {links}."]
+            parts += [""] + [f"![reliability, {t}]({f})" for t, f in self.reliability_plots.items()]
+        return parts
+
+    def disagreement_lines(self) -> List[str]:
+        """The section "Where the trainers disagree": how the cases and slices were chosen, and per class its pictures
+        with each trainer's Dice on the case."""
+        if not self.pictures_asked:
+            return []
+        parts = ["", "## Where the trainers disagree", ""]
+        seeded = self.seed_counts != [1]
+        parts.append(
+            f"Per class/region, the {_count(self.pictures_asked, 'case')} with the largest spread (max - min) of the "
+            f"per-case Dice between the trainers (a Dice undefined because the class is in neither mask counts as 1; "
+            f"cases without spread are not drawn)"
+            + (", each trainer on its runs of one seed, its lowest" if seeded else "")
+            + ". Each picture shows the slice along the first axis with the most voxels where the trainers' masks of "
+              "the class are not all equal (a 2D image: the image itself), the raw image (`imagesTr`, first channel), "
+              "the reference contour (thick solid line) and each trainer's contour (Okabe-Ito colours, distinct line "
+              "styles and widths), with each trainer's Dice on that case.")
+        if self.pictures_not_drawn:
+            shown = "; ".join(self.pictures_not_drawn[:6])
+            more = f" and {len(self.pictures_not_drawn) - 6} more" if len(self.pictures_not_drawn) > 6 else ""
+            parts += ["", f"Not drawn: {shown}{more}."]
+        if not self.pictures:
+            return parts + ([] if self.pictures_not_drawn else ["", "No case on which the trainers' Dice differ."])
+        for c in [c for c in self.classes if any(p["class_or_region"] == c for p in self.pictures)]:
+            parts += ["", f"### {c}", ""]
+            for p in (p for p in self.pictures if p["class_or_region"] == c):
+                dice = ", ".join(f"{t} {fmt(p['dice'].get(t))}" for t in self.trainers)
+                where = f"slice index {p['slice']} of {p['slices']} (first axis)" if p["slices"] > 1 else "2D"
+                seeds = (", seeds " + ", ".join(f"{t} {p['seeds'][t]}" for t in self.trainers)) if seeded else ""
+                notes = []
+                if p["image_missing"]:
+                    notes.append(f"{p['image_missing']}: drawn on the reference alone")
+                if p["predictions_missing"]:
+                    notes.append(f"no exported prediction of {', '.join(p['predictions_missing'])}")
+                parts.append(f"- {p['case']} (Dice spread {fmt(p['spread'])}; {where}{seeds}): Dice {dice}"
+                             + (f" ({'; '.join(notes)})" if notes else "") + f"  \n  ![{c}, {p['case']}]({p['file']})")
+        return parts
 
     def _runs_markdown(self) -> str:
         columns = [c for c in ("trainer", "seeds", "folds", "budget", "loss", "settings", "converged", "collapsed")
