@@ -29,7 +29,7 @@ def test_demo_small_end_to_end(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("nnUNet_", "NNUNET_MCC_"))}
     env.update(MPLBACKEND="agg", PYTHONUNBUFFERED="1")
     cmd = [os.path.join(BIN, "nnunet-mcc"), "demo", "--work-dir", str(work), "-tr", "nnUNetTrainerBaseline",
-           "nnUNetTrainerMCC", "-f", "0", "1", "--cases", "10", "--epochs", "3", "--iterations", "4",
+           "nnUNetTrainerMCC", "-f", "0", "--cases", "10", "--epochs", "3", "--iterations", "4",
            "--val-iterations", "1", "--snapshot-epochs", "2", "--bootstrap", "50", "-j", "2", "--seeds", "0", "1"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -41,22 +41,22 @@ def test_demo_small_end_to_end(tmp_path):
     # three epochs are too few to judge: the verdict and the banner come first, with the budget
     page = (report / "report.md").read_text()
     lines = page.splitlines()
-    assert lines[2].startswith("> **Not converged: 8 of 8 runs had not plateaued")
+    assert lines[2].startswith("> **Not converged: 4 of 4 runs had not plateaued")
     # two seeds: the spread between them is reported, and called a rough estimate
     assert "**Training noise** measured over 2 seeds per trainer (two seeds: the spread is a rough estimate)" in page
     assert "nnUNetTrainerMCC vs nnUNetTrainerBaseline (foreground mean Dice): difference" in page
     assert "**Budget of every run:** 3 epochs x 4 iterations = 12 training iterations, 1 validation iteration per epoch" in page
     assert "too short to judge (3 epochs logged, needs 10)" in page
     # provenance of every run: budget and where it came from, the loss, the versions
-    runs = read_csv(report / "runs.csv")
-    assert len(runs) == 8 and {r["budget"] for r in runs} == {"3 x 4 (val 1)"}
+    runs = [r for r in read_csv(report / "runs.csv") if "+" not in r["trainer"]]
+    assert len(runs) == 4 and {r["budget"] for r in runs} == {"3 x 4 (val 1)"}
     assert sorted((r["trainer"], r["run"], r["fold"]) for r in runs) == sorted(
-        (t, f"{t}_seed{s}", str(f)) for t in ("nnUNetTrainerBaseline", "nnUNetTrainerMCC") for s in (0, 1) for f in (0, 1))
+        (t, f"{t}_seed{s}", "0") for t in ("nnUNetTrainerBaseline", "nnUNetTrainerMCC") for s in (0, 1))
     assert {r["seed"] for r in runs} == {"0", "1"} and {r["deterministic"] for r in runs} == {"True"}
     # what each run cost, recorded by the trainer and reported per trainer beside the baseline
-    assert all(float(r["cost_wall_seconds"]) > 0 and int(r["cost_train_iterations"]) == 12 for r in runs)
+    assert all(float(r["cost_wall_seconds"]) > 0 and float(r["cost_train_iterations"]) == 12 for r in runs)
     cost = {r["trainer"]: r for r in read_csv(report / "cost.csv")}
-    assert set(cost) == {"nnUNetTrainerBaseline", "nnUNetTrainerMCC"}
+    assert set(cost) == {"nnUNetTrainerBaseline", "nnUNetTrainerMCC", "nnUNetTrainerMCC+nnUNetTrainerBaseline"}
     mcc_run = next(r for r in runs if r["trainer"] == "nnUNetTrainerMCC")
     assert mcc_run["loss"] != "unknown" and mcc_run["loss_settings"] not in ("", "{}")
     assert "NNUNET_MCC_EPOCHS" in mcc_run["budget_sources"] and "nnunetv2" in mcc_run["versions"]
@@ -66,8 +66,11 @@ def test_demo_small_end_to_end(tmp_path):
 
     rows = read_csv(report / "per_case.csv")
     final = [r for r in rows if r["stage"] == "final"]
-    # 2 trainers x 2 seeds x 4 validation cases (folds 0 and 1 of 10 cases) x (3 labels + 2 evaluation regions)
-    assert len(final) == 2 * 2 * 4 * 5
+    # (2 trainers + the ensemble of the two) x 2 seeds x 2 validation cases (fold 0 of 10 cases) x (3 labels + 2
+    # evaluation regions)
+    assert len(final) == 3 * 2 * 2 * 5
+    assert {r["trainer"] for r in final} == {"nnUNetTrainerBaseline", "nnUNetTrainerMCC",
+                                             "nnUNetTrainerMCC+nnUNetTrainerBaseline"}
     assert {r["class_or_region"] for r in final} == {"edema", "non_enhancing_tumor", "enhancing_tumor",
                                                      "whole_tumor", "tumor_core"}
     # the whole-tumour region recomputed from the exported prediction and nnU-Net's reference segmentation
@@ -95,13 +98,25 @@ def test_demo_small_end_to_end(tmp_path):
     for name in ("summary_table.md", "summary_table.tex", "wilcoxon.csv", "plots/learning_curves.png",
                  "plots/per_case_dice.png"):
         assert (report / name).stat().st_size > 0
+    # beyond overlap: boundary distances, calibration from the saved probabilities, pictures, the ensemble of losses
+    assert "## HD95 (mm, lower is better)" in page and "## NSD" in page and "## Calibration" in page
+    calibration = page[page.index("## Calibration"):]
+    assert "From 6 of 6 runs" in calibration  # 4 trained runs and 2 ensemble runs, every one with probabilities
+    assert all(t in calibration for t in ("nnUNetTrainerBaseline", "nnUNetTrainerMCC"))
+    assert "## Where the trainers disagree" in page
+    pictures = sorted((report / "disagreement").glob("*.png"))
+    assert len(pictures) >= 2 and all(p.name in page for p in pictures)
+    ensemble = report / "ensembles" / "nnUNetTrainerMCC+nnUNetTrainerBaseline_seed0" / "fold_0" / "validation"
+    assert (ensemble / "summary.json").is_file()
+    assert any(n.endswith(".npz") for n in os.listdir(fold / "validation"))
     settings = json.loads((work / "demo_settings.json").read_text())
     assert settings["budget"] == {"epochs": 3, "iterations": 4, "val_iterations": 1}
     # two trainings at a time on the CPU: each its share of the cores (crossval's rule), recorded
     share = str(max(1, len(os.sched_getaffinity(0)) // 2))
     allocation = json.loads((fold / "nnunet_mcc_provenance.json").read_text())["allocation"]
     assert (allocation["NNUNET_MCC_TORCH_THREADS"], allocation["OMP_NUM_THREADS"]) == (share, share)
-    assert {r["cost_torch_threads"] for r in runs} == {share} and {r["cost_jobs"] for r in runs} == {"2"}
+    assert {float(r["cost_torch_threads"]) for r in runs} == {float(share)}
+    assert {float(r["cost_jobs"]) for r in runs} == {2.0}
 
 
 def test_run_all_reports_broken_benchmarks_as_rows(tmp_path):

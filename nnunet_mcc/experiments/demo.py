@@ -97,6 +97,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # The other variants need more time than a converged five-fold comparison on two cores leaves: -tr or
 # --all-trainers add them
 DEMO_TRAINERS = ("nnUNetTrainerBaseline", "nnUNetTrainerMCC", "nnUNetTrainerGWDL_CE", "nnUNetTrainerSegANDiceCE")
+# the ensemble of losses the report shows when both are trained: the seed's loss with nnU-Net's own (compare
+# --ensemble; the runs save their validation probabilities, nnU-Net's --npz, which calibration also reads)
+DEMO_ENSEMBLE = ("nnUNetTrainerMCC", "nnUNetTrainerBaseline")
 
 
 def default_trainers(everything: bool = False) -> List[str]:
@@ -229,9 +232,10 @@ def run(args) -> int:
 
     status = crossval(dataset_name, configuration, trainers, folds=args.folds, device=args.device, jobs=jobs,
                       budget=budget, snapshot_epochs=args.snapshot_epochs or None, check_trainers=False,
-                      in_process=True, seeds=args.seeds)
+                      in_process=True, seeds=args.seeds, npz=True)
     phase("cross-validation (training, snapshot and final validation)")
     print(f"[{clock[-1][0] - clock[0][0]:.0f} s] comparison")
+    from nnunet_mcc.experiments import ensemble as ensemble_module
     from nnunet_mcc.experiments import results
     from nnunet_mcc.experiments.compare import compare
 
@@ -240,8 +244,11 @@ def run(args) -> int:
     usable = [t for t in trainers if any(s.trainer == t and s.status == results.FINISHED for s in states)]
     if not usable:
         raise UserError("no training finished: see the logs listed above")
+    ensemble = ["+".join(DEMO_ENSEMBLE)] if all(t in usable for t in DEMO_ENSEMBLE) else None
+    # on the CPU nnU-Net's ensembling and evaluation run case by case in this process: a worker pool costs seconds
     comparison = compare(dataset_name, configuration, usable, folds=args.folds, output=os.path.join(work, "report"),
-                         bootstrap=args.bootstrap)
+                         bootstrap=args.bootstrap, ensemble=ensemble,
+                         ensemble_processes=0 if args.device == "cpu" else ensemble_module.DEFAULT_PROCESSES)
     phase("comparison")
     print()
     print(comparison["markdown"])

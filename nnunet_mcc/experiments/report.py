@@ -179,12 +179,19 @@ class Page:
         return ["**Budgets differ between trainers** (chosen by `crossval --auto-budget`, first lines): every "
                 "difference below compares losses trained for different lengths.", "", frame.to_markdown(index=False)]
 
+    def trained_runs(self) -> pd.DataFrame:
+        """The runs that trained (an ensemble's folds are built from its members' runs, which are counted)."""
+        if "ensemble_of" not in self.runs:
+            return self.runs
+        return self.runs[self.runs["ensemble_of"].fillna("").astype(str) == ""]
+
     def banner(self) -> List[str]:
-        bad = self.not_converged()
+        trained = self.trained_runs()
+        bad = trained[trained["converged"] != convergence.YES]
         if bad.empty:
-            return [f"All {len(self.runs)} runs converged by the criterion below: the comparison is of trained "
+            return [f"All {len(trained)} runs converged by the criterion below: the comparison is of trained "
                     f"networks at this budget."]
-        return [f"> **Not converged: {len(bad)} of {len(self.runs)} runs had not plateaued when training ended** "
+        return [f"> **Not converged: {len(bad)} of {len(trained)} runs had not plateaued when training ended** "
                 f"(criterion below). This comparison measures how far each loss gets within the budget (training "
                 f"speed), not the final quality of the losses; significance marks carry that caveat "
                 f"({CAVEAT_MARK})."] + self.longer_budget_lines()
