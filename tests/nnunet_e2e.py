@@ -97,7 +97,8 @@ def prepare_dataset(cache_root: str, key: str) -> str:
     name = dataset_name(key)
     os.makedirs(cache_root, exist_ok=True)
     done_marker = os.path.join(cache_root, f".{name}.done")
-    with _locked(os.path.join(cache_root, ".lock")):
+    # one lock per dataset: two xdist workers prepare two datasets at the same time (planning runs on one core)
+    with _locked(os.path.join(cache_root, f".{name}.lock")):
         if os.path.exists(done_marker):
             return name
         env = base_env(cache_root)
