@@ -13,16 +13,17 @@ confusion table counts its calls against the truth: true / false "rising" and tr
 "converged" is the costly error (the comparison rests on a run that a longer schedule would change); a false
 "rising" costs a retraining.
 
-Rules (``RULES``; "class" = some class's per-epoch pseudo Dice below 0.05 over the whole window):
-* ``current``: compare's judge (``nnunet_mcc.experiments.convergence.judge``): a significant rise (one-sided
-  Mann-Kendall p < 0.05) of pseudo Dice or MCC over the last half with a Theil-Sen projected gain >= 0.02, or class;
-* ``trend only``: the same without the class rule; ``class only``: the class rule alone;
-* ``quarter window``: the trend over the last quarter (at least 5 epochs), or class;
-* ``tolerance 0.01``: a projected gain of 0.01 suffices, or class;
-* ``EMA``: the trend rule on nnU-Net's EMA pseudo Dice instead of the raw series, or class;
-* ``validation loss``: the validation loss still falls significantly over the last half, or class;
-* ``log fit``: the pseudo Dice is fitted against log(iteration) over the last half (Theil-Sen); the gain of a
-  doubled schedule is the slope times log 2, significant as above; rising when >= 0.02, or class.
+Rules (``rules()``; "class" = some class's per-epoch pseudo Dice below 0.05 over the whole window; "significant"
+= a one-sided Mann-Kendall p < 0.05 over the window, the last half of the epochs unless said):
+* ``current``: compare's judge (``nnunet_mcc.experiments.convergence.judge``): pseudo Dice or MCC significant with a
+  gain of a doubled schedule >= 0.02 (Theil-Sen slope against log(iterations) x log 2), or class;
+* ``log fit, pseudo Dice alone``: the same on the pseudo Dice alone;
+* ``linear``: the rule before this benchmark: significant with a linear projection >= 0.02 (Theil-Sen slope against
+  iterations x the window's length), or class; ``linear, no class rule``; ``class only``: the class rule alone;
+* ``linear, quarter window``: over the last quarter (at least 5 epochs), or class;
+* ``linear, tolerance 0.01``: a projection of 0.01 suffices, or class;
+* ``linear on the EMA``: on nnU-Net's EMA pseudo Dice instead of the raw series, or class;
+* ``validation loss``: the validation loss still falls significantly, or class.
 
     python benchmarks/judge_calibration.py --dataset rare -tr nnUNetTrainerBaseline nnUNetTrainerMCC \\
         --seeds 0 1 2 3 4 -f 0 1 2 --epochs 50 --work-dir nnunet_mcc_work/study
@@ -107,15 +108,17 @@ def _class_only(log: dict) -> bool:
 
 
 def rules() -> Dict[str, Callable[[dict], bool]]:
+    both = ("mean_fg_dice", "mean_fg_mcc")
     return {
         "current": _current,
-        "trend only": _trend_rule(("mean_fg_dice", "mean_fg_mcc"), class_rule=False),
+        "log fit, pseudo Dice alone": _trend_rule(("mean_fg_dice",), log_fit=True),
+        "linear": _trend_rule(both),
+        "linear, no class rule": _trend_rule(both, class_rule=False),
         "class only": _class_only,
-        "quarter window": _trend_rule(("mean_fg_dice", "mean_fg_mcc"), fraction=0.25),
-        "tolerance 0.01": _trend_rule(("mean_fg_dice", "mean_fg_mcc"), tolerance=0.01),
-        "EMA": _trend_rule(("ema_fg_dice",)),
+        "linear, quarter window": _trend_rule(both, fraction=0.25),
+        "linear, tolerance 0.01": _trend_rule(both, tolerance=0.01),
+        "linear on the EMA": _trend_rule(("ema_fg_dice",)),
         "validation loss": _trend_rule(("val_losses",)),
-        "log fit": _trend_rule(("mean_fg_dice",), log_fit=True),
     }
 
 

@@ -30,8 +30,8 @@ def test_the_first_lines_give_the_projected_gain_of_the_still_rising_trainer(tmp
     assert row["gain_mean_fg_dice_median"] == float(np.median(dice)) and 0.25 < dice[0] < 0.35  # 0.6/20 x 10
     lines = result["markdown"].splitlines()
     assert lines[2].startswith("> **Not converged: 2 of 4 runs")
-    assert lines[4].startswith("> **What a longer budget would add** (a projection, not a measurement")
-    assert "has not been checked against longer runs" in lines[4] and "learning rate" in lines[4]
+    assert lines[4].startswith("> **What a schedule twice as long would add** (a projection, not a measurement")
+    assert "checked against runs trained at twice the budget" in lines[4] and "log(iterations)" in lines[4]
     mcc = gains["mean_fg_mcc"]
     assert lines[5] == (f"> - B, 2 of 2 runs still rising: pseudo Dice {np.median(dice):+.3f} (median; {dice[0]:+.3f} "
                         f"to {dice[-1]:+.3f}), pseudo MCC {np.median(mcc):+.3f} (median; {mcc[0]:+.3f} to "
@@ -64,5 +64,5 @@ def test_a_run_with_a_class_at_zero_is_not_converged_and_the_report_says_why(tmp
     assert head[2].startswith("> **Not converged: 2 of 4 runs")
     assert "> - B, 2 of 2 runs with a class at zero (core never learned in 1, core lost in 1): flat curves that " \
            "project no gain; only training longer tells whether the class is learned later" in head
-    assert not any("What a longer budget would add" in line for line in head)
+    assert not any("What a schedule twice as long would add" in line for line in head)
     assert "class at zero is not convergence" in result["full_markdown"]  # the criterion and the runs' verdicts

@@ -41,8 +41,8 @@ def test_a_flat_curve_with_a_class_at_zero_is_rising_for_the_class_rules_only():
     per_class = [[0.9, 0.9, 0.0] for _ in range(EPOCHS)]
     run = log(flat, per_class)
     rules = calibration.rules()
-    assert rules["current"](run) and rules["class only"](run) and rules["EMA"](run)
-    assert not rules["trend only"](run)
+    assert rules["current"](run) and rules["class only"](run) and rules["linear on the EMA"](run)
+    assert not rules["linear, no class rule"](run)
     healthy = log(flat, [[0.9, 0.9, 0.5] for _ in range(EPOCHS)])
     assert not any(rule(healthy) for name, rule in rules.items()), "a quiet plateau with every class is converged"
 
@@ -50,16 +50,18 @@ def test_a_flat_curve_with_a_class_at_zero_is_rising_for_the_class_rules_only():
 def test_a_steady_climb_is_rising_and_a_log_curve_is_caught_by_the_log_fit():
     rules = calibration.rules()
     climb = 0.5 + 0.0002 * PER_EPOCH * np.arange(EPOCHS) + noise(2)  # 0.004 per epoch: +0.08 over the last half
-    assert rules["current"](log(climb)) and rules["trend only"](log(climb)) and rules["log fit"](log(climb))
+    assert rules["current"](log(climb)) and rules["linear, no class rule"](log(climb))
+    assert rules["log fit, pseudo Dice alone"](log(climb))
     # y = a + b log(t): the log fit's gain of a doubled schedule is b log 2, rising from b = 0.03 (0.021) on, not at
     # b = 0.025 (0.017)
     t = (np.arange(EPOCHS) + 1) * PER_EPOCH
-    assert rules["log fit"](log(0.5 + 0.03 * np.log(t)))
-    assert not rules["log fit"](log(0.5 + 0.025 * np.log(t)))
+    for name in ("current", "log fit, pseudo Dice alone"):
+        assert rules[name](log(0.5 + 0.03 * np.log(t)))
+        assert not rules[name](log(0.5 + 0.025 * np.log(t)))
     assert 0.03 * math.log(2) > calibration.GAIN > 0.025 * math.log(2)
     # a falling validation loss alone calls the run rising for that rule only
     falling = log(0.6 + noise(3), val_losses=1.0 - 0.01 * np.arange(EPOCHS))
-    assert rules["validation loss"](falling) and not rules["trend only"](falling)
+    assert rules["validation loss"](falling) and not rules["linear, no class rule"](falling)
 
 
 def test_fold_results_read_the_final_validation_and_the_log(tmp_path):

@@ -389,8 +389,8 @@ PROJECTION_COLUMNS = ["trainer", "runs", "rising_runs", "runs_with_class_at_zero
 
 def projected_gains(runs: pd.DataFrame, trainers: Sequence[str]) -> pd.DataFrame:
     """Per trainer with runs the judge did not call converged for a reason a longer budget may change: over its runs
-    still rising (``still_rising``), the median, least and largest projected gain of each judged series (the
-    Theil-Sen slope of the run's last half carried over another such stretch, ``convergence.projected_gain``); and
+    still rising (``still_rising``), the median, least and largest projected gain of each judged series (the gain
+    of a schedule twice as long, ``convergence.doubling_gain``); and
     its runs with a class at zero (``classes_at_zero``: flat, no gain projected), with how often each class."""
     rows = []
     for trainer in trainers:
