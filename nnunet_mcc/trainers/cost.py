@@ -36,6 +36,9 @@ class RunCost:
                 pass  # no log of the earlier processes: this process's cost only
         self._peak_kind = None
         if self.device.type == "cuda":
+            # this runs before nnU-Net moves the network to the device: CUDA is still uninitialised, and torch then
+            # refuses the reset ("Invalid device argument"; seen on an H200 with torch 2.11)
+            torch.cuda.init()
             torch.cuda.reset_peak_memory_stats(self.device)
             self._peak_kind = "CUDA max allocated"
         elif self.device.type == "cpu":

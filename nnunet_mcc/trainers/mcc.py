@@ -53,4 +53,12 @@ class nnUNetTrainerMCC_CE(nnUNetTrainerMCC):
         return self._confusion_loss_with_ce(MCCLoss, **self._mcc_kwargs())
 
 
-TRAINERS = [nnUNetTrainerMCC, nnUNetTrainerMCC_CE]
+class nnUNetTrainerMCC_noGate(nnUNetTrainerMCC):
+    """The plain 1 - soft MCC of seed 000, without the missed-class gate: the reference against which the gate
+    is measured (docs/mcc_rare_classes.md). A class whose probabilities saturate near 0 (or near 1 over the whole
+    image) gets no gradient back from this loss, so it can be lost for good on some seeds."""
+
+    missed_weight = 0.0
+
+
+TRAINERS = [nnUNetTrainerMCC, nnUNetTrainerMCC_CE, nnUNetTrainerMCC_noGate]
