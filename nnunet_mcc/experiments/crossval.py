@@ -495,7 +495,7 @@ def auto_rounds(s: Setting, asked: Sequence[str], classes: Dict[str, Optional[ty
     epochs_variable = BUDGET_VARIABLES["num_epochs"]
     log(f"auto budget: the runs of each round are judged by compare's convergence criterion; a trainer with a run not "
         f"converged is trained again at twice the epochs, a new schedule in its own folder <Trainer>_<N>epochs, up "
-        f"to " + ", ".join(f"{t.trainer} {t.cap}" for t in trainers) + " epochs"
+        "to " + ", ".join(f"{t.trainer} {t.cap}" for t in trainers) + " epochs"
         + ("; every trainer together (--same-budget)" if same_budget else ""))
     round_number = 1
     while True:
