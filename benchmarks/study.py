@@ -161,9 +161,20 @@ def markdown(rows: List[dict], classes: Sequence[str], settings: dict) -> str:
                   f"reference's voxels predicted as the class); in training when it is lost without mirroring too, by mirroring when not "
                   f"(--unmirrored scores every run that lost a class without mirroring). Dice: mean over runs of each run's mean over its validation cases ± the standard "
                   f"deviation between the seeds' means. Converged: compare's judge.",
-              f"Command: {settings['command']}; {settings['wall_seconds']:.0f} s wall, "
-              f"{settings['cpu_seconds']:.0f} CPU-s."]
+              f"Command: {settings['command']}; this invocation {settings['wall_seconds']:.0f} s wall, "
+              f"{settings['cpu_seconds']:.0f} CPU-s (finished runs are reused); the {settings['runs_costed']} runs' "
+              f"own training processes, from their cost records: {settings['runs_wall_seconds']:.0f} s wall in all, "
+              f"{settings['runs_wall_seconds'] / max(settings['runs_costed'], 1):.0f} s a run, "
+              f"{settings['jobs']} at a time."]
     return "\n".join(lines) + "\n"
+
+
+def run_costs(runs, trainers: Sequence[str]) -> dict:
+    """What the studied runs cost when they were trained (each run's ``cost`` record, through compare's runs
+    table), whichever invocation trained them."""
+    mine = runs[runs["trainer"].isin(list(trainers))]
+    walls = list(mine["cost_wall_seconds"].dropna()) if "cost_wall_seconds" in mine else []
+    return {"runs_costed": len(walls), "runs_wall_seconds": float(sum(walls))}
 
 
 def _jsonable(value):
@@ -229,7 +240,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "spec": asdict(_spec(args.dataset)), "network": NETWORK, "budget": budget, "seeds": seeds,
                 "folds": list(args.folds), "trainers": trainers, "jobs": args.jobs,
                 "command": "python benchmarks/study.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                "wall_seconds": time.time() - started, "cpu_seconds": _cpu_seconds() - cpu0}
+                "wall_seconds": time.time() - started, "cpu_seconds": _cpu_seconds() - cpu0,
+                **run_costs(comparison["frames"]["runs"], trainers)}
     table = markdown(rows, classes, settings)
     record = {"settings": settings, "summary": rows, "collapsed": comparison["collapsed"]}
     write_json(os.path.join(work, "study.json"), _jsonable(json.loads(json.dumps(record, default=str))),
