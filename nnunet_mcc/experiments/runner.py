@@ -208,7 +208,8 @@ class WorkerPool:
     def _worker(self) -> subprocess.Popen:
         worker = getattr(self.local, "worker", None)
         if worker is None or worker.poll() is not None:
-            worker = subprocess.Popen([sys.executable, "-m", "nnunet_mcc.experiments.train_worker"], env=self.env,
+            worker = subprocess.Popen([sys.executable, "-m", "nnunet_mcc.experiments.train_worker", "--parent",
+                                       str(os.getpid())], env=self.env,
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                       text=True, bufsize=1)
             if not worker.stdout.readline():  # the "ready" line: nnU-Net imported

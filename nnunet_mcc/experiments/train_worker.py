@@ -12,7 +12,32 @@ import sys
 import traceback
 
 
+PARENT_OPTION = "--parent"
+
+
+def die_with_parent(parent: int) -> None:
+    """Linux: SIGTERM to this process when the thread that started it ends, or at once if ``parent`` has ended
+    already. Without it a worker whose ``crossval`` was killed trains on, orphaned, and writes into a fold
+    folder that the next ``crossval`` has taken over; with it the run stops as a preempted run does (the
+    trainers save a checkpoint on SIGTERM and the next ``crossval`` resumes or retrains it)."""
+    import signal
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent ended before the call
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main() -> int:
+    if PARENT_OPTION in sys.argv[1:-1]:
+        die_with_parent(int(sys.argv[sys.argv.index(PARENT_OPTION) + 1]))
     status = os.fdopen(os.dup(1), "w", buffering=1)
     from nnunet_mcc.budget import torch_threads_from_env
 
