@@ -192,3 +192,33 @@ def test_a_sigmoid_region_below_the_room_is_gated():
     assert value[0, 0] == plain[0, 0]
     assert (value[0, 1] - plain[0, 1]).item() == pytest.approx(math.log(0.5 / recall), rel=1e-4)
     assert (grad[:, 1, :2] < 0).all()
+
+
+def test_the_gwdl_trainers_room_holds_a_nested_label_above_the_margin():
+    """A label whose voxels share its probability with its neighbour 0.33 away in the tree matrix (soft recall
+    0.6: the argmax on those voxels, but a flip of the image can tip it): the MCC's room of one half leaves the
+    paper's loss unchanged there, bit for bit, while GWDL's trainer room (0.7) adds ``log 0.7 - log recall`` and
+    raises the label's logits on its voxels."""
+    from nnunet_mcc.trainers.base import GATE_MIN_RECALL, GATE_MIN_SPECIFICITY
+    from nnunet_mcc.trainers.gwdl import nnUNetTrainerGWDL
+
+    room = nnUNetTrainerGWDL.gwdl_min_recall
+    assert room > 0.6 > GATE_MIN_RECALL
+    y = _labels()
+    y[:, :, 2:][(y[:, :, 2:] == 3) & (torch.arange(y[:, :, 2:].numel()).view_as(y[:, :, 2:]) % 4 != 0)] = 1  # rare
+    z = _logits(y, true_boost=6.0).detach()
+    own = y[:, 0] == 3
+    for c, p in enumerate((1e-4, 1e-4, 0.4, 0.6)):
+        z[:, c][own] = math.log(p)
+    recall = _soft_recall(z, y, 3)
+    assert recall == pytest.approx(0.6, abs=1e-3) and min(_soft_recall(z, y, c) for c in (1, 2)) >= room
+
+    def gwdl(min_recall):
+        return LOSSES["GWDL"](batch=True, missed_weight=nnUNetTrainerGWDL.gwdl_missed_weight, min_recall=min_recall,
+                              min_specificity=GATE_MIN_SPECIFICITY)
+
+    (v_plain, g_plain), (v_half, g_half), (v_room, g_room) = (
+        _value_and_gradient(loss, z, y) for loss in (LOSSES["GWDL"](batch=True), gwdl(GATE_MIN_RECALL), gwdl(room)))
+    assert torch.equal(v_half, v_plain) and torch.equal(g_half, g_plain)
+    assert (v_room - v_plain).item() == pytest.approx(math.log(room) - math.log(recall), rel=1e-4)
+    assert ((g_room - g_plain)[:, 3][own] < 0).all()

@@ -61,7 +61,8 @@ from nnunet_mcc.trainers.snapshots import Snapshots
 # recall), and every class until the other voxels carry on average at most 1 - GATE_MIN_SPECIFICITY of it (soft
 # specificity; in imbalanced data the complement is mostly background, and at 0.5 a class predicted on half the
 # image still had room). At initialisation both act, as a class-balanced cross-entropy would; nothing changes once
-# every class has both rooms. docs/mcc_rare_classes.md has the evidence.
+# every class has both rooms. docs/mcc_rare_classes.md has the evidence. GWDL's recall room is higher
+# (trainers/gwdl.py, GWDL_MIN_RECALL): its own loss does not push a nested label past the margin.
 GATE_MIN_RECALL = 0.5
 GATE_MIN_SPECIFICITY = 0.9
 
