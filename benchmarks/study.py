@@ -49,7 +49,7 @@ DATASETS = {
 }
 STUDIES = {
     "robustness": dict(trainers=("nnUNetTrainerBaseline", "nnUNetTrainerMCC", "nnUNetTrainerGWDL",
-                                 "nnUNetTrainerTversky", "nnUNetTrainerMCC_CE"),
+                                 "nnUNetTrainerTversky", "nnUNetTrainerMCC_CE", "nnUNetTrainerMCC_noGate"),
                        seeds=(0, 1, 2, 3, 4)),
 }
 NETWORK = dict(n_stages=3, base_features=8, batch_size=8)  # the demo's narrow network
