@@ -22,14 +22,18 @@ Rules (``rules()``; "class" = some class's per-epoch pseudo Dice below 0.05 over
   iterations x the window's length), or class; ``linear, no class rule``; ``class only``: the class rule alone;
 * ``linear, quarter window``: over the last quarter (at least 5 epochs), or class;
 * ``linear, tolerance 0.01``: a projection of 0.01 suffices, or class;
-* ``linear on the EMA``: on nnU-Net's EMA pseudo Dice instead of the raw series, or class;
+* ``log fit, tolerance 0.01`` and ``log fit, quarter window``: the current rule with half its tolerance, or over
+  the last quarter of the epochs;
+* ``linear on the EMA`` and ``log fit on the EMA``: on nnU-Net's EMA pseudo Dice instead of the raw series, or class;
 * ``validation loss``: the validation loss still falls significantly, or class.
 
     python benchmarks/judge_calibration.py --dataset rare -tr nnUNetTrainerBaseline nnUNetTrainerMCC \\
         --seeds 0 1 2 3 4 -f 0 1 2 --epochs 50 --work-dir nnunet_mcc_work/study
 
 The runs at B are those of ``study.py --work-dir W`` (``W/<dataset>``, reused when finished: a robustness study at
-the same budget serves); those at 2B go to ``W/<2B>epochs/<dataset>``. Results: ``calibration.md`` and
+the same budget serves); those at 2B go to ``W/<2B>epochs/<dataset>``. When every run is there at both budgets,
+nothing is trained and the tables are computed again (runs trained elsewhere can be copied in: only each run's
+``validation/summary.json`` and ``nnunet_mcc_log.json`` are read). Results: ``calibration.md`` and
 ``calibration.json`` in the 2B folder (the table per rule and per trainer, every run's gain and calls).
 """
 
@@ -117,7 +121,10 @@ def rules() -> Dict[str, Callable[[dict], bool]]:
         "class only": _class_only,
         "linear, quarter window": _trend_rule(both, fraction=0.25),
         "linear, tolerance 0.01": _trend_rule(both, tolerance=0.01),
+        "log fit, tolerance 0.01": _trend_rule(both, tolerance=0.01, log_fit=True),
+        "log fit, quarter window": _trend_rule(both, fraction=0.25, log_fit=True),
         "linear on the EMA": _trend_rule(("ema_fg_dice",)),
+        "log fit on the EMA": _trend_rule(("ema_fg_dice",), log_fit=True),
         "validation loss": _trend_rule(("val_losses",)),
     }
 
@@ -219,7 +226,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     common = (args.dataset, args.trainers, args.seeds, args.folds)
     if len(fold_results(budget_b, *common)) < wanted:
         _train(*common, args.epochs, os.path.abspath(args.work_dir), args.jobs, ("--iterations", str(args.iterations)))
-    _train(*common, 2 * args.epochs, twice, args.jobs, ("--iterations", str(args.iterations)))
+    if len(fold_results(budget_2b, *common)) < wanted:
+        _train(*common, 2 * args.epochs, twice, args.jobs, ("--iterations", str(args.iterations)))
     at_b, at_2b = fold_results(budget_b, *common), fold_results(budget_2b, *common)
     keys = sorted(set(at_b) & set(at_2b))
     truth = {k: at_2b[k]["dice"] - at_b[k]["dice"] >= args.gain for k in keys}

@@ -31,7 +31,9 @@ def test_the_first_lines_give_the_projected_gain_of_the_still_rising_trainer(tmp
     lines = result["markdown"].splitlines()
     assert lines[2].startswith("> **Not converged: 2 of 4 runs")
     assert lines[4].startswith("> **What a schedule twice as long would add** (a projection, not a measurement")
-    assert "checked against runs trained at twice the budget" in lines[4] and "log(iterations)" in lines[4]
+    # what the projection rests on: the judge's calibration against runs trained at twice the budget
+    assert convergence.CALIBRATION in lines[4] and "log(iterations)" in lines[4]
+    assert "checked against the same runs trained at twice the budget" in convergence.CALIBRATION
     mcc = gains["mean_fg_mcc"]
     assert lines[5] == (f"> - B, 2 of 2 runs still rising: pseudo Dice {np.median(dice):+.3f} (median; {dice[0]:+.3f} "
                         f"to {dice[-1]:+.3f}), pseudo MCC {np.median(mcc):+.3f} (median; {mcc[0]:+.3f} to "

@@ -118,6 +118,8 @@ def test_results_without_checkpoints_compare_and_the_report_carries_provenance(t
     assert "**Budget of every run:** 20 epochs x 10 iterations = 200 training iterations" in page
     assert "soft MCC" in page and "batch=True" in page
     assert "All 4 runs converged" in page and "Not converged" not in page
+    # a converged curve is not the end of training: the banner says what the judge's calibration found
+    assert "A converged curve can still gain from a longer schedule" in page and convergence.CALIBRATION in page
     # learning curves against iterations (epochs x iterations per epoch), from nnunet_mcc_log.json
     curves = result["frames"]["curves"]
     dice = curves[(curves["trainer"] == "B") & (curves["fold"] == 1) & (curves["series"] == "mean_fg_dice")]

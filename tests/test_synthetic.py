@@ -57,10 +57,14 @@ def test_same_seed_same_dataset_and_valid_for_nnunet(tmp_path):
 
 
 def test_2d_dataset(tmp_path):
+    from dataset_fixtures import verify
+
     folder = make_synthetic_dataset(str(tmp_path), 991, "Flat", SyntheticSpec(num_cases=2, shape=(40, 48),
-                                                                              num_foreground_classes=2))
+                                                                              num_foreground_classes=2,
+                                                                              num_channels=2))
     seg = _labels(folder)[0]
     assert seg.shape == (40, 48) and set(np.unique(seg)) <= {0, 1, 2}
+    verify(folder)  # nnU-Net's integrity check (the end-to-end datasets are planned without it)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -190,7 +190,8 @@ class Page:
         bad = trained[trained["converged"] != convergence.YES]
         if bad.empty:
             return [f"All {len(trained)} runs converged by the criterion below: the comparison is of trained "
-                    f"networks at this budget."]
+                    f"networks at this budget. A converged curve can still gain from a longer schedule (the judge "
+                    f"was {convergence.CALIBRATION})."]
         return [f"> **Not converged: {len(bad)} of {len(trained)} runs had not plateaued when training ended** "
                 f"(criterion below). This comparison measures how far each loss gets within the budget (training "
                 f"speed), not the final quality of the losses; significance marks carry that caveat "
@@ -209,9 +210,7 @@ class Page:
             lines.append(">")
             lines.append("> **What a schedule twice as long would add** (a projection, not a measurement: each "
                          "still-rising run's Theil-Sen slope against log(iterations) over the last half of its "
-                         "epochs, times log 2, the judge's rule; checked against runs trained at twice the budget on "
-                         "one rare-class dataset, where it called none of the 7 runs that gained 0.02 or more "
-                         "converged, docs/experiments.md):")
+                         f"epochs, times log 2, the judge's rule; {convergence.CALIBRATION}):")
             for _, row in rising.iterrows():
                 gains = []
                 for name, label in convergence.SERIES.items():
