@@ -56,3 +56,21 @@ def pytest_collection_modifyitems(config, items):
     """The slow tests (marked ``e2e``: they train, or start other processes) first, in their files' order: two xdist
     workers then share them from the start instead of one finishing a long test after the other ran out of work."""
     items.sort(key=lambda item: 0 if item.get_closest_marker("e2e") else 1)
+    config.stash[_NEEDS_DATASETS] = any("prepared" in getattr(item, "fixturenames", ()) for item in items)
+
+
+_NEEDS_DATASETS = pytest.StashKey[bool]()
+# the order in which the workers take their share: the datasets the first tests need first
+_PREPARE_ORDER = ("2d_multiclass", "3d_multiclass", "3d_regions", "3d_ignore")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def datasets_shared_out(request, e2e_cache):
+    """Under xdist, each worker first prepares its share of the end-to-end datasets, so the workers plan them side
+    by side instead of one waiting on the lock of a dataset the other is planning (it did for about a minute)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker or not request.config.stash.get(_NEEDS_DATASETS, False):
+        return
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    for key in _PREPARE_ORDER[int(worker[2:]) % count::count]:
+        prepare_dataset(e2e_cache, key)
