@@ -33,6 +33,19 @@ _CAUSES = {
 }
 
 
+def _new_file_mode() -> int:
+    """The mode ``open()`` gives a new file, 0o666 less the umask (read once, at import: setting the umask to read it
+    is process-wide)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+# mkstemp's temporary files are 0600: renamed into place as they are, reports and run records would be unreadable by
+# the rest of a lab's group, unlike nnU-Net's own files beside them
+FILE_MODE = _new_file_mode()
+
+
 def os_error_cause(error: OSError) -> str:
     """A short, human cause for an OSError ("no space left on device", "file size limit exceeded", ...)."""
     return _CAUSES.get(error.errno) or error.strerror or str(error)
@@ -57,6 +70,7 @@ def write_bytes(path: str, data: bytes, what: str = "file", check: Optional[Call
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=folder)
         os.close(fd)
+        os.chmod(tmp, FILE_MODE)
         _sync_write(tmp, data)
         with open(tmp, "rb") as f:
             read_back = f.read()

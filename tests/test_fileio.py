@@ -70,3 +70,15 @@ def test_read_json_errors_name_the_file(tmp_path):
         read_json(str(bad), "summary")
     with pytest.raises(UserError, match="does not exist"):
         read_json(str(tmp_path / "none.json"), "summary")
+
+
+def test_written_files_get_the_mode_a_plain_open_gives(tmp_path):
+    """Not mkstemp's 0600: a report or run record is readable wherever nnU-Net's own files beside it are."""
+    code = ("import os, sys\n"
+            "os.umask(0o027)\n"
+            "from nnunet_mcc.fileio import write_text\n"
+            "write_text(sys.argv[1], 'x')\n"
+            "open(sys.argv[2], 'w').close()\n")
+    ours, plain = tmp_path / "ours.txt", tmp_path / "plain.txt"
+    subprocess.run([sys.executable, "-c", code, str(ours), str(plain)], check=True)
+    assert os.stat(ours).st_mode & 0o777 == os.stat(plain).st_mode & 0o777 == 0o640
