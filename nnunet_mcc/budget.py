@@ -64,7 +64,8 @@ AUGMENTATION_WORKERS_VARIABLE = "nnUNet_n_proc_DA"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 # progress.png of crossval's runs on the CPU: redrawn with nnU-Net's periodic checkpoint (every 50 epochs) and at the
 # last epoch (always drawn) instead of after every epoch (nnU-Net's default), which cost ~8 s per 20-iteration epoch
-# on a busy 2-core machine (0.03 s without the drawing)
+# on a busy 2-core machine (0.03 s without the drawing); ~1.4 s on an idle core since the appended panels are drawn
+# in 8 bits, still more than such an epoch
 CPU_PLOT_EVERY = 50
 # the train executable and leading arguments ``crossval`` runs (default: nnUNetv2_train)
 TRAIN_COMMAND_VARIABLE = "NNUNET_MCC_TRAIN_COMMAND"

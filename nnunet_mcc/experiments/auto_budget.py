@@ -78,10 +78,7 @@ def class_names(dataset_name: str) -> Optional[List[str]]:
 def judge_fold(folder: str, names: Optional[Sequence[str]] = None) -> convergence.Verdict:
     """compare's verdict on one finished fold, from its logged curves, judged as ``collect`` judges it: the series
     per training iteration of its recorded budget, the per-class pseudo Dice for a class at zero."""
-    budget = results.recorded_budget(folder)
-    series, _ = results.training_log(folder)
-    per_class = series.pop(results.PER_CLASS_SERIES, None) if series else None
-    return convergence.judge(series, budget.num_iterations_per_epoch, per_class, names)
+    return results.judged_training_log(folder, results.recorded_budget(folder).num_iterations_per_epoch, names)[0]
 
 
 def outcome(verdicts: Sequence[convergence.Verdict]) -> str:

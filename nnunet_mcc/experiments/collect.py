@@ -343,10 +343,8 @@ def _run_record(state: results.FoldState, allow_unknown: bool, class_names: Sequ
         budget, budget_problem = None, str(e)
     provenance = results.read_provenance(state.folder)
     loss = results.loss_record(provenance, state.folder)
-    series, log_source = results.training_log(state.folder)
-    per_class = series.pop(results.PER_CLASS_SERIES, None) if series else None
     per_epoch = budget.num_iterations_per_epoch if budget else None
-    verdict = convergence.judge(series, per_epoch, per_class, class_names)  # per class: a class at zero
+    verdict, series, per_class, log_source = results.judged_training_log(state.folder, per_epoch, class_names)
     training = (provenance or {}).get("training") if isinstance((provenance or {}).get("training"), dict) else {}
     if state.seed is not None:
         seed, seed_source = state.seed, "folder name"

@@ -242,6 +242,17 @@ def training_log(folder: str) -> Tuple[Optional[Dict[str, List[float]]], str]:
     return None, f"no {provenance.LOG_FILE} and no checkpoint"
 
 
+def judged_training_log(folder: str, iterations_per_epoch: Optional[int], class_names: Optional[Sequence[str]] = None):
+    """A fold's logged curves and compare's verdict on them (``convergence.judge``, the per-class pseudo Dice for a
+    class at zero): ``(verdict, series without the per-class one, the per-class series, where the log came from)``.
+    The one place a run is judged, for compare's tables and crossval's auto budget alike."""
+    from nnunet_mcc.experiments import convergence
+
+    series, source = training_log(folder)
+    per_class = series.pop(PER_CLASS_SERIES, None) if series else None
+    return convergence.judge(series, iterations_per_epoch, per_class, class_names), series, per_class, source
+
+
 def _cut_series(logging: dict) -> Dict[str, List[float]]:
     """The series, each cut to the epochs the pseudo Dice was logged for (NaN where a series is absent); the
     per-class pseudo Dice (``PER_CLASS_SERIES``, a list per epoch) too when logged."""
