@@ -10,9 +10,9 @@ own, with one thread and augmentation in that process.
   ``2d_small`` configuration): learning rate, batch-pooled vs per-sample counts, background, ``eps``,
   the missed-class penalty, and nnU-Net's Dice + CE, MCC + CE, CE and Dice;
 * ``--study gwdl`` (docs/gwdl.md): ``nnUNetTrainerGWDL`` on the demo's dataset (the same classes at
-  about 3.8 %, 2.4 % and 1.6 %, batch 8) at the demo's ``--converge`` budget: the distance matrix (tree
-  distances of the label hierarchy, 0/1, the BraTS preset), the GDL weighting, the learning rate and the
-  missed-label gate;
+  about 3.8 %, 2.4 % and 1.6 %, its narrow network, batch 8) at the budget of the demo's ``--converge`` (64 x 20
+  iterations): the distance matrix (tree distances of the label hierarchy, 0/1, the BraTS preset), the GDL
+  weighting, the learning rate and the missed-label gate;
 * ``--study gwdl-rare``: the GWDL variants on the rare-class dataset of the ``mcc`` study (the same
   prepared dataset and budget);
 * ``--study segan`` (docs/segan.md): ``nnUNetTrainerSegAN`` on the demo's dataset at the demo's default
@@ -116,7 +116,7 @@ STUDIES = {
     "mcc": dict(**RARE_DATA, full=RARE_BUDGET, variants=MCC_VARIANTS, quick_variants=("MCC", "MCC_missed"),
                 work_dir=os.path.join("nnunet_mcc_work", "ablation"),
                 plot=dict(fold="1", c="3", variants=("MCC", "MCC_missed", "MCC+CE", "Dice"))),
-    # the demo's --converge budget (nnunet_mcc.experiments.demo)
+    # the budget of the demo's --converge (nnunet_mcc.experiments.demo), on the default's network
     "gwdl": dict(**DEMO_DATA, full=dict(epochs=64, iterations=20, val_iterations=3, folds=[0, 1, 2], probe_iterations=2),
                  variants=GWDL_VARIANTS, quick_variants=("GWDL", "GWDL_missed"),
                  work_dir=os.path.join("nnunet_mcc_work", "ablation_gwdl"),

@@ -19,6 +19,39 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+def _demo_args(*argv):
+    import argparse
+
+    from nnunet_mcc.experiments import demo
+
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    args = parser.parse_args(list(argv))
+    demo._check_args(args)
+    return args
+
+
+def test_demo_profiles_set_budget_seeds_shape_and_width_unless_given():
+    default = _demo_args()
+    assert (default.epochs, default.seeds, default.shape, default.base_features) == (50, None, [64, 64], 8)
+    converge = _demo_args("--converge")
+    assert (converge.epochs, converge.iterations, converge.seeds) == (64, 20, [0, 1, 2])
+    assert (converge.shape, converge.base_features, converge.snapshot_epochs) == ([48, 48], 16, [16, 32])
+    given = _demo_args("--converge", "--shape", "64", "64", "--base-features", "8", "--seeds", "3")
+    assert (given.shape, given.base_features, given.seeds, given.epochs) == ([64, 64], 8, [3], 64)
+
+
+@pytest.mark.parametrize("argv, message", [(("--base-features", "0"), "--base-features must be 1-32"),
+                                           (("--base-features", "64"), "--base-features must be 1-32"),
+                                           (("--shape", "8", "8"), "--shape needs 2 or 3 sizes of at least 16"),
+                                           (("--full-network", "--base-features", "16"), "give one of them")])
+def test_demo_refuses_bad_network_and_shape(argv, message):
+    from nnunet_mcc.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        _demo_args(*argv)
+
+
 @pytest.mark.e2e
 def test_demo_small_end_to_end(tmp_path):
     """The main job on a reduced budget with two seeds: provenance, seeds, convergence verdict, snapshots and
@@ -30,7 +63,8 @@ def test_demo_small_end_to_end(tmp_path):
     env.update(MPLBACKEND="agg", PYTHONUNBUFFERED="1")
     cmd = [os.path.join(BIN, "nnunet-mcc"), "demo", "--work-dir", str(work), "-tr", "nnUNetTrainerBaseline",
            "nnUNetTrainerMCC", "-f", "0", "--cases", "10", "--epochs", "3", "--iterations", "4",
-           "--val-iterations", "1", "--snapshot-epochs", "2", "--bootstrap", "50", "-j", "2", "--seeds", "0", "1"]
+           "--val-iterations", "1", "--snapshot-epochs", "2", "--bootstrap", "50", "-j", "2", "--seeds", "0", "1",
+           "--shape", "48", "48", "--base-features", "4"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert f"work folder {work}" in proc.stdout
@@ -111,6 +145,10 @@ def test_demo_small_end_to_end(tmp_path):
     assert any(n.endswith(".npz") for n in os.listdir(fold / "validation"))
     settings = json.loads((work / "demo_settings.json").read_text())
     assert settings["budget"] == {"epochs": 3, "iterations": 4, "val_iterations": 1}
+    # the network's width and the images' shape as asked, recorded and planned
+    assert settings["network"]["base_features"] == 4 and settings["spec"]["shape"] == [48, 48]
+    plans = json.loads((work / "nnUNet_preprocessed" / dataset / "nnUNetPlans.json").read_text())
+    assert plans["configurations"]["2d_small"]["architecture"]["arch_kwargs"]["features_per_stage"] == [4, 8, 16]
     # two trainings at a time on the CPU: each its share of the cores (crossval's rule), recorded
     share = str(max(1, len(os.sched_getaffinity(0)) // 2))
     allocation = json.loads((fold / "nnunet_mcc_provenance.json").read_text())["allocation"]
