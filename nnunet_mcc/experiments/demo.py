@@ -80,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-f", "--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="folds (default 0-4)")
     parser.add_argument("--converge", action="store_true",
                         help=f"three seeds per run, so that the report can tell a difference between losses from "
-                             f"training noise, and a network that converges within that budget "
+                             f"training noise, and a network that learns every class early from every seed "
                              f"({_profile_text('converge')}; default: {_profile_text('default')})")
     parser.add_argument("--epochs", type=int, help="epochs per run (overrides the profile)")
     parser.add_argument("--iterations", type=int, help="training iterations per epoch (overrides the profile)")
