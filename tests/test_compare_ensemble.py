@@ -15,6 +15,7 @@ Each trainer: TP 8, FP 8, FN 8, Dice 16 / 32 = 0.5; the ensemble: TP 16, FP 8 (r
 Dice 32 / 40 = 0.8.
 """
 
+import csv
 import json
 import os
 import pickle
@@ -160,6 +161,10 @@ def test_ensemble_dice_tables_tests_and_reuse(ensemble_results, tmp_path):
     runs = [r for r in result["runs"] if r["trainer"] == ENSEMBLE]
     assert len(runs) == 2 and runs[0]["budget"] == "3 x 5 (val 1)"
     assert runs[0]["loss"].startswith("ensemble of TrainerA (") and " and TrainerB (" in runs[0]["loss"]
+    with open(os.path.join(out, "runs.csv")) as f:  # whole numbers stay whole beside an ensemble's empty cells
+        written = {(r["trainer"], r["fold"]): r for r in csv.DictReader(f)}
+    assert written[("TrainerA", "0")]["epochs_logged"] == "3" and written[(ENSEMBLE, "0")]["epochs_logged"] == ""
+    assert written[(ENSEMBLE, "1")]["num_epochs"] == "3"
     page = open(os.path.join(out, "report.md")).read()
     assert f"**{ENSEMBLE}** is an ensemble, not a trained network" in page
     assert not [n for n in result["notes"] if ENSEMBLE in n]  # no "no learning curve" or snapshot notes for it

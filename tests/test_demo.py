@@ -35,10 +35,12 @@ def test_demo_profiles_set_budget_seeds_shape_and_width_unless_given():
     default = _demo_args()
     assert (default.epochs, default.seeds, default.shape, default.base_features) == (50, None, [64, 64], 8)
     converge = _demo_args("--converge")
-    assert (converge.epochs, converge.iterations, converge.seeds) == (64, 20, [0, 1, 2])
+    assert (converge.epochs, converge.iterations, converge.val_iterations, converge.seeds) == (64, 20, 3, [0, 1, 2])
     assert (converge.shape, converge.base_features, converge.snapshot_epochs) == ([48, 48], 16, [16, 32])
-    given = _demo_args("--converge", "--shape", "64", "64", "--base-features", "8", "--seeds", "3")
+    given = _demo_args("--converge", "--shape", "64", "64", "--base-features", "8", "--seeds", "3",
+                       "--val-iterations", "12")
     assert (given.shape, given.base_features, given.seeds, given.epochs) == ([64, 64], 8, [3], 64)
+    assert given.val_iterations == 12
 
 
 @pytest.mark.parametrize("argv, message", [(("--base-features", "0"), "--base-features must be 1-32"),
@@ -91,6 +93,10 @@ def test_demo_small_end_to_end(tmp_path):
     assert all(float(r["cost_wall_seconds"]) > 0 and float(r["cost_train_iterations"]) == 12 for r in runs)
     cost = {r["trainer"]: r for r in read_csv(report / "cost.csv")}
     assert set(cost) == {"nnUNetTrainerBaseline", "nnUNetTrainerMCC", "nnUNetTrainerMCC+nnUNetTrainerBaseline"}
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines if line.startswith("| nnUNet")]
+    cost_rows = {c[0]: c for c in cells if len(c) == 9 and c[1] in ("cpu", "n/a")}  # the report's cost table
+    assert cost_rows["nnUNetTrainerMCC"][-1] == "2 x 1"  # jobs x threads
+    assert cost_rows["nnUNetTrainerMCC+nnUNetTrainerBaseline"][-1] == "n/a"  # an ensemble has no cost of its own
     mcc_run = next(r for r in runs if r["trainer"] == "nnUNetTrainerMCC")
     assert mcc_run["loss"] != "unknown" and mcc_run["loss_settings"] not in ("", "{}")
     assert "NNUNET_MCC_EPOCHS" in mcc_run["budget_sources"] and "nnunetv2" in mcc_run["versions"]

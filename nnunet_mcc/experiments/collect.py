@@ -424,6 +424,20 @@ def _ensemble_record(run, by_run: Dict[Tuple[str, int], dict]) -> dict:
     return record
 
 
+def _runs_frame(records: Sequence[dict]) -> pd.DataFrame:
+    """One row per run; a column of whole numbers with gaps (an ensemble has no cost or log of its own, an unseeded
+    run no seed) stays whole numbers (pandas' nullable Int64) instead of turning into floats in runs.csv."""
+    runs = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in records])
+    for column in runs.columns:
+        values = [r.get(column) for r in records]
+        present = [v for v in values if v is not None]
+        if present and all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in present):
+            runs[column] = pd.array(values, dtype="Int64")
+    if "seed" in runs.columns:
+        runs["seed"] = pd.array([r["seed"] for r in records], dtype="Int64")
+    return runs
+
+
 def collect(dataset: str, configuration: str, trainers: Sequence[str], plans: str = "nnUNetPlans",
             folds: Sequence[int] = (0, 1, 2, 3, 4), snapshots: bool = True,
             allow_mixed_budgets: bool = False, allow_mixed_seeds: bool = False,
@@ -541,8 +555,7 @@ def collect(dataset: str, configuration: str, trainers: Sequence[str], plans: st
         own = collapsed[(collapsed["run"] == r["run"]) & (collapsed["fold"] == r["fold"])] if len(collapsed) else []
         r["collapsed"] = "; ".join(f"{c['class_or_region']} ({c['when']})" for _, c in own.iterrows()) \
             if len(own) else ""
-    runs = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in records])
-    runs["seed"] = pd.array([r["seed"] for r in records], dtype="Int64")
+    runs = _runs_frame(records)
     curves = pd.DataFrame(curve_rows, columns=["trainer", "run", "fold", "epoch", "iterations", "series", "value"])
     return Collected(dataset_name, results_root, configuration, plans, compared, states, runs, counts, curves,
                      context["regions"], notes, collapsed, boundary_info if boundary else {},

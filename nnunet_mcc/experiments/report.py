@@ -497,6 +497,12 @@ class Page:
         def ratio(v) -> str:
             return f"{v:.2f}x" if pd.notna(v) and math.isfinite(v) else "n/a"
 
+        def present(v) -> bool:  # an ensemble's runs record no cost: None, or NaN once in the table
+            return v is not None and not (isinstance(v, float) and math.isnan(v)) and v != ""
+
+        def _or_na(v) -> str:
+            return str(v) if present(v) else "n/a"
+
         frame = pd.DataFrame({
             "trainer": c["trainer"], "device": c["device"].fillna("n/a"),
             "wall time (s)": c["wall_seconds"].map(lambda v: fmt(v, 0)),
@@ -506,7 +512,8 @@ class Page:
             "peak memory (MB)": [f"{fmt(v, 0)}" + (f" ({k})" if k and fmt(v, 0) != "n/a" else "")
                                  for v, k in zip(c["peak_memory_mb"], c["peak_memory_kind"])],
             "memory vs baseline": c["peak_memory_mb_vs_baseline"].map(ratio),
-            "jobs x threads": [f"{j or 'n/a'} x {t or 'n/a'}" for j, t in zip(c["jobs"], c["torch_threads"])],
+            "jobs x threads": [f"{_or_na(j)} x {_or_na(t)}" if present(j) or present(t) else "n/a"
+                               for j, t in zip(c["jobs"], c["torch_threads"])],
         })
         return ["Mean over each trainer's runs (folds and seeds) of the cost recorded in `nnunet_mcc_log.json`; "
                 "wall time depends on how many runs shared the machine (jobs x threads).", "",
@@ -574,6 +581,8 @@ class Page:
         if "seed" in frame:
             frame["seed"] = frame["seed"].map(lambda v: "unrecorded" if v is None or pd.isna(v) else str(int(v)))
         frame["log_source"] = frame["log_source"].fillna("none")
+        if "epochs_logged" in frame:  # none for an ensemble
+            frame["epochs_logged"] = frame["epochs_logged"].map(lambda v: "" if v is None or pd.isna(v) else str(int(v)))
         return frame.rename(columns={"epochs_logged": "epochs logged", "log_source": "curve from"}).to_markdown(
             index=False)
 
