@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from nnunet_mcc.losses.confusion import soft_confusion
 from nnunet_mcc.losses.targets import TargetFormat, check_prediction
 
 Nonlin = Union[None, str, Callable[[torch.Tensor], torch.Tensor]]
@@ -181,18 +182,10 @@ class ConfusionLoss(nn.Module):
                              "the prediction one channel per class, background included")
         return x
 
-    def _probabilities_and_target(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor]):
-        """Return float32 probabilities (B, K, N), the target as a float one-hot (B, K, N) and the valid
-        mask (B, 1, N) or None, with K the scored channels (background dropped here when excluded)."""
-        self.check_channels(x)
-        onehot, valid = self.target_format(x.shape[1]).onehot(y, loss_mask, prediction=x, check=self.check_target)
-        # float32 from here on: the sums must not overflow or lose mass under fp16/bf16 autocast
-        x = x.float()
-        probs = self.nonlin(x) if self.nonlin is not None else x
-        mask = None if valid is None else valid.to(torch.float32).flatten(2)
-        # channel 0 is background only for mutually exclusive classes (a single channel is binary foreground)
-        start = 1 if (not self.include_background and self.nonlin_kind != "sigmoid" and x.shape[1] > 1) else 0
-        return probs[:, start:].flatten(2), onehot[:, start:].flatten(2), mask
+    def _scored_start(self, x: torch.Tensor) -> int:
+        """The first scored channel: channel 0 is background only for mutually exclusive classes (a single
+        channel is binary foreground)."""
+        return 1 if (not self.include_background and self.nonlin_kind != "sigmoid" and x.shape[1] > 1) else 0
 
     def confusion(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor] = None,
                   hard_tp: bool = False, direct_tn: bool = False):
@@ -201,23 +194,35 @@ class ConfusionLoss(nn.Module):
         pooled the same way; with ``direct_tn`` last TN summed voxel by voxel (the TN returned fourth is the valid
         voxels less TP, FP and FN, which float32 cannot resolve when a class floods the image and TN is a sum of
         tiny terms). With probabilities p, one-hot g and valid voxels m of one class:
-        TP = sum m p g, FP = sum m p (1 - g), FN = sum m (1 - p) g, TN = sum m (1 - p)(1 - g)."""
-        probs, onehot, mask = self._probabilities_and_target(x, y, loss_mask)
-        if mask is not None:
-            probs = probs * mask
-            onehot = onehot * mask
-            n_valid = mask.sum(-1)
-        else:
-            n_valid = torch.full(probs.shape[:1] + (1,), float(probs.shape[-1]), device=probs.device)
-        tp = (probs * onehot).sum(-1)
-        sum_p = probs.sum(-1)
+        TP = sum m p g, FP = sum m p (1 - g), FN = sum m (1 - p) g, TN = sum m (1 - p)(1 - g).
+
+        All from one soft confusion matrix per sample (:func:`nnunet_mcc.losses.confusion.soft_confusion`):
+        ``C = p [m g, m]^T``, TP its diagonal and TP + FP its last column."""
+        self.check_channels(x)
+        onehot, valid = self.target_format(x.shape[1]).onehot(y, loss_mask, prediction=x, check=self.check_target)
+        start = self._scored_start(x)
+        with torch.no_grad():
+            onehot = onehot[:, start:].flatten(2)  # float32 (B, K, N)
+            mask = None if valid is None else valid.to(torch.float32).flatten(2)  # (B, 1, N)
+            if mask is not None:
+                onehot = onehot * mask
+                n_valid = mask.sum(-1)
+            else:
+                n_valid = torch.full(onehot.shape[:1] + (1,), float(onehot.shape[-1]), device=onehot.device)
+            last = torch.ones_like(onehot[:, :1]) if mask is None else mask
+            columns = torch.cat((onehot, last), 1)  # H = [m g, m] (B, K + 1, N)
+            complement = ((1.0 if mask is None else mask) - onehot) if direct_tn else None  # m (1 - g)
+        logits = x.flatten(2)
+        confusion, direct = soft_confusion(logits, columns, complement, start, softmax=self.nonlin_kind == "softmax",
+                                           nonlin=self.nonlin)
+        tp = torch.diagonal(confusion[:, :, :-1], dim1=1, dim2=2)
+        sum_p = confusion[:, :, -1]
         sum_g = onehot.sum(-1)
         fp, fn = sum_p - tp, sum_g - tp
         tn = n_valid - tp - fp - fn
-        extra = (self._hard_tp(x, probs, onehot),) if hard_tp else ()
+        extra = (self._hard_tp(logits, onehot),) if hard_tp else ()
         if direct_tn:
-            valid = 1.0 if mask is None else mask
-            extra += (((valid - probs) * (valid - onehot)).sum(-1),)
+            extra += (direct,)
         stats = torch.stack((tp, fp, fn, tn) + extra)  # (4 to 6, B, K)
         if self.batch:
             stats = stats.sum(1, keepdim=True)
@@ -225,16 +230,19 @@ class ConfusionLoss(nn.Module):
                 stats = sum_over_ranks(stats)
         return stats.unbind(0)
 
-    def _hard_tp(self, x: torch.Tensor, probs: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    def _hard_tp(self, logits: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
         """Per sample and scored class (B, K), the number of the class's valid voxels predicted as the
-        class: the largest of all of ``x``'s channels (the background's included, ties counting for
-        each tied class), or probability > 0.5 for sigmoid regions and a single binary channel.
-        ``onehot`` is 0 on masked voxels, so they never count."""
+        class: the largest of all of the logits' channels (the background's included, ties counting for
+        each tied class), or probability > 0.5 for sigmoid regions and a single binary channel (of the
+        activation, or of the inputs without one). ``logits`` (B, C, N), ``onehot`` (B, K, N) is 0 on masked
+        voxels, so they never count."""
         with torch.no_grad():
-            if self.nonlin_kind == "sigmoid" or x.shape[1] == 1:
-                return ((probs > 0.5) & (onehot > 0)).sum(-1).float()
-            logits = x.detach().flatten(2)  # softmax keeps the logits' order: their maximum is the argmax
-            predicted = logits[:, x.shape[1] - onehot.shape[1]:] >= logits.amax(1, keepdim=True)
+            logits = logits.detach()
+            if self.nonlin_kind == "sigmoid" or logits.shape[1] == 1:
+                probs = logits.float() if self.nonlin is None else self.nonlin(logits.float())
+                return ((probs[:, logits.shape[1] - onehot.shape[1]:] > 0.5) & (onehot > 0)).sum(-1).float()
+            # softmax keeps the logits' order: their maximum is the argmax
+            predicted = logits[:, logits.shape[1] - onehot.shape[1]:] >= logits.amax(1, keepdim=True)
             return (predicted & (onehot > 0)).sum(-1).float()
 
 

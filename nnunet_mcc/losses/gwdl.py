@@ -6,41 +6,11 @@ import torch
 
 from nnunet_mcc.losses.base import (ConfusionLoss, Nonlin, ddp_active, reduce_per_sample,
                                    sum_over_ranks)
+from nnunet_mcc.losses.confusion import soft_confusion
 from nnunet_mcc.losses.distance_matrix import validate_distance_matrix
 from nnunet_mcc.losses.targets import check_prediction
 
 WEIGHTINGS = ("default", "GDL")
-
-
-def _wasserstein_map(probs: torch.Tensor, labels: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-    """``W[b, n] = sum_c M[g, c] p[b, c, n]``: ``Q = M p`` for every voxel (one BLAS call), then the row of
-    the true label ``g = labels[b, n]``. Never a voxels x K x K tensor."""
-    return torch.matmul(matrix, probs).gather(1, labels.unsqueeze(1)).squeeze(1)
-
-
-class _SoftmaxWassersteinMap(torch.autograd.Function):
-    """``W = sum_c M[g, c] softmax(x)_c`` per voxel, without keeping the probabilities for backward.
-
-    The gradient has a closed form, ``dW/dx_j = p_j (M[g, j] - W)``, so backward recomputes the softmax
-    instead of storing it: the loss holds no (B, K, N) tensor between forward and backward, and at
-    most two of them at any time.
-    """
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-        w = _wasserstein_map(torch.softmax(logits, 1), labels, matrix)
-        ctx.save_for_backward(logits, labels, matrix, w)
-        return w
-
-    @staticmethod
-    def backward(ctx, grad_w: torch.Tensor):
-        logits, labels, matrix, w = ctx.saved_tensors
-        # (M^T S)[c] with S = grad_w at the true label's channel, 0 elsewhere: M[g, c] * grad_w
-        spread = torch.zeros_like(logits).scatter_(1, labels.unsqueeze(1), grad_w.unsqueeze(1))
-        factor = torch.matmul(matrix.t(), spread)
-        del spread
-        factor.sub_((w * grad_w).unsqueeze(1))
-        return torch.softmax(logits, 1).mul_(factor), None, None
 
 
 class GeneralizedWassersteinDiceLoss(ConfusionLoss):
@@ -67,10 +37,11 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
 
     The sums run over each sample's voxels (``batch=False``, the paper's definition; the loss averages
     the samples) or over the whole batch and all DDP ranks (``batch=True``). Memory stays in the
-    class of a Dice loss: ``Q = M p`` per voxel, then the true label's entry, never a
-    voxels x K x K tensor; with softmax the gradient's closed form ``dW/dx_j = p_j (M[g, j] - W)``
-    lets backward recompute the probabilities instead of storing them. Everything runs in float32,
-    also under autocast.
+    class of a Dice loss: the sums come from one soft confusion matrix per sample, ``C[c, l]`` the
+    probability of class c summed over the voxels of label l (a K x K batched matrix product), and
+    :math:`\sum_{i: g_i = l} m_i W_i = \sum_c M_{l,c} C_{c,l}`: never a voxels x K x K tensor; with softmax
+    backward recomputes the probabilities instead of storing them
+    (:func:`nnunet_mcc.losses.confusion.soft_confusion`). Everything runs in float32, also under autocast.
 
     **Missed labels.** With ``missed_weight = w > 0``, each foreground label l that is present (in the
     sample, or in the batch when pooled) and has too little room adds :math:`w (\log m - \log r_l)`,
@@ -174,52 +145,51 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
         With ``recall`` also each label's soft true positives (the sum of its probability over its own
         voxels) and, with ``hard`` too, its hard true positives (its voxels whose argmax is the label); with
         ``mass`` last each label's missing mass (the sum of one minus its probability over all valid voxels); all
-        pooled the same way."""
+        pooled the same way.
+
+        All from one soft confusion matrix per sample (:func:`nnunet_mcc.losses.confusion.soft_confusion`):
+        with ``C[c, l]`` the probability of class c summed over the valid voxels of label l,
+        ``S_l = sum_c M[l, c] C[c, l]`` and the soft true positives are C's diagonal."""
         if check_prediction(x).shape[1] != self.num_classes:
             raise ValueError(f"prediction has {x.shape[1]} channels but the distance matrix is "
                              f"{self.num_classes} x {self.num_classes}")
         labels, weights = self._labels_and_weights(x, y, loss_mask)
-        # float32 and no autocast: the matmul below would otherwise run in fp16/bf16
-        with torch.autocast(x.device.type, enabled=False):
-            x = x.float().flatten(2)  # (B, K, N)
-            if self.distance_matrix.device != x.device:
-                self.distance_matrix = self.distance_matrix.to(x.device)
-            matrix = self.distance_matrix
-            if self.nonlin_kind == "softmax":
-                w = _SoftmaxWassersteinMap.apply(x, labels, matrix)  # (B, N)
-            else:
-                w = _wasserstein_map(self.nonlin(x) if self.nonlin is not None else x, labels, matrix)
-            counts = torch.ones_like(w) if weights is None else weights
+        x = x.flatten(2)  # (B, K, N)
+        if self.distance_matrix.device != x.device:
+            self.distance_matrix = self.distance_matrix.to(x.device)
+        with torch.no_grad():
+            onehot = torch.zeros((labels.shape[0], self.num_classes, labels.shape[1]), device=x.device,
+                                 dtype=torch.float32).scatter_(1, labels.unsqueeze(1), 1.0)
             if weights is not None:
-                w = w * weights
-            per_voxel = [counts, w] + (list(self._true_label_hits(x, labels, counts, hard)) if recall else [])
-            zeros = torch.zeros(w.shape[0], self.num_classes, device=w.device, dtype=torch.float32)
-            stats = torch.stack([zeros.scatter_add(1, labels, v) for v in per_voxel], 1)  # (B, 2 to 4, K)
-            if mass:
-                probs = torch.softmax(x, 1) if self.nonlin_kind == "softmax" else (
-                    self.nonlin(x) if self.nonlin is not None else x)
-                # each label's 1 - p summed over every valid voxel, directly: in a flood it is a sum of tiny terms
-                stats = torch.cat([stats, ((1 - probs) * counts.unsqueeze(1)).sum(-1).unsqueeze(1)], 1)
-            if self.batch:
-                stats = stats.sum(0, keepdim=True)
-                if ddp_active(self.ddp):
-                    stats = sum_over_ranks(stats)
+                onehot = onehot * weights.unsqueeze(1)
+            counts = torch.ones((x.shape[0], 1, x.shape[2]), device=x.device) if weights is None \
+                else weights.unsqueeze(1)
+        confusion, missing = soft_confusion(x, onehot, counts if mass else None,
+                                            softmax=self.nonlin_kind == "softmax", nonlin=self.nonlin)
+        volumes = onehot.sum(-1)
+        errors = (self.distance_matrix.t().unsqueeze(0) * confusion).sum(1)  # S_l = sum_c M[l, c] C[c, l]
+        stats = [volumes, errors]
+        if recall:
+            stats.append(torch.diagonal(confusion, dim1=1, dim2=2))
+            if hard:
+                stats.append(self._hard_hits(x, labels, onehot))
+        if mass:
+            stats.append(missing)
+        stats = torch.stack(stats, 1)  # (B, 2 to 5, K)
+        if self.batch:
+            stats = stats.sum(0, keepdim=True)
+            if ddp_active(self.ddp):
+                stats = sum_over_ranks(stats)
         return stats.unbind(1)
 
-    def _true_label_hits(self, x: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, hard: bool = True):
-        """Per voxel (B, N), masked voxels 0: the probability of the true label, and (with ``hard``) 1 where
-        the true label is the argmax (ties count). ``x``: float32 logits (B, K, N), or probabilities without
-        softmax."""
-        true_x = x.gather(1, labels.unsqueeze(1)).squeeze(1)
-        if self.nonlin_kind == "softmax":
-            p_true = torch.exp(true_x - torch.logsumexp(x, 1))
-        else:
-            p_true = true_x if self.nonlin is None else self.nonlin(x).gather(1, labels.unsqueeze(1)).squeeze(1)
-        if not hard:
-            return (p_true * counts,)
-        with torch.no_grad():  # softmax keeps the order: the largest logit is the argmax
-            hit = (true_x >= x.detach().amax(1)).to(torch.float32) * counts
-        return p_true * counts, hit
+    @staticmethod
+    def _hard_hits(x: torch.Tensor, labels: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+        """Per label (B, K): its valid voxels whose true label is the argmax (ties count; the largest logit is
+        the argmax of any softmax, and of the probabilities themselves without one)."""
+        with torch.no_grad():
+            x = x.detach()
+            hit = (x.gather(1, labels.unsqueeze(1)) >= x.amax(1, keepdim=True)).to(torch.float32)  # (B, 1, N)
+            return (onehot * hit).sum(-1)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         flood = bool(self.missed_weight and self.min_specificity)
