@@ -43,15 +43,16 @@ def _cases():
     missed_logits, missed_labels = _missed_class_logits()
     return {
         "mcc": (MCCLoss("softmax", check_target=False), logits, labels),
-        "mcc_missed_weight_1": (MCCLoss("softmax", missed_weight=1.0, check_target=False), missed_logits,
-                                missed_labels),
+        "mcc_missed_weight_1": (MCCLoss("softmax", missed_weight=1.0, min_specificity=0.9, check_target=False),
+                                missed_logits, missed_labels),  # the hard TP and the direct TN of the gate
         "mcc_per_sample_ignore": (MCCLoss("softmax", batch=False, ignore_index=3, missed_weight=1.0,
                                           check_target=False), logits, with_ignore),
         "mcc_sigmoid_regions": (MCCLoss("sigmoid", region_ignore_channel=True, missed_weight=1.0, check_target=False),
                                 logits, regions),
         "gwdl": (GeneralizedWassersteinDiceLoss(MATRIX, check_target=False), logits, labels),
         "gwdl_gdl_pooled_ignore": (GeneralizedWassersteinDiceLoss(MATRIX, weighting="GDL", batch=True, ignore_index=3,
-                                                                  check_target=False), logits, with_ignore),
+                                                                  missed_weight=1.0, min_specificity=0.5,
+                                                                  check_target=False), missed_logits, with_ignore),
         "tversky_focal_missed": (TverskyLoss("softmax", gamma=4 / 3, batch=True, missed_weight=1.0, check_target=False),
                                  missed_logits, missed_labels),
         "masked_bce": (MaskedBCEWithLogits(pos_weight=torch.tensor([2.0, 1.0, 3.0]), ignore_channel=True),
@@ -128,6 +129,71 @@ def test_inductor_compiled_loss_matches_eager(case):
 def test_inductor_compiled_multiscale_l1_matches_eager():
     a0, a1, b0, b1 = _l1_inputs()
     _compare(_multiscale_l1, [a0, a1], [b0, b1], backend="inductor")
+
+
+# ---------------------------------------------------------------- the switch: where nnU-Net compiles
+class _Trainer:
+    """What the switch reads of a trainer: nnU-Net's own ``_do_i_compile`` on a device, and its log."""
+
+    def __init__(self, device: str):
+        self.device, self.lines = torch.device(device), []
+
+    def _do_i_compile(self):
+        from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+        return nnUNetTrainer._do_i_compile(self)
+
+    def print_to_log_file(self, *args, **kwargs):
+        self.lines.append(" ".join(map(str, args)))
+
+
+def _compiled(module) -> bool:
+    return getattr(module, "_compiled_call_impl", None) is not None
+
+
+@pytest.mark.parametrize("variable, expected", [(None, True), ("1", True), ("0", False), ("false", False)])
+def test_the_losses_compile_where_nnunet_compiles(monkeypatch, variable, expected):
+    """nnU-Net's ``_do_i_compile`` decides (``nnUNet_compile=0`` turns it off, the CPU never compiles); every
+    ConfusionLoss inside the built loss (alone, or in the Dice slot of nnU-Net's compound loss, deep supervision
+    around) is compiled in place, keeping its identity and settings; cross-entropy stays eager; the critic's L1
+    follows the same switch. Only the decision is tested here (compiling for CUDA needs a GPU)."""
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+
+    from nnunet_mcc.trainers.compiling import compile_losses, critic_l1
+
+    if variable is None:
+        monkeypatch.delenv("nnUNet_compile", raising=False)
+    else:
+        monkeypatch.setenv("nnUNet_compile", variable)
+    for device, expect in (("cuda", expected), ("cpu", False)):
+        alone = MCCLoss("softmax", missed_weight=1.0, check_target=False)
+        settings = alone.settings()
+        compound = DC_and_CE_loss({"check_target": False}, {}, dice_class=TverskyLoss)
+        trainer = _Trainer(device)
+        assert compile_losses(trainer, DeepSupervisionWrapper(alone, [1.0])).loss is alone
+        assert compile_losses(trainer, compound) is compound
+        assert (_compiled(alone), _compiled(compound.dc), _compiled(compound.ce)) == (expect, expect, False)
+        assert alone.settings() == settings
+        assert (critic_l1(trainer) is multiscale_l1) == (not expect)
+        assert any(line.startswith("Using torch.compile") for line in trainer.lines) == expect
+
+
+def test_a_loss_compiled_by_the_switch_matches_eager():
+    """On the CPU (nnU-Net never compiles there, so the decision is forced): the in-place compile of the switch
+    gives the eager loss's value and gradient."""
+    from nnunet_mcc.trainers.compiling import compile_losses
+
+    trainer = _Trainer("cpu")
+    trainer._do_i_compile = lambda: True
+    loss, x, y = _cases()["tversky_focal_missed"]
+    expected, expected_grads = _value_and_grads(loss, [x], y)
+    torch._dynamo.reset()
+    compile_losses(trainer, loss)
+    assert _compiled(loss)
+    value, grads = _value_and_grads(loss, [x], y)
+    torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[0], expected_grads[0], rtol=1e-4, atol=1e-7)
 
 
 # ---------------------------------------------------------------- a compiled network inside the trainers

@@ -20,7 +20,7 @@ References:
     Loss for Medical Image Segmentation. Neuroinformatics 16, 2018 (arXiv:1706.01805).
 """
 
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -87,13 +87,15 @@ def critic_features(critic: nn.Module, image: torch.Tensor, segmentation: torch.
 
 def adversarial_l1(critic: nn.Module, image: torch.Tensor, prediction: torch.Tensor, target_onehot: torch.Tensor,
                    valid: Optional[torch.Tensor] = None, scale_weights: Optional[Sequence[float]] = None,
-                   reduction: str = "mean") -> torch.Tensor:
+                   reduction: str = "mean", l1_function: Optional[Callable] = None) -> torch.Tensor:
     """The segmentor's adversarial term: the multi-scale L1 through a frozen critic.
 
     The critic's parameters get no gradient (``requires_grad`` is off during the call) and its
     spectral-norm estimates are not updated (eval mode), so this step leaves the critic untouched.
     Pass the bare module, not a DDP wrapper: the critic takes no part in the segmentor's all-reduce.
     ``prediction`` holds probabilities (softmax or sigmoid), ``target_onehot`` the one-hot ground truth.
+    ``l1_function``: :func:`multiscale_l1` (the default) or a compiled form of it (the trainers'
+    ``nnunet_mcc.trainers.compiling.critic_l1``).
     """
     was_training = critic.training
     flags = [p.requires_grad for p in critic.parameters()]
@@ -104,7 +106,7 @@ def adversarial_l1(critic: nn.Module, image: torch.Tensor, prediction: torch.Ten
         with torch.no_grad():
             target_features = critic_features(critic, image, target_onehot, valid)
         prediction_features = critic_features(critic, image, prediction, valid)
-        return multiscale_l1(prediction_features, target_features, scale_weights, reduction)
+        return (l1_function or multiscale_l1)(prediction_features, target_features, scale_weights, reduction)
     finally:
         for p, flag in zip(critic.parameters(), flags):
             p.requires_grad_(flag)

@@ -50,6 +50,7 @@ from nnunet_mcc.fileio import write_json
 from nnunet_mcc.losses.base import ConfusionLoss
 from nnunet_mcc.losses.targets import TargetFormat
 from nnunet_mcc.metrics import mcc_score
+from nnunet_mcc.trainers.compiling import compile_losses
 from nnunet_mcc.trainers.cost import RunCost
 from nnunet_mcc.trainers.preemption import Preemption
 from nnunet_mcc.trainers.progress import MCCLocalLogger, jsonable
@@ -281,6 +282,7 @@ class ComparisonTrainer(RunCost, Snapshots, Preemption, nnUNetTrainer):
     # ---- loss helpers for subclasses ---------------------------------------------------------
     def _wrap_deep_supervision(self, loss: torch.nn.Module) -> torch.nn.Module:
         """nnU-Net's deep-supervision weighting (1/2^i, lowest scale off), as in nnUNetTrainer._build_loss."""
+        loss = compile_losses(self, loss)  # where nnU-Net compiles its loss.dc (nnunet_mcc/trainers/compiling.py)
         if not self.enable_deep_supervision:
             return loss
         weights = np.array([1 / (2 ** i) for i in range(len(self._get_deep_supervision_scales()))])

@@ -44,6 +44,7 @@ from nnunet_mcc.fileio import write_bytes
 from nnunet_mcc.losses.segan import adversarial_l1, mask_input, multiscale_l1
 from nnunet_mcc.losses.weighted_ce import MaskedBCEWithLogits
 from nnunet_mcc.networks.segan_critic import CRITIC_MODES, SegANCritic
+from nnunet_mcc.trainers import compiling
 from nnunet_mcc.trainers.base import ComparisonTrainer
 from nnunet_mcc.trainers.progress import MCCLocalLogger
 from nnunet_mcc.trainers.weighted_ce import ClassFrequencyWeightedCE
@@ -68,8 +69,8 @@ def segan_lambda_at(epoch: int, num_epochs: int, segan_lambda: float, warmup_fra
 def critic_update(critic: nn.Module, optimizer: torch.optim.Optimizer, image: torch.Tensor,
                   prediction: torch.Tensor, target_onehot: torch.Tensor, valid: Optional[torch.Tensor] = None,
                   grad_scaler: Optional["torch.amp.GradScaler"] = None, weight_clip: Optional[float] = None,
-                  scale_weights: Optional[Sequence[float]] = None, autocast_device: Optional[str] = None
-                  ) -> torch.Tensor:
+                  scale_weights: Optional[Sequence[float]] = None, autocast_device: Optional[str] = None,
+                  l1_function=multiscale_l1) -> torch.Tensor:
     """One critic step: maximise the multi-scale L1 between the prediction-masked and the
     ground-truth-masked image. ``prediction`` is detached here (no gradient reaches the segmentor).
 
@@ -83,7 +84,7 @@ def critic_update(critic: nn.Module, optimizer: torch.optim.Optimizer, image: to
         masked = torch.cat([mask_input(image, prediction.detach(), valid), mask_input(image, target_onehot, valid)])
     with torch.autocast(autocast_device, enabled=True) if autocast_device else nullcontext():
         features = critic(masked)
-    l1 = multiscale_l1([f[:batch] for f in features], [f[batch:] for f in features], scale_weights)
+    l1 = l1_function([f[:batch] for f in features], [f[batch:] for f in features], scale_weights)
     critic_loss = -l1  # the critic ascends the L1
     if grad_scaler is not None:
         grad_scaler.scale(critic_loss).backward()
@@ -199,6 +200,7 @@ class nnUNetTrainerSegAN(ComparisonTrainer):
         self.critic_optimizer = torch.optim.Adam(self.critic_module.parameters(), self.critic_lr,
                                                  betas=tuple(self.critic_betas))
         self.critic_lr_scheduler = PolyLRScheduler(self.critic_optimizer, self.critic_lr, self.num_epochs)
+        self.critic_l1 = compiling.critic_l1(self)  # compiled where nnU-Net compiles (nnunet_mcc/trainers/compiling.py)
         # the critic's own step is all-reduced; the segmentor's step uses the bare module (no DDP hooks)
         self.critic = DDP(self.critic_module, device_ids=[self.local_rank] if self.device.type == "cuda" else None) \
             if self.is_ddp else self.critic_module
@@ -253,13 +255,15 @@ class nnUNetTrainerSegAN(ComparisonTrainer):
         critic_l1 = critic_update(self.critic, self.critic_optimizer, data, probabilities.detach(), onehot, valid,
                                   grad_scaler=self.critic_grad_scaler, weight_clip=self.critic_weight_clip,
                                   scale_weights=self.critic_scale_weights,
-                                  autocast_device="cuda" if self.device.type == "cuda" else None)
+                                  autocast_device="cuda" if self.device.type == "cuda" else None,
+                                  l1_function=self.critic_l1)
         # 2. segmentor step through the updated, frozen critic (segmentation loss alone while it warms up)
         weight = segan_lambda_at(self.current_epoch, self.num_epochs, self.segan_lambda, self.critic_warmup_fraction,
                                  self.segan_lambda_ramp_fraction)
         if weight > 0:
             with self._autocast():
-                l1 = adversarial_l1(self.critic_module, data, probabilities, onehot, valid, self.critic_scale_weights)
+                l1 = adversarial_l1(self.critic_module, data, probabilities, onehot, valid, self.critic_scale_weights,
+                                    l1_function=self.critic_l1)
             total = segmentation_loss + weight * l1
         else:
             l1, total = critic_l1, segmentation_loss
