@@ -1,5 +1,5 @@
 """``benchmarks/gpu_check.py`` on the CPU with tiny sizes: every stage, the JSON and the Markdown table, the
-budget, and bad arguments."""
+targets, the budget, and bad arguments."""
 
 import json
 import math
@@ -50,8 +50,8 @@ def finite(values):
 
 @pytest.mark.e2e
 def test_gpu_check_tiny_on_cpu(tmp_path):
-    """Every stage ok, finite losses, positive ratios, targets marked not applicable on the CPU, the prediction
-    read back, and the Markdown table saying what the JSON says."""
+    """Every stage ok, finite losses, positive ratios, targets marked not applicable on the CPU, per trainer the
+    timed epochs and a timed prediction read back, and the Markdown table saying what the JSON says."""
     import SimpleITK as sitk
 
     out = tmp_path / "check"
@@ -60,74 +60,76 @@ def test_gpu_check_tiny_on_cpu(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     report = json.loads((out / "gpu_check.json").read_text())
     stages = report["stages"]
-    assert list(stages) == ["losses", "training", "epoch_ratios", "predict"]
+    assert list(stages) == ["dataset", "losses", "training", "predict", "ratios"]
     assert {name: s["status"] for name, s in stages.items()} == dict.fromkeys(stages, "ok")
     assert all(s["wall_seconds"] >= 0 and s["cpu_seconds"] >= 0 for s in stages.values())
     assert stages["training"]["wall_seconds"] > 0 and stages["training"]["cpu_seconds"] > 0
-    assert report["ok"] and report["failed_targets"] == [] and report["device"] == "cpu"
+    assert report["ok"] and report["over_target"] == {} and report["device"] == "cpu"
     assert report["versions"]["gpu"] is None and report["versions"]["torch"] and report["versions"]["nnunetv2"]
     settings = report["settings"]
-    assert settings["losses"]["shape"] == [2, 4, 16, 16, 16] and settings["losses"]["memory"] == "not measured on cpu"
-    assert "not compiled" in settings["losses"]["reference"]
+    assert settings["losses"]["memory"] == "not measured on cpu" and "never compiles" in settings["losses"]["compile"]
     assert settings["training"]["trainers"] == TRAINERS and settings["training"]["nnUNet_compile"] == "0"
     assert not os.path.exists(settings["work_dir"])  # the temporary work folder is removed
+    dataset = stages["dataset"]
+    assert dataset["configuration"] == "3d_fullres_small" and dataset["patch_size"] == [16, 16, 16]
+    assert dataset["batch_size"] == 2
+    # the losses run at the plans' patch and batch, at every deep-supervision scale
+    assert stages["losses"]["inputs"]["logits"][0] == [2, 4, 16, 16, 16]
 
-    # losses: finite values, positive time ratios, no memory on the CPU, targets not applicable
-    losses = {r["loss"]: r for r in stages["losses"]["rows"]}
-    assert set(losses) == {"nnU-Net DC_and_CE", "MCC gated", "MCC plain", "GWDL gated", "Tversky gated",
-                           "masked BCE", "SegAN multi-scale L1"}
-    assert finite([r["value"] for r in losses.values()])
-    assert all(positive(r["time_ratio"]) and positive(r["seconds"]) for r in losses.values())
-    assert losses["nnU-Net DC_and_CE"]["time_ratio"] == 1.0
-    assert all(r["peak_mb"] is None and r["memory_ratio"] is None for r in losses.values())
-    assert {name: r.get("result") for name, r in losses.items() if "target" in r} == \
-        {"MCC gated": NOT_APPLICABLE, "GWDL gated": NOT_APPLICABLE}
-
-    # training: every trainer ran its epoch with finite losses
-    runs = {r["trainer"]: r for r in stages["training"]["runs"]}
-    assert list(runs) == TRAINERS
-    for run in runs.values():
+    trainers = report["trainers"]
+    assert list(trainers) == TRAINERS
+    for name, record in trainers.items():
+        loss, run, predict = record["loss"], record["training"], record["predict"]
+        assert finite([loss["value"], loss["seconds"], loss["time_ratio"]]) and loss["memory_ratio"] is None
         assert run["status"] == "ok" and run["returncode"] == 0, run
-        assert len(run["train_losses"]) == 1 and finite(run["train_losses"] + run["val_losses"]), run
-        assert run["cost"]["train_iterations"] == 2 and os.path.isfile(run["log"])
-    assert stages["training"]["dataset"]["configuration"] == "3d_fullres_small"
-
-    # epoch ratios against the reference trainer
-    ratios = {r["trainer"]: r for r in stages["epoch_ratios"]["rows"]}
-    assert list(ratios) == TRAINERS and ratios["nnUNetTrainerBaseline"]["epoch_ratio"] == 1.0
-    assert all(positive(r["epoch_ratio"]) and positive(r["epoch_seconds"]) for r in ratios.values())
-    assert all(positive(r["memory_ratio"]) for r in ratios.values())
-    assert ratios["nnUNetTrainerMCC"]["result"] == NOT_APPLICABLE
-
-    # the prediction: one test case, read back with the input's shape and known labels
-    (case,) = stages["predict"]["cases"]
-    assert case["shape"] == case["expected_shape"] == [16, 16, 16] and case["message"] == ""
-    assert set(case["labels"]) <= {0, 1, 2, 3}
-    command = stages["predict"]["command"]
-    assert command.startswith("nnUNetv2_predict ") and "-f 0 -tr nnUNetTrainerMCC" in command
-    assert "-npp 0 -nps 0 " in command + " "
-    prediction = sitk.GetArrayFromImage(sitk.ReadImage(case["file"]))
-    assert prediction.shape == (16, 16, 16) and os.path.dirname(case["file"]) == str(out / "prediction")
+        assert len(run["train_losses"]) == 2 and finite(run["train_losses"] + run["val_losses"]), run
+        assert run["cost"]["train_iterations"] == 4 and os.path.isfile(run["log"])
+        assert record["timed_epochs"] == run["timed_epochs"] == 1  # the epoch after the first
+        assert run["epoch_median_seconds"] == run["epoch_seconds"][1]
+        assert positive(record["ratios"]["epoch_ratio"]) and positive(record["ratios"]["memory_ratio"])
+        assert record["over_target"] is None  # targets are for CUDA
+        assert positive(predict["seconds"]) and predict["status"] == "ok"
+        assert predict["command"].startswith("nnUNetv2_predict ") and f"-f 0 -tr {name}" in predict["command"]
+        (case,) = predict["read_back"]["cases"]
+        assert predict["read_back"]["ok"] and case["message"] == ""
+        assert case["shape"] == case["expected_shape"] == [16, 16, 16] and set(case["labels"]) <= {0, 1, 2, 3}
+        assert sitk.GetArrayFromImage(sitk.ReadImage(case["file"])).shape == (16, 16, 16)
+        assert os.path.dirname(case["file"]) == str(out / "prediction" / name)
+    reference = trainers["nnUNetTrainerBaseline"]
+    assert reference["loss"]["time_ratio"] == 1.0 and reference["ratios"]["epoch_ratio"] == 1.0
+    assert "MCC" in trainers["nnUNetTrainerMCC"]["loss"]["loss"]
 
     # the Markdown table says what the JSON says
     text = (out / "gpu_check.md").read_text()
     assert text.strip() in proc.stdout
     tables = markdown_tables(text)
     assert {k: v["status"] for k, v in rows_by_first_cell(tables["Stages"]).items()} == dict.fromkeys(stages, "ok")
-    loss_cells = rows_by_first_cell(tables["Losses against nnU-Net's DC_and_CE_loss"])
-    assert {name: cells["time ratio"] for name, cells in loss_cells.items()} == \
-        {name: f"{r['time_ratio']:.3f}" for name, r in losses.items()}
-    assert loss_cells["MCC gated"]["result"] == NOT_APPLICABLE and loss_cells["MCC gated"]["peak MB"] == "-"
-    training_cells = rows_by_first_cell(tables["Smoke training and epoch ratios"])
-    assert {name: (cells["status"], cells["epoch ratio"], cells["final train loss"])
-            for name, cells in training_cells.items()} == \
-        {name: ("ok", f"{ratios[name]['epoch_ratio']:.3f}", f"{runs[name]['train_losses'][-1]:.3f}")
-         for name in TRAINERS}
-    prediction_cells = rows_by_first_cell(tables["Prediction"])
-    assert prediction_cells[case["case"]]["shape"] == "[16, 16, 16]"
+    cells = rows_by_first_cell(tables["Trainers against the reference"])
+    assert {name: (c["loss ratio"], c["epoch ratio"], c["timed epochs"], c["read back"], c["over target"])
+            for name, c in cells.items()} == \
+        {name: (f"{t['loss']['time_ratio']:.3f}", f"{t['ratios']['epoch_ratio']:.3f}", "1", "ok", NOT_APPLICABLE)
+         for name, t in trainers.items()}
 
 
-@pytest.mark.e2e  # a fresh interpreter that measures the losses
+def test_targets_mark_the_rows_over_target():
+    """On CUDA every row is judged: loss time <= 1.0x, memory <= 1.1x, epochs of MCC, GWDL, Tversky <= 1.02x and
+    SegAN <= 1.35x; an unmeasured ratio is over target; off CUDA nothing is judged."""
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    from gpu_check_report import over_target
+
+    loss, ratios = {"time_ratio": 0.99, "memory_ratio": 1.1}, {"epoch_ratio": 1.02, "memory_ratio": 1.05}
+    assert over_target("nnUNetTrainerMCC", loss, ratios, "cuda") == []
+    assert over_target("nnUNetTrainerMCC", loss, {**ratios, "epoch_ratio": 1.03}, "cuda") == \
+        ["epoch time 1.030x > 1.02x"]
+    assert over_target("nnUNetTrainerSegAN", loss, {**ratios, "epoch_ratio": 1.3}, "cuda") == []
+    assert over_target("nnUNetTrainerGWDL", {"time_ratio": 1.2, "memory_ratio": None}, ratios, "cuda") == \
+        ["loss time 1.200x > 1.0x", "loss memory not measured > 1.1x"]
+    assert over_target("nnUNetTrainerMCC_CE", loss, {**ratios, "epoch_ratio": 2.0}, "cuda") == []  # no epoch target
+    assert over_target("nnUNetTrainerBaseline", {}, {}, "cuda") == []
+    assert over_target("nnUNetTrainerMCC", {}, {}, "cpu") is None
+
+
+@pytest.mark.e2e  # a fresh interpreter that writes a dataset
 def test_gpu_check_budget_exhausted_skips_later_stages(tmp_path):
     out = tmp_path / "check"
     proc = run_check("--device", "cpu", "--tiny", "--output", str(out), "--budget-s", "0.5", timeout=300)
@@ -135,20 +137,22 @@ def test_gpu_check_budget_exhausted_skips_later_stages(tmp_path):
     assert "Traceback" not in proc.stderr
     report = json.loads((out / "gpu_check.json").read_text())
     statuses = {name: (s["status"], s["message"]) for name, s in report["stages"].items()}
-    assert statuses["losses"] == ("ok", "")  # the first stage starts within the budget
-    assert statuses["training"] == statuses["epoch_ratios"] == statuses["predict"] == ("skipped", "budget exhausted")
+    assert statuses["dataset"] == ("failed", "budget exhausted during nnUNetv2_plan_and_preprocess")
+    assert statuses["training"] == statuses["ratios"] == statuses["predict"] == ("skipped", "budget exhausted")
     assert report["ok"] is False
     cells = rows_by_first_cell(markdown_tables((out / "gpu_check.md").read_text())["Stages"])
-    assert [cells[name]["status"] for name in ("training", "epoch_ratios", "predict")] == \
+    assert [cells[name]["status"] for name in ("training", "predict", "ratios")] == \
         ["skipped: budget exhausted"] * 3
+    assert all(t["predict"]["read_back"] is None and t["timed_epochs"] == 0 for t in report["trainers"].values())
 
 
 @pytest.mark.parametrize("args, message", [
     (["--budget-s", "0"], "gpu_check: --budget-s must be a positive number of seconds, got 0"),
     (["--budget-s", "nan"], "gpu_check: --budget-s must be a positive number of seconds, got nan"),
     (["--trainers", "nnUNetTrainerMCC", "nnUNetTrainerNope"], "gpu_check: --trainers: nnUNetTrainerNope not among the "
-     "checked trainers (nnUNetTrainerBaseline nnUNetTrainerMCC nnUNetTrainerMCC_CE nnUNetTrainerGWDL "
-     "nnUNetTrainerTversky nnUNetTrainerSegAN)"),
+     "checked trainers (nnUNetTrainerBaseline nnUNetTrainerMCC nnUNetTrainerGWDL nnUNetTrainerTversky "
+     "nnUNetTrainerSegAN nnUNetTrainerMCC_CE nnUNetTrainerTversky_CE nnUNetTrainerGWDL_CE)"),
+    (["--epochs", "1"], "gpu_check: --epochs must be at least 2 (the first compiles and is not timed), got 1"),
 ])
 def test_gpu_check_bad_budget(tmp_path, args, message):
     proc = run_check(*args, "--device", "cpu", "--output", str(tmp_path / "out"), timeout=120)
