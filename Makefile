@@ -28,10 +28,14 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
-# on a CUDA machine: loss costs, smoke trainings, epoch-time ratios and a prediction (docs/experiments.md)
+# on a CUDA machine: each trainer's loss, epoch time, peak memory and prediction against nnU-Net's (docs/gpu.md);
+# the default budget is meant to fit 10 minutes on one H100 (GPU_CHECK_DATASET=brats: give it about 1500)
 GPU_CHECK_DIR ?= nnunet_mcc_work/gpu_check
+GPU_CHECK_BUDGET ?= 600
+GPU_CHECK_DATASET ?= hippocampus
 gpu-check: $(STAMP)
-	$(PY) benchmarks/gpu_check.py --device cuda --output $(GPU_CHECK_DIR)
+	$(PY) benchmarks/gpu_check.py --device cuda --output $(GPU_CHECK_DIR) --budget-s $(GPU_CHECK_BUDGET) \
+		--dataset $(GPU_CHECK_DATASET)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build dist *.egg-info

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from nnunet_mcc.losses.confusion import soft_confusion
+from nnunet_mcc.losses.confusion import _onehot, soft_confusion
 from nnunet_mcc.losses.targets import TargetFormat, check_prediction
 
 Nonlin = Union[None, str, Callable[[torch.Tensor], torch.Tensor]]
@@ -196,39 +196,53 @@ class ConfusionLoss(nn.Module):
         tiny terms). With probabilities p, one-hot g and valid voxels m of one class:
         TP = sum m p g, FP = sum m p (1 - g), FN = sum m (1 - p) g, TN = sum m (1 - p)(1 - g).
 
-        All from one soft confusion matrix per sample (:func:`nnunet_mcc.losses.confusion.soft_confusion`):
-        ``C = p [m g, m]^T``, TP its diagonal and TP + FP its last column."""
+        All from one soft confusion matrix per sample (:mod:`nnunet_mcc.losses.confusion`): TP is its
+        diagonal, TP + FP its row sums (a label map) or its mask column (one-hot and region targets)."""
         self.check_channels(x)
-        onehot, valid = self.target_format(x.shape[1]).onehot(y, loss_mask, prediction=x, check=self.check_target)
-        start = self._scored_start(x)
-        with torch.no_grad():
-            onehot = onehot[:, start:].flatten(2)  # float32 (B, K, N)
-            mask = None if valid is None else valid.to(torch.float32).flatten(2)  # (B, 1, N)
-            if mask is not None:
-                onehot = onehot * mask
-                n_valid = mask.sum(-1)
-            else:
-                n_valid = torch.full(onehot.shape[:1] + (1,), float(onehot.shape[-1]), device=onehot.device)
-            last = torch.ones_like(onehot[:, :1]) if mask is None else mask
-            columns = torch.cat((onehot, last), 1)  # H = [m g, m] (B, K + 1, N)
-            complement = ((1.0 if mask is None else mask) - onehot) if direct_tn else None  # m (1 - g)
-        logits = x.flatten(2)
-        confusion, direct = soft_confusion(logits, columns, complement, start, softmax=self.nonlin_kind == "softmax",
-                                           nonlin=self.nonlin)
-        tp = torch.diagonal(confusion[:, :, :-1], dim1=1, dim2=2)
-        sum_p = confusion[:, :, -1]
-        sum_g = onehot.sum(-1)
+        labels, onehot, valid = self.target_format(x.shape[1]).labels_or_onehot(y, loss_mask, prediction=x,
+                                                                                check=self.check_target)
+        start, logits = self._scored_start(x), x.flatten(2)
+        mask = None if valid is None else valid.to(torch.float32).flatten(2)  # (B, 1, N)
+        if labels is not None:
+            counts = self._label_counts(logits, labels.flatten(2), mask, start, hard_tp, direct_tn)
+        else:
+            counts = self._onehot_counts(logits, onehot[:, start:].flatten(2), mask, start, hard_tp, direct_tn)
+        tp, sum_p, sum_g, extra = counts
+        n_valid = mask.sum(-1) if mask is not None else \
+            torch.full(tp.shape[:1] + (1,), float(logits.shape[-1]), device=tp.device)
         fp, fn = sum_p - tp, sum_g - tp
         tn = n_valid - tp - fp - fn
-        extra = (self._hard_tp(logits, onehot),) if hard_tp else ()
-        if direct_tn:
-            extra += (direct,)
         stats = torch.stack((tp, fp, fn, tn) + extra)  # (4 to 6, B, K)
         if self.batch:
             stats = stats.sum(1, keepdim=True)
             if ddp_active(self.ddp):
                 stats = sum_over_ranks(stats)
         return stats.unbind(0)
+
+    def _label_counts(self, logits, labels, mask, start: int, hard_tp: bool, direct_tn: bool):
+        """``(TP, TP + FP, TP + FN, extra)`` (B, K) of a label map (B, 1, N): C = p (m g)^T over every channel,
+        its diagonal and its row sums."""
+        with torch.no_grad():
+            onehot = _onehot(labels, logits.shape[1], mask)  # m g (B, C, N)
+            scored = onehot[:, start:]
+            complement = ((1.0 if mask is None else mask) - scored) if direct_tn else None  # m (1 - g)
+        confusion, direct = soft_confusion(logits, onehot, complement, start, nonlin=self.nonlin)
+        tp = torch.diagonal(confusion[:, :, start:], dim1=1, dim2=2)
+        extra = (self._hard_tp(logits, scored),) if hard_tp else ()
+        return tp, confusion.sum(-1), scored.sum(-1), extra + ((direct,) if direct_tn else ())
+
+    def _onehot_counts(self, logits, onehot, mask, start: int, hard_tp: bool, direct_tn: bool):
+        """``(TP, TP + FP, TP + FN, extra)`` (B, K) of a one-hot or region target: C = p [m g, m]^T."""
+        with torch.no_grad():
+            if mask is not None:
+                onehot = onehot * mask
+            last = torch.ones_like(onehot[:, :1]) if mask is None else mask
+            columns = torch.cat((onehot, last), 1)  # (B, K + 1, N)
+            complement = ((1.0 if mask is None else mask) - onehot) if direct_tn else None  # m (1 - g)
+        confusion, direct = soft_confusion(logits, columns, complement, start, nonlin=self.nonlin)
+        tp = torch.diagonal(confusion[:, :, :-1], dim1=1, dim2=2)
+        extra = (self._hard_tp(logits, onehot),) if hard_tp else ()
+        return tp, confusion[:, :, -1], onehot.sum(-1), extra + ((direct,) if direct_tn else ())
 
     def _hard_tp(self, logits: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
         """Per sample and scored class (B, K), the number of the class's valid voxels predicted as the

@@ -1,23 +1,27 @@
 r"""The soft confusion matrix of one sample: the one reduction over voxels behind every confusion-count loss.
 
-With probabilities :math:`p` (B, K, N) (K the channels, N the voxels) and a matrix of columns :math:`H`
-(B, L, N) that holds no gradient (the one-hot target times the valid mask, and one more column: the valid
-mask itself, or ones), one batched matrix product gives per sample
+With probabilities :math:`p` (B, K, N) (K channels, N voxels), valid voxels :math:`m` and the target, one batched
+matrix product per sample gives
 
 .. math::
-    C_{c,l} = \sum_i p_{i,c} H_{i,l}\qquad (B, K, L)
+    C_{c,l} = \sum_i m_i\, p_{i,c}\, g_{i,l}\qquad (B, K, L)
 
-so that with :math:`H = [m g, m]`: :math:`C_{c,c} = TP_c`, :math:`C_{c,L-1} = \sum_i m_i p_{i,c}` (TP + FP) and,
-for mutually exclusive labels, :math:`C_{c,l}` is the soft confusion matrix (the mass of class c on the
-voxels of label l) that the Generalized Wasserstein Dice loss reads as :math:`\sum_c M_{l,c} C_{c,l}`.
-Optionally also :math:`D_c = \sum_i (1 - p_{i,c}) A_{i,c}` (B, K) for a given :math:`A` without gradient: the
-sums of tiny terms that cancel in ``n - TP - FP - FN`` (the direct TN of the gate, GWDL's missing mass).
+the probability of class c summed over the valid voxels of label l: its diagonal is TP, its row sums TP + FP
+(every valid voxel has exactly one label), and the Generalized Wasserstein Dice loss reads
+:math:`\sum_{i: g_i = l} m_i W_i = \sum_c M_{l,c} C_{c,l}` from it. Optionally also
+:math:`D_c = \sum_i (1 - p_{i,c}) A_{i,c}` for a given :math:`A` without gradient: the sums of tiny terms that
+cancel in ``n - TP - FP - FN`` (the gate's direct TN, GWDL's missing mass).
 
-With softmax, :func:`soft_confusion` runs from the logits through :class:`_SoftmaxConfusion`, whose backward
-recomputes the probabilities instead of keeping them: the gradient of C with respect to p is :math:`G_p =
-\partial C \, H` and the softmax's Jacobian gives :math:`\partial x_c = p_c (G_{p,c} - \sum_k p_k G_{p,k})`.
-The losses then hold no (B, K, N) tensor of their own between forward and backward besides the target, and
-never a voxels x K x K one. Everything in float32, autocast off (the sums must not lose mass in fp16/bf16).
+* :func:`soft_confusion` (MCC, Tversky): the product of the probabilities with columns that hold no gradient, the
+  masked one-hot (a label map: every valid voxel has one label, so C's row sums are TP + FP) or, for one-hot and
+  region targets, ``[m g, m]`` (the last column gives TP + FP); plain autograd.
+* :func:`label_confusion` (GWDL, which must stay in the memory of a Dice loss): the one-hot lives only inside the
+  forward; the backward of :math:`C` is a gather of its gradient by label
+  (:math:`\partial p_{i,c} = m_i\, \partial C_{c, g_i}`), and with softmax the autograd function recomputes the
+  probabilities and applies the softmax's Jacobian, :math:`\partial x_c = p_c (\partial p_c - \sum_k p_k
+  \partial p_k)`, so nothing of size (B, K, N) is kept between forward and backward.
+
+Never a voxels x K x K tensor. Everything in float32 with autocast off (the sums must not lose mass in fp16/bf16).
 """
 
 from typing import Optional, Tuple
@@ -25,56 +29,71 @@ from typing import Optional, Tuple
 import torch
 
 
-def _product(probs: torch.Tensor, columns: torch.Tensor, complement: Optional[torch.Tensor]):
-    confusion = torch.bmm(probs, columns.transpose(1, 2))
-    direct = None if complement is None else ((1 - probs) * complement).sum(-1)
-    return confusion, direct
+def _onehot(labels: torch.Tensor, channels: int, weights: Optional[torch.Tensor]) -> torch.Tensor:
+    """(B, channels, N) float32: ``weights`` (or 1) at each voxel's label, 0 elsewhere."""
+    onehot = torch.zeros((labels.shape[0], channels, labels.shape[-1]), device=labels.device, dtype=torch.float32)
+    if weights is None:
+        return onehot.scatter_(1, labels, 1.0)
+    return onehot.scatter_(1, labels, weights)
 
 
-class _SoftmaxConfusion(torch.autograd.Function):
-    """``(C, D)`` of ``softmax(logits)`` restricted to channels ``start:``, the probabilities recomputed in
-    backward (see the module's docstring)."""
+def _direct(probs: torch.Tensor, complement: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if complement is None else ((1 - probs) * complement).sum(-1)
+
+
+class _SoftmaxLabelConfusion(torch.autograd.Function):
+    """``(C, D)`` of ``softmax(logits)`` against a label map (see :func:`label_confusion`); the one-hot lives only
+    inside the forward and the probabilities are recomputed in backward."""
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, columns: torch.Tensor, complement: Optional[torch.Tensor], start: int):
-        confusion, direct = _product(torch.softmax(logits, 1)[:, start:], columns, complement)
-        ctx.save_for_backward(logits, columns, complement)
-        ctx.start = start
-        if direct is None:
-            return confusion, torch.zeros(confusion.shape[:2], dtype=confusion.dtype, device=confusion.device)
+    def forward(ctx, logits, labels, weights, complement):
+        confusion, direct = _label_sums(torch.softmax(logits, 1), labels, weights, complement)
+        ctx.save_for_backward(logits, labels, weights, complement)
         return confusion, direct
 
     @staticmethod
-    def backward(ctx, grad_confusion: torch.Tensor, grad_direct: torch.Tensor):
-        logits, columns, complement = ctx.saved_tensors
-        start = ctx.start
-        grad_p = torch.bmm(grad_confusion, columns)  # (B, K - start, N)
+    def backward(ctx, grad_confusion, grad_direct):
+        logits, labels, weights, complement = ctx.saved_tensors
+        grad = grad_confusion.gather(2, labels.expand(-1, grad_confusion.shape[1], -1))  # dC / dp, (B, K, N)
+        if weights is not None:
+            grad = grad * weights
         if complement is not None:
-            grad_p = grad_p - complement * grad_direct.unsqueeze(-1)
+            grad = grad - complement * grad_direct.unsqueeze(-1)
         probs = torch.softmax(logits, 1)
-        scored = probs[:, start:]
-        inner = (scored * grad_p).sum(1, keepdim=True)
-        grad = probs * -inner
-        grad[:, start:] += scored * grad_p
-        return grad, None, None, None
+        return (grad - (probs * grad).sum(1, keepdim=True)) * probs, None, None, None  # the softmax's Jacobian
 
 
-def soft_confusion(x: torch.Tensor, columns: torch.Tensor, complement: Optional[torch.Tensor] = None,
-                   start: int = 0, softmax: bool = False, nonlin=None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """``(C (B, K - start, L), D (B, K - start) or None)`` of the module's docstring, in float32 with autocast off.
+def _label_sums(probs, labels, weights, complement):
+    onehot = _onehot(labels, probs.shape[1], weights)  # m g (B, K, N), no gradient
+    confusion = torch.bmm(probs, onehot.transpose(1, 2))
+    if complement is None:
+        return confusion, torch.zeros(confusion.shape[:2], device=confusion.device)
+    return confusion, ((1 - probs) * complement).sum(-1)
+
+
+def label_confusion(x: torch.Tensor, labels: torch.Tensor, weights: Optional[torch.Tensor] = None,
+                    complement: Optional[torch.Tensor] = None, softmax: bool = True, nonlin=None):
+    """``(C (B, K, K), D (B, K))`` against a label map, float32, autocast off: the confusion matrix and the direct
+    sums (zeros without ``complement``), from a one-hot that is not kept for backward (the GWDL's memory).
 
     Args:
-        x: logits (B, K, N) when ``softmax`` (or with ``nonlin``), else probabilities.
-        columns: H (B, L, N), no gradient.
-        complement: A (B, K - start, N) or (B, 1, N), no gradient; None: no D.
-        start: the first scored channel (the probabilities are of all K channels, the sums of ``start:``).
-        softmax: softmax over the channels, through the memory-lean autograd function.
-        nonlin: another activation (sigmoid, a callable), through plain autograd.
+        x: logits (B, K, N) with ``softmax`` (or ``nonlin``), else probabilities.
+        labels: int64 (B, 1, N), values 0..K-1.
+        weights: the valid voxels (B, 1, N) float32, or None (every voxel counts).
+        complement: A (B, K, N) or (B, 1, N) without gradient, or None.
     """
     with torch.autocast(x.device.type, enabled=False):
         x = x.float()
         if softmax:
-            confusion, direct = _SoftmaxConfusion.apply(x, columns, complement, start)
-            return confusion, (direct if complement is not None else None)
-        probs = nonlin(x) if nonlin is not None else x
-        return _product(probs[:, start:], columns, complement)
+            return _SoftmaxLabelConfusion.apply(x, labels, weights, complement)
+        return _label_sums(nonlin(x) if nonlin is not None else x, labels, weights, complement)
+
+
+def soft_confusion(x: torch.Tensor, columns: torch.Tensor, complement: Optional[torch.Tensor] = None,
+                   start: int = 0, nonlin=None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``(C (B, K - start, L), D or None)``: the probabilities' product with ``columns`` (B, L, N) (no gradient),
+    float32, autocast off; ``x`` logits with ``nonlin``, else probabilities."""
+    with torch.autocast(x.device.type, enabled=False):
+        x = x.float()
+        probs = (nonlin(x) if nonlin is not None else x)[:, start:]
+        return torch.bmm(probs, columns.transpose(1, 2)), _direct(probs, complement)

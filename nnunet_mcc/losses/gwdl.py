@@ -6,7 +6,7 @@ import torch
 
 from nnunet_mcc.losses.base import (ConfusionLoss, Nonlin, ddp_active, reduce_per_sample,
                                    sum_over_ranks)
-from nnunet_mcc.losses.confusion import soft_confusion
+from nnunet_mcc.losses.confusion import label_confusion
 from nnunet_mcc.losses.distance_matrix import validate_distance_matrix
 from nnunet_mcc.losses.targets import check_prediction
 
@@ -41,7 +41,7 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
     probability of class c summed over the voxels of label l (a K x K batched matrix product), and
     :math:`\sum_{i: g_i = l} m_i W_i = \sum_c M_{l,c} C_{c,l}`: never a voxels x K x K tensor; with softmax
     backward recomputes the probabilities instead of storing them
-    (:func:`nnunet_mcc.losses.confusion.soft_confusion`). Everything runs in float32, also under autocast.
+    (:func:`nnunet_mcc.losses.confusion.label_confusion`). Everything runs in float32, also under autocast.
 
     **Missed labels.** With ``missed_weight = w > 0``, each foreground label l that is present (in the
     sample, or in the batch when pooled) and has too little room adds :math:`w (\log m - \log r_l)`,
@@ -147,32 +147,32 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
         ``mass`` last each label's missing mass (the sum of one minus its probability over all valid voxels); all
         pooled the same way.
 
-        All from one soft confusion matrix per sample (:func:`nnunet_mcc.losses.confusion.soft_confusion`):
+        All from one soft confusion matrix per sample (:func:`nnunet_mcc.losses.confusion.label_confusion`):
         with ``C[c, l]`` the probability of class c summed over the valid voxels of label l,
         ``S_l = sum_c M[l, c] C[c, l]`` and the soft true positives are C's diagonal."""
         if check_prediction(x).shape[1] != self.num_classes:
             raise ValueError(f"prediction has {x.shape[1]} channels but the distance matrix is "
                              f"{self.num_classes} x {self.num_classes}")
         labels, weights = self._labels_and_weights(x, y, loss_mask)
-        x = x.flatten(2)  # (B, K, N)
+        x, labels = x.flatten(2), labels.unsqueeze(1)  # (B, K, N), (B, 1, N)
         if self.distance_matrix.device != x.device:
             self.distance_matrix = self.distance_matrix.to(x.device)
+        weights = None if weights is None else weights.unsqueeze(1)
         with torch.no_grad():
-            onehot = torch.zeros((labels.shape[0], self.num_classes, labels.shape[1]), device=x.device,
-                                 dtype=torch.float32).scatter_(1, labels.unsqueeze(1), 1.0)
-            if weights is not None:
-                onehot = onehot * weights.unsqueeze(1)
-            counts = torch.ones((x.shape[0], 1, x.shape[2]), device=x.device) if weights is None \
-                else weights.unsqueeze(1)
-        confusion, missing = soft_confusion(x, onehot, counts if mass else None,
-                                            softmax=self.nonlin_kind == "softmax", nonlin=self.nonlin)
-        volumes = onehot.sum(-1)
+            ones = torch.ones_like(labels, dtype=torch.float32) if weights is None else weights
+            volumes = torch.zeros(x.shape[:2], device=x.device).scatter_add_(1, labels[:, 0], ones[:, 0])
+            hard_tp = None
+            if recall and hard:  # its voxels whose true label is the argmax (ties count; softmax keeps the order)
+                hit = (x.detach().gather(1, labels) >= x.detach().amax(1, keepdim=True)).to(torch.float32) * ones
+                hard_tp = torch.zeros(x.shape[:2], device=x.device).scatter_add_(1, labels[:, 0], hit[:, 0])
+        confusion, missing = label_confusion(x, labels, weights, ones.clone() if mass else None,  # apply takes distinct tensors
+                                             softmax=self.nonlin_kind == "softmax", nonlin=self.nonlin)
         errors = (self.distance_matrix.t().unsqueeze(0) * confusion).sum(1)  # S_l = sum_c M[l, c] C[c, l]
         stats = [volumes, errors]
         if recall:
             stats.append(torch.diagonal(confusion, dim1=1, dim2=2))
             if hard:
-                stats.append(self._hard_hits(x, labels, onehot))
+                stats.append(hard_tp)
         if mass:
             stats.append(missing)
         stats = torch.stack(stats, 1)  # (B, 2 to 5, K)
@@ -181,15 +181,6 @@ class GeneralizedWassersteinDiceLoss(ConfusionLoss):
             if ddp_active(self.ddp):
                 stats = sum_over_ranks(stats)
         return stats.unbind(1)
-
-    @staticmethod
-    def _hard_hits(x: torch.Tensor, labels: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
-        """Per label (B, K): its valid voxels whose true label is the argmax (ties count; the largest logit is
-        the argmax of any softmax, and of the probabilities themselves without one)."""
-        with torch.no_grad():
-            x = x.detach()
-            hit = (x.gather(1, labels.unsqueeze(1)) >= x.amax(1, keepdim=True)).to(torch.float32)  # (B, 1, N)
-            return (onehot * hit).sum(-1)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, loss_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         flood = bool(self.missed_weight and self.min_specificity)

@@ -185,6 +185,18 @@ class TargetFormat:
                                  dtype=torch.float32)
             return onehot.scatter_(1, y.long(), 1.0), valid
 
+    def labels_or_onehot(self, y: torch.Tensor, loss_mask: Optional[torch.Tensor] = None,
+                         prediction: Optional[torch.Tensor] = None, check: bool = True
+                         ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """``(label map int64 (B, 1, *S) or None, one-hot float32 (B, C, *S) or None, valid or None)``: the label
+        map where the target is one of several classes (every voxel then has exactly one), else the one-hot or
+        region target (as :meth:`onehot`). Raises ValueError as :meth:`onehot`."""
+        with torch.no_grad():
+            y, valid, is_label_map = self._split(y, loss_mask, prediction, check)
+            if is_label_map and self.num_channels > 1:
+                return y.long(), None, valid
+            return None, ((y == 1).float() if is_label_map else y.float()), valid
+
     def labels(self, y: torch.Tensor, loss_mask: Optional[torch.Tensor] = None,
                prediction: Optional[torch.Tensor] = None, check: bool = True
                ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
