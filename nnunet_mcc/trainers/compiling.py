@@ -23,8 +23,9 @@ from nnunet_mcc.losses import ConfusionLoss, multiscale_l1
 
 
 def compiles(trainer) -> bool:
-    """nnU-Net's own answer for this trainer (``_do_i_compile``: device, ``nnUNet_compile``, platform)."""
-    return bool(trainer._do_i_compile())
+    """nnU-Net's own answer for this trainer (``_do_i_compile``: device, ``nnUNet_compile``, platform); False for a
+    trainer not yet given a device (a loss built outside nnU-Net's ``__init__``)."""
+    return getattr(trainer, "device", None) is not None and bool(trainer._do_i_compile())
 
 
 def compile_losses(trainer, loss: torch.nn.Module) -> torch.nn.Module:
