@@ -97,3 +97,49 @@ def encoder_depth_key(architecture: dict, plans_file: str = "plans") -> str:
 
 def configuration_names(plans_file: str) -> Sequence[str]:
     return list(load_json(plans_file)["configurations"])
+
+
+DEFAULT_PLANNER = "ExperimentPlanner"  # nnUNetv2_plan_and_preprocess's default -pl, which writes nnUNetPlans
+
+
+def planner_class(planner: str) -> type:
+    """nnU-Net's experiment planner class named ``planner``, found as ``nnUNetv2_plan_and_preprocess -pl`` finds
+    it. Raises ValueError naming the planner when nnU-Net has none of that name."""
+    import nnunetv2
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+
+    found = recursive_find_python_class(os.path.join(nnunetv2.__path__[0], "experiment_planning"), planner,
+                                        "nnunetv2.experiment_planning")
+    if found is None:
+        raise ValueError(f"nnU-Net has no experiment planner {planner!r} (its presets: {DEFAULT_PLANNER}, "
+                         "nnUNetPlannerResEncM, nnUNetPlannerResEncL, nnUNetPlannerResEncXL)")
+    return found
+
+
+def planner_plans(planner: str) -> str:
+    """The plans identifier ``planner`` writes by default (``nnUNetPlannerResEncM`` -> ``nnUNetResEncUNetMPlans``),
+    read from the planner's own ``plans_name`` default."""
+    import inspect
+
+    parameter = inspect.signature(planner_class(planner).__init__).parameters.get("plans_name")
+    if parameter is None or not isinstance(parameter.default, str):
+        raise ValueError(f"experiment planner {planner!r} names no default plans identifier: give -p")
+    return parameter.default
+
+
+def add_planner_argument(parser) -> None:
+    """``-pl/--planner``: nnU-Net's planner whose plans to use, as in ``nnUNetv2_plan_and_preprocess -pl``; it sets
+    ``plans`` to the identifier the planner writes (after ``-p``, it wins)."""
+    import argparse
+
+    class _PlannerAction(argparse.Action):
+        def __call__(self, parser, namespace, value, option_string=None):
+            try:
+                namespace.plans = planner_plans(value)
+            except ValueError as e:
+                raise argparse.ArgumentError(self, str(e)) from None
+            setattr(namespace, self.dest, value)
+
+    parser.add_argument("-pl", "--planner", action=_PlannerAction, metavar="PLANNER",
+                        help="nnU-Net experiment planner whose plans to use (e.g. nnUNetPlannerResEncM -> "
+                             "nnUNetResEncUNetMPlans); sets -p to the plans it writes")

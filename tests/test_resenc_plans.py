@@ -93,3 +93,18 @@ def test_resenc_m_plans_train_predict_and_compare(prepared, nnunet_env, tmp_path
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = (report / "report.md").read_text()
     assert plans in text and trainer in text
+
+
+@pytest.mark.parametrize("command", ["crossval", "compare", "demo"])
+def test_planner_option_names_the_plans_it_writes(command, capsys):
+    from nnunet_mcc.cli import build_parser_for
+
+    base = [] if command == "demo" else ["-d", "1", "-c", "3d_fullres", "-tr", "nnUNetTrainerMCC"]
+    argv = [command, *base, "-pl", "nnUNetPlannerResEncL"]
+    assert build_parser_for(argv).parse_args(argv).plans == "nnUNetResEncUNetLPlans"
+    argv = [command, *base, "-p", "MyPlans"]
+    assert build_parser_for(argv).parse_args(argv).plans == "MyPlans"
+    argv = [command, *base, "-pl", "nnUNetPlannerNope"]
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser_for(argv).parse_args(argv)
+    assert exit_info.value.code == 2 and "no experiment planner 'nnUNetPlannerNope'" in capsys.readouterr().err

@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 
 from nnunet_mcc.errors import UserError
+from nnunet_mcc.plans import add_planner_argument
 from nnunet_mcc.experiments import auto_budget as auto_budget_module
 from nnunet_mcc.experiments import convergence, report, results, stats
 from nnunet_mcc.experiments import ensemble as ensemble_module
@@ -73,6 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--configuration", required=True, help="nnU-Net configuration, e.g. 3d_fullres")
     parser.add_argument("-tr", "--trainers", nargs="+", required=True, help="trainer class names to compare")
     parser.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
+    add_planner_argument(parser)
     parser.add_argument("-f", "--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="folds (default 0-4)")
     parser.add_argument("--baseline", help="trainer the others are tested against (default: the first of -tr)")
     parser.add_argument("--ensemble", action="append", metavar="A+B",

@@ -61,6 +61,7 @@ from nnunet_mcc.experiments.scripts import (DEFAULT_REQUEUES, DEFAULT_SIGNAL_MAR
                                             write_executable)
 from nnunet_mcc.experiments.scripts import submit as submit_jobs
 from nnunet_mcc.fileio import os_error_cause, write_json
+from nnunet_mcc.plans import add_planner_argument
 
 
 
@@ -70,6 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-tr", "--trainers", nargs="+", required=True, help="trainer class names")
     parser.add_argument("-f", "--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="folds (default 0-4)")
     parser.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
+    add_planner_argument(parser)
     parser.add_argument("--seeds", nargs="+", type=int, metavar="S",
                         help="train each (trainer, fold) once per seed, as <Trainer>_seed<S> (this package's "
                              "trainers only)")
