@@ -438,19 +438,22 @@ def _runs_frame(records: Sequence[dict]) -> pd.DataFrame:
     return runs
 
 
-def collect(dataset: str, configuration: str, trainers: Sequence[str], plans: str = "nnUNetPlans",
-            folds: Sequence[int] = (0, 1, 2, 3, 4), snapshots: bool = True,
-            allow_mixed_budgets: bool = False, allow_mixed_seeds: bool = False,
-            allow_mixed_settings: bool = False, boundary: bool = True,
-            nsd_tolerance: float = metric_functions.DEFAULT_NSD_TOLERANCE_MM, calibration: bool = True,
-            calibration_bins: int = metric_functions.DEFAULT_CALIBRATION_BINS, ensembles: Sequence = ()) -> Collected:
-    """Read every finished fold; raise UserError for unusable input (nothing is written). ``boundary``: also the
-    boundary metrics (HD95, NSD with ``nsd_tolerance`` mm) of the final validation, from its exported predictions.
-    ``calibration``: also ECE (``calibration_bins`` equal-mass bins) and the Brier score, from the probabilities it
-    saved (``--npz``). ``ensembles``: ensemble folds built by ``ensemble.build_all``, read as runs of one more trainer
-    each (named ``A+B``), after the trainers."""
-    if len(set(trainers)) != len(trainers):
-        raise UserError(f"-tr lists a trainer twice: {' '.join(trainers)}")
+def collect(request, trainers: Optional[Sequence[str]] = None, ensembles: Sequence = (),
+            allow_mixed_budgets: Optional[bool] = None) -> Collected:
+    """Read every finished fold of ``request`` (a ``compare_request.CompareRequest``) for ``trainers`` (default: its
+    trainers; ``--auto-budget`` compares other runs of them); raise UserError for unusable input (nothing is
+    written). With its ``boundary``: also the boundary metrics (HD95, NSD with ``nsd_tolerance`` mm) of the final
+    validation, from its exported predictions. ``calibration``: also ECE (``calibration_bins`` equal-mass bins) and
+    the Brier score, from the probabilities it saved (``--npz``). ``ensembles``: ensemble folds built by
+    ``ensemble.build_all``, read as runs of one more trainer each (named ``A+B``), after the trainers.
+    ``allow_mixed_budgets``: default the request's."""
+    trainers = list(request.trainers if trainers is None else trainers)
+    dataset, configuration, plans, folds = request.dataset, request.configuration, request.plans, request.folds
+    snapshots, boundary, calibration = request.snapshots, request.boundary, request.calibration
+    nsd_tolerance, calibration_bins = request.nsd_tolerance, request.calibration_bins
+    if allow_mixed_budgets is None:
+        allow_mixed_budgets = request.allow_mixed_budgets
+    allow_mixed_seeds, allow_mixed_settings = request.allow_mixed_seeds, request.allow_mixed_settings
     dataset_name = results.resolve_dataset(dataset)
     results_root = results.nnunet_folder("results")
     results.load_plans_checked(dataset_name, plans, configuration)
