@@ -266,8 +266,7 @@ def run(args) -> int:
     print(f"[{clock[-1][0] - clock[0][0]:.0f} s] comparison")
     from nnunet_mcc.experiments import ensemble as ensemble_module
     from nnunet_mcc.experiments import results
-    from nnunet_mcc.experiments.compare import execute
-    from nnunet_mcc.experiments.compare_request import CompareRequest
+    from nnunet_mcc.experiments.compare import CompareRequest, execute
 
     states = results.survey(os.environ["nnUNet_results"], dataset_name, trainers, "nnUNetPlans", configuration,
                             args.folds)  # each trainer's seed runs, found by their names
@@ -276,10 +275,9 @@ def run(args) -> int:
         raise UserError("no training finished: see the logs listed above")
     ensemble = ["+".join(DEMO_ENSEMBLE)] if all(t in usable for t in DEMO_ENSEMBLE) else None
     # on the CPU nnU-Net's ensembling and evaluation run case by case in this process: a worker pool costs seconds
-    request = CompareRequest(dataset_name, configuration, tuple(usable), folds=tuple(args.folds),
-                             output=os.path.join(work, "report"), bootstrap=args.bootstrap, ensemble=ensemble or (),
-                             ensemble_processes=0 if args.device == "cpu" else ensemble_module.DEFAULT_PROCESSES)
-    comparison = execute(request)
+    comparison = execute(CompareRequest(dataset_name, configuration, usable, folds=args.folds, bootstrap=args.bootstrap,
+                                        output=os.path.join(work, "report"), ensemble=ensemble, ensemble_processes=0
+                                        if args.device == "cpu" else ensemble_module.DEFAULT_PROCESSES))
     phase("comparison")
     print()
     print(comparison["markdown"])
