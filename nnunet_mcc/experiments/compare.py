@@ -55,7 +55,8 @@ from nnunet_mcc.errors import UserError
 from nnunet_mcc.experiments import auto_budget as auto_budget_module
 from nnunet_mcc.experiments import report, results
 from nnunet_mcc.experiments import ensemble as ensemble_module
-from nnunet_mcc.experiments.collect import FINAL, Collected, collect
+from nnunet_mcc.experiments.collect import Collected, collect
+from nnunet_mcc.experiments.collect_dataset import FINAL
 from nnunet_mcc.experiments.compare_figures import (disagreement_cases, disagreement_pictures, reliability_plot_files,
                                                     reliability_table)
 from nnunet_mcc.experiments.compare_request import DEFAULT_PICTURES, CompareRequest

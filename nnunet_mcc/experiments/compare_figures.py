@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from nnunet_mcc.experiments.collect import Collected
-from nnunet_mcc.experiments.collect import case_arrays
+from nnunet_mcc.experiments.collect_dataset import case_arrays
 from nnunet_mcc.metrics import reliability_curve
 
 
@@ -19,7 +19,7 @@ RELIABILITY_TABLE_COLUMNS = ["trainer", "class_or_region", "bin", "mean_probabil
 def reliability_table(reliability: pd.DataFrame, cases: Sequence[str], trainers: Sequence[str],
                       classes: Sequence[str], n_bins: int) -> pd.DataFrame:
     """Per trainer and class/region, its reliability diagram pooled over its compared cases (and seeds): the fine
-    probability bins every case added (``collect.calibration_scores``) summed and grouped into ``n_bins``
+    probability bins every case added (``collect_calibration.calibration_scores``) summed and grouped into ``n_bins``
     equal-mass bins (``metrics.reliability_curve``), with each bin's mean predicted probability, observed frequency
     (share of its voxels that are the class in the reference) and voxel count."""
     if reliability is None or reliability.empty:
@@ -108,7 +108,7 @@ def file_part(text: str) -> str:
 
 def disagreement_pictures(chosen: pd.DataFrame, data: Collected, trainers: Sequence[str]) -> Tuple[List[dict],
                                                                                                      List[str]]:
-    """For each chosen (class, case): its image, reference and trainers' masks read (``collect.case_arrays``) and
+    """For each chosen (class, case): its image, reference and trainers' masks read (``collect_dataset.case_arrays``) and
     cut to the slice of the largest disagreement (``disagreement_slice``); what ``plots.plot_disagreement`` draws
     and the report says about it (``file`` relative to the report folder). Also why a chosen case is not drawn (no
     reference segmentation, no exported prediction of any trainer: results copied without them)."""

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from nnunet_mcc.experiments import stats
-from nnunet_mcc.experiments.collect import (BOUNDARY_METRICS, CALIBRATION_METRICS, FINAL, METRICS, SNAPSHOT,
-                                            metric_columns)
+from nnunet_mcc.experiments.collect_dataset import (BOUNDARY_METRICS, CALIBRATION_METRICS, FINAL, METRICS, SNAPSHOT,
+                                                    metric_columns)
 from nnunet_mcc.metrics import higher_is_better
 
 TESTED_METRICS = ("Dice", "MCC")  # and the boundary and calibration metrics, where computed (``tested_metrics``)

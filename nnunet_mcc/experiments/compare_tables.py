@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from nnunet_mcc.experiments import convergence, results
-from nnunet_mcc.experiments.collect import FLOODED, LOST_BY_MIRRORING, LOST_IN_TRAINING
+from nnunet_mcc.experiments.collect_collapse import FLOODED, LOST_BY_MIRRORING, LOST_IN_TRAINING
 
 
 def trainer_runs(runs: pd.DataFrame, trainers: Sequence[str]) -> pd.DataFrame:
@@ -110,7 +110,7 @@ def projected_gains(runs: pd.DataFrame, trainers: Sequence[str]) -> pd.DataFrame
 def class_loss_table(runs: pd.DataFrame, collapsed: pd.DataFrame, trainers: Sequence[str],
                      classes: Sequence[str] = ()) -> pd.DataFrame:
     """Per trainer, its class-loss rate: the runs (one per fold and seed, finished) in which some class or region
-    was lost or flooded (``collect.collapsed_classes``: Dice 0 on every validation case that has it, or predicted
+    was lost or flooded (``collect_collapse.collapsed_classes``: Dice 0 on every validation case that has it, or predicted
     over much of the image) over its runs; how many of those runs had a flood; per class, in how many runs it
     failed (most often first, ties in the order of ``classes``); and how many of
     those runs lost a class in training (some lost class is lost without mirroring too), by mirroring only

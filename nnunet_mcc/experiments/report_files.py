@@ -9,7 +9,7 @@ import pandas as pd
 from nnunet_mcc.experiments import ensemble as ensemble_module
 from nnunet_mcc.experiments import report, results
 from nnunet_mcc.experiments.collect import Collected
-from nnunet_mcc.experiments.collect import FINAL, metric_columns
+from nnunet_mcc.experiments.collect_dataset import FINAL, metric_columns
 from nnunet_mcc.experiments.compare_stats import seed_average
 from nnunet_mcc.experiments.plots import (plot_disagreement, plot_distributions, plot_learning_curves,
                                           plot_reliability)
