@@ -182,6 +182,24 @@ def _check_args(args) -> None:
     args.snapshot_epochs = sorted({e for e in args.snapshot_epochs or [] if e < args.epochs})
 
 
+def _check_trainers(trainers: List[str]) -> None:
+    """UserError unless every trainer of -tr is one of this package's (the demo's budget applies to them only),
+    each once."""
+    from nnunet_mcc.trainers import trainer_class
+
+    unknown = []
+    for name in trainers:
+        try:
+            trainer_class(name)
+        except KeyError:
+            unknown.append(name)
+    if unknown:
+        raise UserError(f"-tr: {', '.join(unknown)} not among this package's trainers (the demo's budget only "
+                        f"applies to them); known: {', '.join(default_trainers(True))}")
+    if len(set(trainers)) != len(trainers):
+        raise UserError(f"-tr lists a trainer twice: {' '.join(trainers)}")
+
+
 def _set_environment(work: str, device: str, seeded_names: bool = False) -> None:
     """nnU-Net's folders inside the work folder, and CPU settings; before nnunetv2 is imported (it reads
     its paths at import time)."""
@@ -225,20 +243,8 @@ def run(args) -> int:
     os.makedirs(work, exist_ok=True)
     _set_environment(work, args.device, seeded_names=bool(args.seeds))
     print(f"nnunet-mcc demo: work folder {work}")
-    from nnunet_mcc.trainers import trainer_class
-
     trainers = args.trainers or default_trainers(args.all_trainers)
-    unknown = []
-    for name in trainers:
-        try:
-            trainer_class(name)
-        except KeyError:
-            unknown.append(name)
-    if unknown:
-        raise UserError(f"-tr: {', '.join(unknown)} not among this package's trainers (the demo's budget only "
-                        f"applies to them); known: {', '.join(default_trainers(True))}")
-    if len(set(trainers)) != len(trainers):
-        raise UserError(f"-tr lists a trainer twice: {' '.join(trainers)}")
+    _check_trainers(trainers)
 
     from nnunet_mcc.synthetic import SyntheticSpec
 
@@ -250,7 +256,6 @@ def run(args) -> int:
                 "snapshot_epochs": sorted(set(args.snapshot_epochs or [])), "configuration": configuration,
                 "network": None if args.full_network else {**NETWORK, "base_features": args.base_features},
                 "plans": args.plans, "planner": args.planner or DEFAULT_PLANNER}
-    plans = args.plans
     dataset_name = f"Dataset{args.dataset_id:03d}_{DATASET_NAME}"
     prepare_dataset(work, dataset_name, args.dataset_id, spec, base_configuration, configuration, settings)
     phase("dataset and planning")
@@ -267,23 +272,24 @@ def run(args) -> int:
 
     status = crossval(dataset_name, configuration, trainers, folds=args.folds, device=args.device, jobs=jobs,
                       budget=budget, snapshot_epochs=args.snapshot_epochs or None, check_trainers=False,
-                      in_process=True, seeds=args.seeds, npz=True, plans=plans)
+                      in_process=True, seeds=args.seeds, npz=True, plans=args.plans)
     phase("cross-validation (training, snapshot and final validation)")
     print(f"[{clock[-1][0] - clock[0][0]:.0f} s] comparison")
     from nnunet_mcc.experiments import ensemble as ensemble_module
     from nnunet_mcc.experiments import results
-    from nnunet_mcc.experiments.compare import compare
+    from nnunet_mcc.experiments.compare import CompareRequest, execute
 
-    states = results.survey(os.environ["nnUNet_results"], dataset_name, trainers, plans, configuration,
+    states = results.survey(os.environ["nnUNet_results"], dataset_name, trainers, args.plans, configuration,
                             args.folds)  # each trainer's seed runs, found by their names
     usable = [t for t in trainers if any(s.trainer == t and s.status == results.FINISHED for s in states)]
     if not usable:
         raise UserError("no training finished: see the logs listed above")
     ensemble = ["+".join(DEMO_ENSEMBLE)] if all(t in usable for t in DEMO_ENSEMBLE) else None
     # on the CPU nnU-Net's ensembling and evaluation run case by case in this process: a worker pool costs seconds
-    comparison = compare(dataset_name, configuration, usable, plans=plans, folds=args.folds, output=os.path.join(work, "report"),
-                         bootstrap=args.bootstrap, ensemble=ensemble,
-                         ensemble_processes=0 if args.device == "cpu" else ensemble_module.DEFAULT_PROCESSES)
+    comparison = execute(CompareRequest(dataset_name, configuration, usable, plans=args.plans, folds=args.folds,
+                                        bootstrap=args.bootstrap, output=os.path.join(work, "report"),
+                                        ensemble=ensemble, ensemble_processes=0 if args.device == "cpu"
+                                        else ensemble_module.DEFAULT_PROCESSES))
     phase("comparison")
     print()
     print(comparison["markdown"])
