@@ -423,7 +423,8 @@ def execute_runs(s: Setting, runs: List[Run], planned: Dict[str, Optional[result
                            log=log, worker_job={"dataset_name": s.dataset_name, "configuration": s.configuration,
                                                 "plans": s.plans, "device": s.device, "npz": s.npz},
                            if_locked=s.if_locked, replan=lambda r: replan(s, r), skipped=skipped)
-    log(f"{len(pending) - len(failures)} of {len(pending)} runs finished in {time.time() - started:.0f} s "
+    done = len(pending) - len(failures) - len(skipped)
+    log(f"{done} of {len(pending)} runs finished in {time.time() - started:.0f} s "
         f"({len(runs) - len(pending)} were finished before)")
     if failures:
         log(f"{len(failures)} run(s) failed:")
@@ -431,9 +432,8 @@ def execute_runs(s: Setting, runs: List[Run], planned: Dict[str, Optional[result
             log(f"  {r.trainer} fold {r.fold}: {reason} (log: {log_file})")
         return 1
     if skipped:
-        log(f"{len(skipped)} run(s) skipped, in use by another process (run again, or with --if-locked wait):")
-        for r, line in skipped:
-            log(f"  {r.trainer} fold {r.fold}: {line}")
+        log(f"{len(skipped)} run(s) skipped, in use by another process (named above): "
+            f"{', '.join(f'{r.trainer} fold {r.fold}' for r, _ in skipped)}; run again, or with --if-locked wait")
         return SKIPPED_EXIT
     return 0
 
@@ -553,10 +553,11 @@ def auto_rounds(s: Setting, asked: Sequence[str], classes: Dict[str, Optional[ty
                 return 0
             if slurm_job is not None:
                 return _submit_round(s, slurm_job, runs, round_extra, unset, round_number, after_round)
-            if execute_runs(s, runs, round_planned, round_env, round_extra) != 0:
+            code = execute_runs(s, runs, round_planned, round_env, round_extra)
+            if code != 0:
                 log(f"auto budget: round {round_number} did not finish, so it is not judged; run the same command "
                     f"again to go on (finished runs are skipped, interrupted ones resumed)")
-                return 1
+                return code
         elif not s.dry_run and slurm_job is None:
             log(f"all {len(runs)} runs of round {round_number} finished already")
         verdicts: Dict[str, list] = {t.trainer: [] for t in active}

@@ -17,7 +17,7 @@ from nnunet_mcc import provenance
 from nnunet_mcc.budget import Budget, JOBS_VARIABLE
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.experiments import locks, results
-from nnunet_mcc.fileio import read_json
+from nnunet_mcc.fileio import fault_point, read_json
 
 LOCK_SOCKET_OPTION = "--lock-socket"  # train_worker's: the socket its fold locks arrive on
 
@@ -85,6 +85,7 @@ def run_pending(pending: Sequence[Run], env: Dict[str, str], jobs: int, log_fold
             progress.finished(r, f"{r.trainer} fold {r.fold}: skipped (in use by another process)")
             return
         try:
+            fault_point(r.folder, can_fail=False)  # a kill point for the fault tests (fileio)
             if replan is not None:
                 replan(r)
             if r.action == SKIP:
@@ -138,8 +139,11 @@ def run_command(command: List[str], env: Dict[str, str], log_file: str, lock: "l
             handle.write(f"cannot start: {e}\n")
             return 127
         lock.record(child.pid, f"{os.path.basename(command[0])}, started by pid {os.getpid()}")
+        fault_point(log_file, can_fail=False)
         try:
-            return child.wait()
+            code = child.wait()
+            fault_point(log_file, can_fail=False)
+            return code
         except BaseException:  # as subprocess.run does
             child.kill()
             child.wait()
