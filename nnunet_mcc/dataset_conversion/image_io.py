@@ -282,7 +282,7 @@ def write_sitk(img, path: str, compress: bool = True) -> None:
             sitk.WriteImage(img, path, useCompression=compress)
             fileio.fault_point(path, can_fail=False)
         except OSError as e:
-            raise UserError(f"{path}: cannot write ({fileio.os_error_cause(e)})") from None
+            raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
         except RuntimeError as e:
             problem = first_line(e)
         if problem is None:
