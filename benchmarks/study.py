@@ -219,16 +219,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise UserError(f"-f: folds are 0-4, got {args.folds}")
         os.makedirs(work, exist_ok=True)
         dataset_name, configuration = prepare(work, args.dataset, budget, args.jobs)
-        from nnunet_mcc.experiments.compare import compare
+        from nnunet_mcc.experiments.compare import execute
+        from nnunet_mcc.experiments.compare_request import CompareRequest
         from nnunet_mcc.experiments.crossval import crossval
 
         status = crossval(dataset_name, configuration, trainers, folds=args.folds, device="cpu", jobs=args.jobs,
                           budget=budget, check_trainers=False, in_process=True, seeds=seeds)
-        comparison = compare(dataset_name, configuration, trainers, folds=args.folds,
-                             output=os.path.join(work, "report"), bootstrap=200)
-        if args.unmirrored and score_unmirrored(comparison, dataset_name, configuration):
-            comparison = compare(dataset_name, configuration, trainers, folds=args.folds,
+        request = CompareRequest(dataset_name, configuration, tuple(trainers), folds=tuple(args.folds),
                                  output=os.path.join(work, "report"), bootstrap=200)
+        comparison = execute(request)
+        if args.unmirrored and score_unmirrored(comparison, dataset_name, configuration):
+            comparison = execute(request)
     except UserError as e:
         print(f"study: {e}", file=sys.stderr)
         return 2

@@ -71,7 +71,7 @@ def test_population_foreground_plus_an_equal_seeded_sample_ignore_label_left_out
 
 
 def test_disagreement_slice_is_where_the_masks_differ_most():
-    from nnunet_mcc.experiments.compare import disagreement_slice
+    from nnunet_mcc.experiments.compare_figures import disagreement_slice
 
     reference = np.zeros((4, 5, 5), bool)
     reference[1:3, 1:4, 1:4] = True
@@ -84,7 +84,7 @@ def test_disagreement_slice_is_where_the_masks_differ_most():
 
 
 def test_disagreement_cases_take_the_lowest_seed_and_count_an_undefined_dice_as_1():
-    from nnunet_mcc.experiments.compare import disagreement_cases
+    from nnunet_mcc.experiments.compare_figures import disagreement_cases
 
     rows = []
     for trainer, seed, case, dice in [("A", "1", "c1", 0.0), ("A", "0", "c1", 0.9), ("B", "0", "c1", 0.8),

@@ -401,7 +401,7 @@ def test_a_flooded_class_counts_in_the_class_loss_rate(tree, tmp_path):
 
 
 def test_a_weak_class_is_neither_lost_nor_flooded():
-    from nnunet_mcc.experiments.collect import FLOODED, LOST, _failure
+    from nnunet_mcc.experiments.collect_collapse import FLOODED, LOST, _failure
 
     weak = pd.Series([0.05, 0.0, 0.08])
     assert _failure(weak, predicted=30, referenced=100) is None       # under-predicted: weak, not a flood

@@ -151,6 +151,7 @@ def test_demo_small_end_to_end(tmp_path):
     assert any(n.endswith(".npz") for n in os.listdir(fold / "validation"))
     settings = json.loads((work / "demo_settings.json").read_text())
     assert settings["budget"] == {"epochs": 3, "iterations": 4, "val_iterations": 1}
+    assert (settings["plans"], settings["planner"]) == ("nnUNetPlans", "ExperimentPlanner")
     # the network's width and the images' shape as asked, recorded and planned
     assert settings["network"]["base_features"] == 4 and settings["spec"]["shape"] == [48, 48]
     plans = json.loads((work / "nnUNet_preprocessed" / dataset / "nnUNetPlans.json").read_text())

@@ -278,7 +278,9 @@ def write_sitk(img, path: str, compress: bool = True) -> None:
     problem = None
     with _captured_stderr() as captured:  # the NIfTI writer reports a short write only here
         try:
+            fileio.fault_point(path)
             sitk.WriteImage(img, path, useCompression=compress)
+            fileio.fault_point(path, can_fail=False)
         except OSError as e:
             raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
         except RuntimeError as e:
@@ -300,7 +302,9 @@ def write_png(pixels: np.ndarray, path: str) -> None:
     from PIL import Image
 
     try:
+        fileio.fault_point(path)
         Image.fromarray(pixels).save(path, format="PNG")
+        fileio.fault_point(path, can_fail=False)
         with open(path, "rb") as f:
             f.seek(max(os.path.getsize(path) - len(_PNG_END), 0))
             complete = f.read() == _PNG_END

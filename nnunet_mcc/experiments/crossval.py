@@ -53,7 +53,7 @@ from nnunet_mcc.budget import (BUDGET_OPTIONS, BUDGET_VARIABLES, TRAIN_COMMAND_V
                                train_command_from_env)
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.experiments import auto_budget as auto
-from nnunet_mcc.experiments import results
+from nnunet_mcc.experiments import locks, results
 from nnunet_mcc.experiments.checks import (aside_name, check_budgets, check_seed_environment, check_seeds,
                                            planned_budgets, planned_identities, run_trainers, seedable)
 from nnunet_mcc.experiments.runner import RESUME, SKIP, TRAIN, VALIDATE, Run, run_pending, state_text
@@ -61,6 +61,7 @@ from nnunet_mcc.experiments.scripts import (DEFAULT_REQUEUES, DEFAULT_SIGNAL_MAR
                                             write_executable)
 from nnunet_mcc.experiments.scripts import submit as submit_jobs
 from nnunet_mcc.fileio import os_error_cause, write_json
+from nnunet_mcc.plans import add_planner_argument
 
 
 
@@ -70,6 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-tr", "--trainers", nargs="+", required=True, help="trainer class names")
     parser.add_argument("-f", "--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="folds (default 0-4)")
     parser.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
+    add_planner_argument(parser)
     parser.add_argument("--seeds", nargs="+", type=int, metavar="S",
                         help="train each (trainer, fold) once per seed, as <Trainer>_seed<S> (this package's "
                              "trainers only)")
@@ -96,6 +98,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retrain-mismatched", action="store_true",
                         help="a fold trained with another budget than asked (or an unknown one) is moved aside to "
                              "fold_<f>.budget_<epochs>x<iterations>x<val> and trained again (default: stop, exit 2)")
+    parser.add_argument("--if-locked", choices=locks.CHOICES, default=locks.SKIP,
+                        help="a fold folder another process is training (its lock, experiments/locks.py): skip it "
+                             "(default; exit status 3 when nothing failed) or wait for it; either way one line names "
+                             "the folder and the holder's pid and host")
     parser.add_argument("--dry-run", action="store_true", help="print what would run and exit")
     parser.add_argument("--write-script", metavar="FILE", help="write a bash script running every run in turn")
     parser.add_argument("--slurm", metavar="FILE", help="write a SLURM job-array script, one task per run")
@@ -135,7 +141,7 @@ def run(args) -> int:
                     script=args.write_script, slurm=args.slurm, slurm_options=args.slurm_option, seeds=args.seeds,
                     signal_margin=args.slurm_signal_margin, max_requeues=args.slurm_requeues, submit=args.submit,
                     auto_budget=args.auto_budget, max_epochs=args.max_epochs, same_budget=args.same_budget,
-                    after_round=args.after_round)
+                    after_round=args.after_round, if_locked=args.if_locked)
 
 
 def share_text(at_once: int, shared: Dict[str, str]) -> str:
@@ -251,7 +257,7 @@ def crossval(dataset: str, configuration: str, trainers: Sequence[str], folds: S
              seeds: Optional[Sequence[int]] = None, signal_margin: int = DEFAULT_SIGNAL_MARGIN,
              max_requeues: int = DEFAULT_REQUEUES, submit: bool = False, auto_budget: bool = False,
              max_epochs: Optional[int] = None, same_budget: bool = False, after_round: Optional[int] = None,
-             log=print) -> int:
+             log=print, if_locked: str = locks.SKIP) -> int:
     """Returns 0 when every run is finished, 1 when some failed (listed at the end). With ``seeds`` every trainer is
     trained once per seed, as ``<Trainer>_seed<S>``. With ``auto_budget`` the runs are judged after each round and
     a trainer with a run not converged is trained again at twice the epochs (``auto_budget.py``), up to
@@ -296,7 +302,7 @@ def crossval(dataset: str, configuration: str, trainers: Sequence[str], folds: S
     if (script or slurm) and not custom:
         executable = ["nnUNetv2_train"]  # scripts run elsewhere (a cluster node): name nnU-Net's command
     setting = Setting(dataset_name, configuration, plans, list(folds), device, npz, jobs, executable, in_process,
-                      dry_run, retrain_mismatched, list(seeds) if seeds else None, log)
+                      dry_run, retrain_mismatched, list(seeds) if seeds else None, log, if_locked=if_locked)
     if auto_budget:
         slurm_job = None
         if slurm:
@@ -344,6 +350,7 @@ class Setting:
     retrain_mismatched: bool
     seeds: Optional[List[int]]
     log: Callable = print
+    if_locked: str = locks.SKIP  # a fold another process holds: skip or wait (runner.run_pending)
 
 
 def prepare_runs(s: Setting, trainers: Sequence[str], classes: Dict[str, Optional[type]],
@@ -413,17 +420,35 @@ def execute_runs(s: Setting, runs: List[Run], planned: Dict[str, Optional[result
     log_folder = os.path.join(results.nnunet_folder("results"), s.dataset_name, "nnunet_mcc_crossval_logs")
     started = time.time()
     epochs = {t: (b.num_epochs if b is not None else None) for t, b in planned.items()}
+    skipped = []
     failures = run_pending(pending, env, s.jobs, log_folder, in_process=s.in_process, epochs=epochs,
                            log=log, worker_job={"dataset_name": s.dataset_name, "configuration": s.configuration,
-                                                "plans": s.plans, "device": s.device, "npz": s.npz})
-    log(f"{len(pending) - len(failures)} of {len(pending)} runs finished in {time.time() - started:.0f} s "
+                                                "plans": s.plans, "device": s.device, "npz": s.npz},
+                           if_locked=s.if_locked, replan=lambda r: replan(s, r), skipped=skipped)
+    done = len(pending) - len(failures) - len(skipped)
+    log(f"{done} of {len(pending)} runs finished in {time.time() - started:.0f} s "
         f"({len(runs) - len(pending)} were finished before)")
     if failures:
         log(f"{len(failures)} run(s) failed:")
         for r, reason, log_file in failures:
             log(f"  {r.trainer} fold {r.fold}: {reason} (log: {log_file})")
         return 1
+    if skipped:
+        log(f"{len(skipped)} run(s) skipped, in use by another process (named above): "
+            f"{', '.join(f'{r.trainer} fold {r.fold}' for r, _ in skipped)}; run again, or with --if-locked wait")
+        return SKIPPED_EXIT
     return 0
+
+
+SKIPPED_EXIT = 3  # nothing failed, but runs held by another process were skipped
+
+
+def replan(s: Setting, r: Run) -> None:
+    """Once a run holds its fold's lock: its action from the folder as it is now (another process may have trained,
+    interrupted or validated it meanwhile)."""
+    r.action = action_for(r.folder)
+    r.command = command_for(s.executable, s.dataset_name, s.configuration, r.fold, r.trainer, s.plans, s.device,
+                            s.npz, r.action)
 
 
 # ---- the arguments of the job after a SLURM array ------------------------------------------------------
@@ -530,10 +555,11 @@ def auto_rounds(s: Setting, asked: Sequence[str], classes: Dict[str, Optional[ty
                 return 0
             if slurm_job is not None:
                 return _submit_round(s, slurm_job, runs, round_extra, unset, round_number, after_round)
-            if execute_runs(s, runs, round_planned, round_env, round_extra) != 0:
+            code = execute_runs(s, runs, round_planned, round_env, round_extra)
+            if code != 0:
                 log(f"auto budget: round {round_number} did not finish, so it is not judged; run the same command "
                     f"again to go on (finished runs are skipped, interrupted ones resumed)")
-                return 1
+                return code
         elif not s.dry_run and slurm_job is None:
             log(f"all {len(runs)} runs of round {round_number} finished already")
         verdicts: Dict[str, list] = {t.trainer: [] for t in active}

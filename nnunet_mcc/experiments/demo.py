@@ -28,6 +28,7 @@ from typing import List
 from nnunet_mcc.budget import BUDGET_OPTIONS, SCHEDULE_VARIABLES, SEED_VARIABLE, check_budget_options
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.fileio import read_json, write_json
+from nnunet_mcc.plans import DEFAULT_PLANNER, add_planner_argument, planner_plans
 
 DEFAULT_WORK_DIR = os.path.join("nnunet_mcc_work", "demo")
 DATASET_NAME = "ImbalancedDemo"
@@ -107,6 +108,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--full-network", action="store_true",
                         help="train nnU-Net's planned network instead of the narrow CPU configuration")
     parser.add_argument("--dataset-id", type=int, default=990, help="nnU-Net dataset id (default 990)")
+    parser.add_argument("-p", "--plans", default="nnUNetPlans",
+                        help="plans identifier the demo plans, trains and compares with (default: nnUNetPlans)")
+    add_planner_argument(parser)
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap samples for rank stability")
 
 
@@ -178,6 +182,24 @@ def _check_args(args) -> None:
     args.snapshot_epochs = sorted({e for e in args.snapshot_epochs or [] if e < args.epochs})
 
 
+def _check_trainers(trainers: List[str]) -> None:
+    """UserError unless every trainer of -tr is one of this package's (the demo's budget applies to them only),
+    each once."""
+    from nnunet_mcc.trainers import trainer_class
+
+    unknown = []
+    for name in trainers:
+        try:
+            trainer_class(name)
+        except KeyError:
+            unknown.append(name)
+    if unknown:
+        raise UserError(f"-tr: {', '.join(unknown)} not among this package's trainers (the demo's budget only "
+                        f"applies to them); known: {', '.join(default_trainers(True))}")
+    if len(set(trainers)) != len(trainers):
+        raise UserError(f"-tr lists a trainer twice: {' '.join(trainers)}")
+
+
 def _set_environment(work: str, device: str, seeded_names: bool = False) -> None:
     """nnU-Net's folders inside the work folder, and CPU settings; before nnunetv2 is imported (it reads
     its paths at import time)."""
@@ -221,20 +243,8 @@ def run(args) -> int:
     os.makedirs(work, exist_ok=True)
     _set_environment(work, args.device, seeded_names=bool(args.seeds))
     print(f"nnunet-mcc demo: work folder {work}")
-    from nnunet_mcc.trainers import trainer_class
-
     trainers = args.trainers or default_trainers(args.all_trainers)
-    unknown = []
-    for name in trainers:
-        try:
-            trainer_class(name)
-        except KeyError:
-            unknown.append(name)
-    if unknown:
-        raise UserError(f"-tr: {', '.join(unknown)} not among this package's trainers (the demo's budget only "
-                        f"applies to them); known: {', '.join(default_trainers(True))}")
-    if len(set(trainers)) != len(trainers):
-        raise UserError(f"-tr lists a trainer twice: {' '.join(trainers)}")
+    _check_trainers(trainers)
 
     from nnunet_mcc.synthetic import SyntheticSpec
 
@@ -244,7 +254,8 @@ def run(args) -> int:
     settings = {"spec": asdict(spec), "budget": {"epochs": args.epochs, "iterations": args.iterations,
                                                  "val_iterations": args.val_iterations},
                 "snapshot_epochs": sorted(set(args.snapshot_epochs or [])), "configuration": configuration,
-                "network": None if args.full_network else {**NETWORK, "base_features": args.base_features}}
+                "network": None if args.full_network else {**NETWORK, "base_features": args.base_features},
+                "plans": args.plans, "planner": args.planner or DEFAULT_PLANNER}
     dataset_name = f"Dataset{args.dataset_id:03d}_{DATASET_NAME}"
     prepare_dataset(work, dataset_name, args.dataset_id, spec, base_configuration, configuration, settings)
     phase("dataset and planning")
@@ -261,23 +272,24 @@ def run(args) -> int:
 
     status = crossval(dataset_name, configuration, trainers, folds=args.folds, device=args.device, jobs=jobs,
                       budget=budget, snapshot_epochs=args.snapshot_epochs or None, check_trainers=False,
-                      in_process=True, seeds=args.seeds, npz=True)
+                      in_process=True, seeds=args.seeds, npz=True, plans=args.plans)
     phase("cross-validation (training, snapshot and final validation)")
     print(f"[{clock[-1][0] - clock[0][0]:.0f} s] comparison")
     from nnunet_mcc.experiments import ensemble as ensemble_module
     from nnunet_mcc.experiments import results
-    from nnunet_mcc.experiments.compare import compare
+    from nnunet_mcc.experiments.compare import CompareRequest, execute
 
-    states = results.survey(os.environ["nnUNet_results"], dataset_name, trainers, "nnUNetPlans", configuration,
+    states = results.survey(os.environ["nnUNet_results"], dataset_name, trainers, args.plans, configuration,
                             args.folds)  # each trainer's seed runs, found by their names
     usable = [t for t in trainers if any(s.trainer == t and s.status == results.FINISHED for s in states)]
     if not usable:
         raise UserError("no training finished: see the logs listed above")
     ensemble = ["+".join(DEMO_ENSEMBLE)] if all(t in usable for t in DEMO_ENSEMBLE) else None
     # on the CPU nnU-Net's ensembling and evaluation run case by case in this process: a worker pool costs seconds
-    comparison = compare(dataset_name, configuration, usable, folds=args.folds, output=os.path.join(work, "report"),
-                         bootstrap=args.bootstrap, ensemble=ensemble,
-                         ensemble_processes=0 if args.device == "cpu" else ensemble_module.DEFAULT_PROCESSES)
+    comparison = execute(CompareRequest(dataset_name, configuration, usable, plans=args.plans, folds=args.folds,
+                                        bootstrap=args.bootstrap, output=os.path.join(work, "report"),
+                                        ensemble=ensemble, ensemble_processes=0 if args.device == "cpu"
+                                        else ensemble_module.DEFAULT_PROCESSES))
     phase("comparison")
     print()
     print(comparison["markdown"])
@@ -291,7 +303,8 @@ def prepare_dataset(work: str, dataset_name: str, dataset_id: int, spec, base_co
                     configuration: str, settings: dict) -> None:
     """The synthetic dataset ``spec`` as ``dataset_name`` (with the demo's evaluation regions), nnU-Net's
     plans and preprocessing of ``base_configuration``, the narrow ``configuration`` when
-    ``settings["network"]`` is set, and the five-fold split. ``settings`` (with ``"spec"`` and
+    ``settings["network"]`` is set, and the five-fold split, under ``settings["plans"]`` planned by
+    ``settings["planner"]`` (nnU-Net's default planner and nnUNetPlans when absent). ``settings`` (with ``"spec"`` and
     ``"network"``) is recorded in ``work``: when it changes, the dataset's folders are rebuilt (only the
     results when the spec is the same)."""
     from nnunet_mcc.plans import add_small_configuration, configuration_names, plans_path
@@ -325,15 +338,18 @@ def prepare_dataset(work: str, dataset_name: str, dataset_id: int, spec, base_co
         dataset_json = read_json(dataset_json_file, "dataset.json")
         dataset_json["evaluation_regions"] = EVALUATION_REGIONS
         write_json(dataset_json_file, dataset_json, "dataset.json", indent=4)
-    plans = plans_path(os.environ["nnUNet_preprocessed"], dataset_name)
+    identifier, planner = settings.get("plans", "nnUNetPlans"), settings.get("planner", DEFAULT_PLANNER)
+    plans = plans_path(os.environ["nnUNet_preprocessed"], dataset_name, identifier)
     if not os.path.isfile(plans) or base_configuration not in configuration_names(plans) or not os.path.isdir(
-            os.path.join(folders["preprocessed"], f"nnUNetPlans_{base_configuration}")):
+            os.path.join(folders["preprocessed"], f"{identifier}_{base_configuration}")):
         print("nnUNetv2_plan_and_preprocess (about a minute)")
         log = os.path.join(work, "plan_and_preprocess.log")
         # the synthetic dataset is valid by construction (its tests run nnU-Net's integrity check): no
         # --verify_dataset_integrity, whose worker pool costs seconds
         command = [os.path.join(os.path.dirname(sys.executable), "nnUNetv2_plan_and_preprocess"), "-d",
-                   str(dataset_id), "-c", base_configuration, "-np", "1"]
+                   str(dataset_id), "-c", base_configuration, "-np", "1", "-pl", planner]
+        if identifier != planner_plans(planner):
+            command += ["-overwrite_plans_name", identifier]
         with open(log, "w") as handle:
             code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT).returncode
         if code != 0:
@@ -342,5 +358,5 @@ def prepare_dataset(work: str, dataset_name: str, dataset_id: int, spec, base_co
         add_small_configuration(plans, base_configuration, configuration, **settings["network"])
     from nnunet_mcc.experiments.crossval import ensure_splits
 
-    ensure_splits(dataset_name, base_configuration, "nnUNetPlans", [0, 1, 2, 3, 4])
+    ensure_splits(dataset_name, base_configuration, identifier, [0, 1, 2, 3, 4])
     write_json(settings_file, settings, "demo settings")

@@ -20,7 +20,7 @@ what it was built from (the member runs, the size and modification time of their
 the plans, dataset.json and references, nnU-Net's version). A later compare reuses a fold whose record matches its
 inputs; the report folder carries the ensembles it used over when it is replaced (hard links, no copy).
 
-``collect`` reads the result like any fold (``collect.collect(..., ensembles=...)``); this module only builds.
+``collect`` reads the result like any fold (``collect.collect(request, trainers, ensembles)``); this module only builds.
 """
 
 import hashlib

@@ -7,7 +7,7 @@ from typing import List, Optional, Sequence
 
 import pandas as pd
 
-from nnunet_mcc.experiments import collect, convergence
+from nnunet_mcc.experiments import collect_collapse, convergence
 from nnunet_mcc.fileio import write_text
 from nnunet_mcc.metrics import higher_is_better, metric_heading
 from nnunet_mcc.metrics import CALIBRATION_METRICS
@@ -140,8 +140,8 @@ class Page:
     projections: pd.DataFrame = field(default_factory=pd.DataFrame)  # compare.projected_gains
     auto_budget: List[str] = field(default_factory=list)  # auto_budget.first_lines: the budget of each trainer
     metrics: List[str] = field(default_factory=lambda: ["Dice", "MCC"])  # the tested metrics (compare.tested_metrics)
-    boundary: dict = field(default_factory=dict)  # collect.boundary_record: what HD95 and NSD rest on
-    calibration: dict = field(default_factory=dict)  # collect.calibration_record: what ECE and Brier rest on
+    boundary: dict = field(default_factory=dict)  # collect_boundary.boundary_record: what HD95 and NSD rest on
+    calibration: dict = field(default_factory=dict)  # collect_calibration.calibration_record: what ECE and Brier rest on
     reliability: pd.DataFrame = field(default_factory=pd.DataFrame)  # compare.reliability_table
     reliability_plots: dict = field(default_factory=dict)  # trainer -> its reliability diagram (relative path)
     pictures: List[dict] = field(default_factory=list)  # compare.disagreement_pictures
@@ -294,7 +294,7 @@ class Page:
                 details.append(", ".join(f"{int(n)} {what}" for n, what in causes if n))
             parts.append(text + (f" ({'; '.join(details)})" if details else ""))
         return ["**Class-loss rate** (runs that lost a class: Dice 0 on every validation case that has it, or a "
-                f"flood: mean Dice below {collect.FLOOD_DICE} with {collect.FLOOD_FACTOR:g} times the reference's voxels "
+                f"flood: mean Dice below {collect_collapse.FLOOD_DICE} with {collect_collapse.FLOOD_FACTOR:g} times the reference's voxels "
                 "predicted or more; a run is one fold and seed): " + "; ".join(parts) + "."]
 
     def lost_class_note(self, t) -> str:

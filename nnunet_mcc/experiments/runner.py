@@ -4,19 +4,22 @@ process (``--in-process``), with the progress a person reads meanwhile. crossval
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from nnunet_mcc import provenance
 from nnunet_mcc.budget import Budget, JOBS_VARIABLE
 from nnunet_mcc.errors import UserError
-from nnunet_mcc.experiments import results
-from nnunet_mcc.fileio import read_json
+from nnunet_mcc.experiments import locks, results
+from nnunet_mcc.fileio import fault_point, read_json
+
+LOCK_SOCKET_OPTION = "--lock-socket"  # train_worker's: the socket its fold locks arrive on
 
 # what happens to a run, decided by its folder's state
 TRAIN, RESUME, VALIDATE, SKIP = "train", "resume", "validate", "skip"
@@ -55,12 +58,18 @@ def state_text(r: Run) -> str:
 
 def run_pending(pending: Sequence[Run], env: Dict[str, str], jobs: int, log_folder: str, *, in_process: bool = False,
                 epochs: Optional[Dict[str, Optional[int]]] = None, log=print,
-                worker_job: Optional[Dict[str, object]] = None) -> List[Tuple[Run, str, str]]:
+                worker_job: Optional[Dict[str, object]] = None, if_locked: str = locks.SKIP,
+                replan: Optional[Callable[[Run], None]] = None,
+                skipped: Optional[List[Tuple[Run, str]]] = None) -> List[Tuple[Run, str, str]]:
     """Run ``pending`` ``jobs`` at a time, each logging to ``<log_folder>/<trainer>__<plans>__<configuration>_fold_<f>.log``;
     a run has succeeded when it exits 0 and its fold is finished. Returns the failures as
     ``(run, reason, log file)``. Each run gets ``env`` (with its share of the cores where the caller set it,
     ``budget.cpu_run_environment``) and ``NNUNET_MCC_JOBS``. ``worker_job``: what an in-process worker needs
-    besides the run (dataset, configuration, plans, device, npz)."""
+    besides the run (dataset, configuration, plans, device, npz).
+
+    Each run first takes its fold's lock (``locks``), held by its training process too; a fold another process holds
+    is skipped (added to ``skipped`` as ``(run, line)``) or waited for, as ``if_locked`` says. Once the lock is held,
+    ``replan(run)`` decides the run again from its folder as it is now (another process may have moved it on)."""
     os.makedirs(log_folder, exist_ok=True)
     failures = []
     run_env = dict(env, **{JOBS_VARIABLE: str(jobs)})  # recorded in each run's cost
@@ -68,22 +77,33 @@ def run_pending(pending: Sequence[Run], env: Dict[str, str], jobs: int, log_fold
     job = dict(worker_job or {})
 
     def execute(r: Run) -> None:
+        lines = []
+        lock = locks.take(r.folder, if_locked, log=lambda line: (lines.append(line), progress.say(line)))
+        if lock is None:
+            if skipped is not None:
+                skipped.append((r, lines[-1]))
+            progress.finished(r, f"{r.trainer} fold {r.fold}: skipped (in use by another process)")
+            return
+        try:
+            fault_point(r.folder, can_fail=False)  # a kill point for the fault tests (fileio)
+            if replan is not None:
+                replan(r)
+            if r.action == SKIP:
+                progress.finished(r, f"{r.trainer} fold {r.fold}: finished meanwhile by another process")
+                return
+            train(r, lock)
+        finally:
+            lock.release()
+
+    def train(r: Run, lock: "locks.FoldLock") -> None:
         # <trainer>__<plans>__<configuration>_fold_<f>.log
         log_file = os.path.join(log_folder, f"{os.path.basename(os.path.dirname(r.folder))}_fold_{r.fold}.log")
         progress.started(r)
         t0 = time.time()
         if workers is None:
-            with open(log_file, "a") as handle:
-                handle.write(f"$ {shlex.join(r.command)}\n")
-                handle.flush()
-                try:
-                    code = subprocess.run(r.command, env=run_env, stdout=handle,
-                                          stderr=subprocess.STDOUT).returncode
-                except OSError as e:
-                    handle.write(f"cannot start: {e}\n")
-                    code = 127
+            code = run_command(r.command, run_env, log_file, lock)
         else:
-            code = workers.train(r, log_file, **job)
+            code = workers.train(r, log_file, lock=lock, **job)
         finished = results.fold_status(r.folder) == results.FINISHED
         if code == 0 and finished:
             progress.finished(r, f"{r.trainer} fold {r.fold}: {DONE[r.action]} in {time.time() - t0:.0f} s")
@@ -105,6 +125,29 @@ def run_pending(pending: Sequence[Run], env: Dict[str, str], jobs: int, log_fold
         if workers is not None:
             workers.close()
     return failures
+
+
+def run_command(command: List[str], env: Dict[str, str], log_file: str, lock: "locks.FoldLock") -> int:
+    """One training command, its output appended to ``log_file``. It inherits the fold's lock: the lock stays held
+    while it runs, also when this process is killed."""
+    with open(log_file, "a") as handle:
+        handle.write(f"$ {shlex.join(command)}\n")
+        handle.flush()
+        try:
+            child = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, pass_fds=(lock.fd,))
+        except OSError as e:
+            handle.write(f"cannot start: {e}\n")
+            return 127
+        lock.record(child.pid, f"{os.path.basename(command[0])}, started by pid {os.getpid()}")
+        fault_point(log_file, can_fail=False)
+        try:
+            code = child.wait()
+            fault_point(log_file, can_fail=False)
+            return code
+        except BaseException:  # as subprocess.run does
+            child.kill()
+            child.wait()
+            raise
 
 
 DONE = {TRAIN: "trained", RESUME: "resumed and trained", VALIDATE: "validated"}
@@ -134,6 +177,15 @@ class Progress:
             self.stop = threading.Event()
             self.poller = threading.Thread(target=self._poll, args=(poll_seconds,), daemon=True)
             self.poller.start()
+
+    def say(self, line: str) -> None:
+        """A line that is not a finished run's (a locked fold), printed whole, above the bar on a terminal."""
+        with self.lock:
+            if self.bar is None:
+                self.log(line)
+            else:
+                with self.bar.external_write_mode():
+                    self.log(line)
 
     def started(self, r: Run) -> None:
         with self.lock:
@@ -208,25 +260,35 @@ class WorkerPool:
     def _worker(self) -> subprocess.Popen:
         worker = getattr(self.local, "worker", None)
         if worker is None or worker.poll() is not None:
-            worker = subprocess.Popen([sys.executable, "-m", "nnunet_mcc.experiments.train_worker", "--parent",
-                                       str(os.getpid())], env=self.env,
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                      text=True, bufsize=1)
+            # the fold locks travel to the worker over a socket (SCM_RIGHTS), so that it holds each one while it trains
+            ours, theirs = socket.socketpair()
+            try:
+                worker = subprocess.Popen([sys.executable, "-m", "nnunet_mcc.experiments.train_worker", "--parent",
+                                           str(os.getpid()), LOCK_SOCKET_OPTION, str(theirs.fileno())], env=self.env,
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                          text=True, bufsize=1, pass_fds=(theirs.fileno(),))
+            finally:
+                theirs.close()
             if not worker.stdout.readline():  # the "ready" line: nnU-Net imported
                 worker.wait()
+                ours.close()
                 raise OSError("the training worker process did not start")
-            self.local.worker = worker
+            self.local.worker, self.local.socket = worker, ours
             with self.lock:
                 self.all.append(worker)
         return worker
 
     def train(self, r: Run, log_file: str, dataset_name: str, configuration: str, plans: str, device: str,
-              npz: bool) -> int:
+              npz: bool, lock: Optional["locks.FoldLock"] = None) -> int:
         job = {"index": 0, "argv": r.command[1:], "log": log_file, "dataset": dataset_name,
                "configuration": configuration, "fold": str(r.fold), "trainer": r.trainer, "plans": plans,
-               "device": device, "npz": npz, "continue": r.action == RESUME, "validate_only": r.action == VALIDATE}
+               "device": device, "npz": npz, "continue": r.action == RESUME, "validate_only": r.action == VALIDATE,
+               "lock": lock is not None}
         try:
             worker = self._worker()
+            if lock is not None:
+                socket.send_fds(self.local.socket, [b"L"], [lock.fd])
+                lock.record(worker.pid, f"in-process training worker of pid {os.getpid()}")
             worker.stdin.write(json.dumps(job) + "\n")
             worker.stdin.flush()
             line = worker.stdout.readline()

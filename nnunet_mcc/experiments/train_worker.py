@@ -13,6 +13,7 @@ import traceback
 
 
 PARENT_OPTION = "--parent"
+LOCK_SOCKET_OPTION = "--lock-socket"  # runner.LOCK_SOCKET_OPTION
 
 
 def die_with_parent(parent: int) -> None:
@@ -38,12 +39,17 @@ def die_with_parent(parent: int) -> None:
 def main() -> int:
     if PARENT_OPTION in sys.argv[1:-1]:
         die_with_parent(int(sys.argv[sys.argv.index(PARENT_OPTION) + 1]))
+    lock_socket = None
+    if LOCK_SOCKET_OPTION in sys.argv[1:-1]:
+        import socket
+
+        lock_socket = socket.socket(fileno=int(sys.argv[sys.argv.index(LOCK_SOCKET_OPTION) + 1]))
     status = os.fdopen(os.dup(1), "w", buffering=1)
     from nnunet_mcc.budget import torch_threads_from_env
 
     threads = torch_threads_from_env()
     import torch
-    from nnunetv2.run.run_training import run_training
+    import nnunetv2.run.run_training  # noqa: F401  (nnU-Net imported before the "ready" line)
 
     if threads > 0:
         # nnUNetv2_train takes every core on cpu; parallel jobs must share them instead
@@ -51,31 +57,53 @@ def main() -> int:
     status.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
         job = json.loads(line)
-        with open(job["log"], "a") as log:
-            log.write(f"$ (in process) nnUNetv2_train {' '.join(job['argv'])}\n")
-            log.flush()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(log.fileno(), 1)  # at the descriptor level, so nnU-Net's worker processes write there too
-            os.dup2(log.fileno(), 2)
-            code = 0
-            try:
-                device = torch.device(job["device"])
-                if job["device"] == "cpu" and threads <= 0:
-                    torch.set_num_threads(os.cpu_count() or 1)
-                run_training(job["dataset"], job["configuration"], job["fold"], job["trainer"], job["plans"],
-                             None, 1, job["npz"], job["continue"], job["validate_only"], False, False, device)
-            except BaseException:  # one failed run must not end the others
-                traceback.print_exc()
-                code = 1
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
+        # the fold's lock (experiments.locks), held while this job trains: also if the crossval that sent it dies
+        held = receive_lock(lock_socket) if job.get("lock") and lock_socket is not None else None
+        try:
+            code = run_job(job, threads)
+        finally:
+            if held is not None:
+                os.close(held)
         status.write(json.dumps({"index": job["index"], "code": code}) + "\n")
         import gc
 
         gc.collect()
     return 0
+
+
+def receive_lock(lock_socket) -> int:
+    import socket
+
+    _, fds, _, _ = socket.recv_fds(lock_socket, 1, 1)
+    return fds[0]
+
+
+def run_job(job: dict, threads: int) -> int:
+    """One training, its output (nnU-Net's worker processes' too) into the job's log; 0 or 1."""
+    import torch
+    from nnunetv2.run.run_training import run_training
+
+    with open(job["log"], "a") as log:
+        log.write(f"$ (in process) nnUNetv2_train {' '.join(job['argv'])}\n")
+        log.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(log.fileno(), 1)  # at the descriptor level, so nnU-Net's worker processes write there too
+        os.dup2(log.fileno(), 2)
+        code = 0
+        try:
+            device = torch.device(job["device"])
+            if job["device"] == "cpu" and threads <= 0:
+                torch.set_num_threads(os.cpu_count() or 1)
+            run_training(job["dataset"], job["configuration"], job["fold"], job["trainer"], job["plans"],
+                         None, 1, job["npz"], job["continue"], job["validate_only"], False, False, device)
+        except BaseException:  # one failed run must not end the others
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+    return code
 
 
 if __name__ == "__main__":

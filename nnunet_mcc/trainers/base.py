@@ -48,6 +48,7 @@ from nnunet_mcc.budget import (BUDGET_KEYS, BUDGET_VARIABLES, NNUNET_DEFAULT_BUD
 from nnunet_mcc.errors import UserError
 from nnunet_mcc.fileio import write_json
 from nnunet_mcc.losses.base import ConfusionLoss
+from nnunet_mcc.losses.focal import FocalLoss
 from nnunet_mcc.losses.targets import TargetFormat
 from nnunet_mcc.metrics import mcc_score
 from nnunet_mcc.trainers.compiling import compile_losses
@@ -208,7 +209,7 @@ class ComparisonTrainer(RunCost, Snapshots, Preemption, nnUNetTrainer):
         (where a matrix came from, the critic)."""
         loss = self.loss.loss if isinstance(self.loss, DeepSupervisionWrapper) else self.loss
         modules = loss.modules() if isinstance(loss, torch.nn.Module) else ()  # None before initialize()
-        own = [m for m in modules if isinstance(m, ConfusionLoss)]
+        own = [m for m in modules if isinstance(m, ConfusionLoss) or isinstance(m, FocalLoss)]
         name = type(loss).__name__
         if own:
             name = own[0].loss_name if own[0] is loss else f"{own[0].loss_name} in {name}"
