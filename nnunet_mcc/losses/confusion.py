@@ -15,11 +15,12 @@ cancel in ``n - TP - FP - FN`` (the gate's direct TN, GWDL's missing mass).
 * :func:`soft_confusion` (MCC, Tversky): the product of the probabilities with columns that hold no gradient, the
   masked one-hot (a label map: every valid voxel has one label, so C's row sums are TP + FP) or, for one-hot and
   region targets, ``[m g, m]`` (the last column gives TP + FP); plain autograd.
-* :func:`label_confusion` (GWDL, which must stay in the memory of a Dice loss): the one-hot lives only inside the
-  forward; the backward of :math:`C` is a gather of its gradient by label
+* :func:`label_confusion` (GWDL, which must stay in the memory of a Dice loss): no one-hot at all, C is the
+  probabilities scatter-added by label (the same sums as the product with the one-hot); the backward of :math:`C` is a gather of its gradient by label
   (:math:`\partial p_{i,c} = m_i\, \partial C_{c, g_i}`), and with softmax the autograd function recomputes the
   probabilities and applies the softmax's Jacobian, :math:`\partial x_c = p_c (\partial p_c - \sum_k p_k
-  \partial p_k)`, so nothing of size (B, K, N) is kept between forward and backward.
+  \partial p_k)` in place, so nothing of size (B, K, N) is kept between forward and backward and the
+  backward holds two such tensors at most.
 
 Never a voxels x K x K tensor. Everything in float32 with autocast off (the sums must not lose mass in fp16/bf16).
 """
@@ -42,8 +43,8 @@ def _direct(probs: torch.Tensor, complement: Optional[torch.Tensor]) -> Optional
 
 
 class _SoftmaxLabelConfusion(torch.autograd.Function):
-    """``(C, D)`` of ``softmax(logits)`` against a label map (see :func:`label_confusion`); the one-hot lives only
-    inside the forward and the probabilities are recomputed in backward."""
+    """``(C, D)`` of ``softmax(logits)`` against a label map (see :func:`label_confusion`); the probabilities are
+    recomputed in backward."""
 
     @staticmethod
     def forward(ctx, logits, labels, weights, complement):
@@ -56,16 +57,22 @@ class _SoftmaxLabelConfusion(torch.autograd.Function):
         logits, labels, weights, complement = ctx.saved_tensors
         grad = grad_confusion.gather(2, labels.expand(-1, grad_confusion.shape[1], -1))  # dC / dp, (B, K, N)
         if weights is not None:
-            grad = grad * weights
+            grad.mul_(weights)
         if complement is not None:
-            grad = grad - complement * grad_direct.unsqueeze(-1)
+            grad.addcmul_(complement, grad_direct.unsqueeze(-1), value=-1.0)
         probs = torch.softmax(logits, 1)
-        return (grad - (probs * grad).sum(1, keepdim=True)) * probs, None, None, None  # the softmax's Jacobian
+        # the softmax's Jacobian, in place and channel by channel: no further (B, K, N) tensor
+        dot = torch.zeros_like(grad[:, :1])
+        for k in range(grad.shape[1]):
+            dot.addcmul_(probs[:, k:k + 1], grad[:, k:k + 1])
+        return grad.sub_(dot).mul_(probs), None, None, None
 
 
 def _label_sums(probs, labels, weights, complement):
-    onehot = _onehot(labels, probs.shape[1], weights)  # m g (B, K, N), no gradient
-    confusion = torch.bmm(probs, onehot.transpose(1, 2))
+    # C[b, c, l] = sum over the voxels of label l of m p_c: a scatter-add by label, no one-hot (B, K, N) at all
+    channels = probs.shape[1]
+    confusion = torch.zeros((probs.shape[0], channels, channels), device=probs.device, dtype=torch.float32)
+    confusion.scatter_add_(2, labels.expand(-1, channels, -1), probs if weights is None else probs * weights)
     if complement is None:
         return confusion, torch.zeros(confusion.shape[:2], device=confusion.device)
     return confusion, ((1 - probs) * complement).sum(-1)
@@ -74,7 +81,7 @@ def _label_sums(probs, labels, weights, complement):
 def label_confusion(x: torch.Tensor, labels: torch.Tensor, weights: Optional[torch.Tensor] = None,
                     complement: Optional[torch.Tensor] = None, softmax: bool = True, nonlin=None):
     """``(C (B, K, K), D (B, K))`` against a label map, float32, autocast off: the confusion matrix and the direct
-    sums (zeros without ``complement``), from a one-hot that is not kept for backward (the GWDL's memory).
+    sums (zeros without ``complement``), by a scatter-add by label (no one-hot: the GWDL's memory).
 
     Args:
         x: logits (B, K, N) with ``softmax`` (or ``nonlin``), else probabilities.
